@@ -1,0 +1,1 @@
+"""CLI sub-commands. Each module registers its commands on `xpaste.commands.app.app`."""

@@ -1,0 +1,1 @@
+"""Reading and writing COCO / LVIS datasets, and dataset statistics."""

@@ -1,0 +1,79 @@
+"""Mask kernels: tight boxes, areas, RLE / polygon conversion, connected components.
+
+pycocotools is imported inside the RLE functions so that the numpy-only helpers stay light.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def tight_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(x1, y1, x2, y2) with exclusive x2/y2 of a 2-D bool mask, or None when it is empty."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if len(rows) == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def tight_boxes(masks: np.ndarray) -> np.ndarray:
+    """(N, 4) float32 XYXY tight boxes of (N, H, W) masks; empty masks give zeros."""
+    out = np.zeros((len(masks), 4), np.float32)
+    for i, m in enumerate(masks):
+        box = tight_box(m)
+        if box is not None:
+            out[i] = box
+    return out
+
+
+def rle_encode(mask: np.ndarray) -> dict:
+    """Compressed COCO RLE of a 2-D bool mask, with `counts` as a str (json-ready)."""
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
+
+
+def rle_decode(rle: dict) -> np.ndarray:
+    """Decode a compressed or uncompressed COCO RLE into a 2-D bool mask."""
+    from pycocotools import mask as mask_utils
+
+    h, w = (int(v) for v in rle["size"])
+    counts = rle["counts"]
+    if isinstance(counts, list):  # uncompressed RLE
+        if sum(counts) != h * w:
+            raise ValueError(f"uncompressed RLE counts sum to {sum(counts)}, expected {h}x{w}={h * w}")
+        rle = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
+    else:
+        rle = {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    return mask_utils.decode(rle).astype(bool)
+
+
+def polygons_to_mask(polygons: list, height: int, width: int) -> np.ndarray:
+    """Rasterise COCO polygons ([[x1, y1, x2, y2, ...], ...]) into a bool mask, as pycocotools does."""
+    from pycocotools import mask as mask_utils
+
+    polys = [list(map(float, p)) for p in polygons]
+    for p in polys:
+        if len(p) < 6 or len(p) % 2:
+            raise ValueError(f"polygon with {len(p)} coordinates (needs an even number, at least 6)")
+    rles = mask_utils.frPyObjects(polys, height, width)
+    return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """Keep the largest 8-connected component of a bool mask."""
+    import cv2
+
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if n <= 2:
+        return mask.astype(bool)
+    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return labels == best
+
+
+def count_components(mask: np.ndarray) -> int:
+    import cv2
+
+    n, _ = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    return int(n) - 1

@@ -1,0 +1,244 @@
+"""Pure paste kernels: transform a cut-out, blend it into a canvas region, apply a whole plan.
+
+Everything works inside each object's own region: no full-canvas warps, no per-object full-size
+temporaries. The only full-size arrays are the output image and the output masks.
+"""
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+from xpaste.core.sample import Sample
+from xpaste.core.targets import Targets
+from xpaste.paste.plan import PastePlan
+
+MASK_THRESHOLD = 128  # alpha >= 128 is object, as the reference binarises at > 128 of 0-255
+
+
+# ----------------------------------------------------------------------------- cut-out transforms
+def rotate_expand(rgba: np.ndarray, angle: float) -> np.ndarray:
+    """Rotate about the centre, growing the array so nothing is cut; new pixels are transparent."""
+    h, w = rgba.shape[:2]
+    m = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), angle, 1.0)
+    cos, sin = abs(m[0, 0]), abs(m[0, 1])
+    new_w = max(1, int(math.ceil(h * sin + w * cos)))
+    new_h = max(1, int(math.ceil(h * cos + w * sin)))
+    m[0, 2] += new_w / 2.0 - w / 2.0
+    m[1, 2] += new_h / 2.0 - h / 2.0
+    return cv2.warpAffine(rgba, m, (new_w, new_h), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0, 0))
+
+
+def color_jitter(rgba: np.ndarray, brightness: float, contrast: float, saturation: float) -> np.ndarray:
+    """Brightness, contrast and saturation factors (1 = unchanged) applied to the RGB of a cut-out."""
+    rgb = rgba[..., :3].astype(np.float32) * brightness
+    gray = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
+    visible = rgba[..., 3] >= MASK_THRESHOLD
+    mean = float(gray[visible].mean()) if visible.any() else float(gray.mean())
+    rgb = (rgb - mean) * contrast + mean
+    gray = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
+    rgb = (rgb - gray[..., None]) * saturation + gray[..., None]
+    out = np.empty_like(rgba)
+    out[..., :3] = np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
+    out[..., 3] = rgba[..., 3]
+    return out
+
+
+def transform_cutout(rgba: np.ndarray, width: int, height: int, flip: bool = False, angle: float = 0.0,
+                     color: tuple[float, float, float] | None = None) -> np.ndarray:
+    """Resize to (width, height), then flip, colour-jitter and rotate; returns a new or read-only array."""
+    out = rgba
+    if out.shape[1] != width or out.shape[0] != height:
+        out = cv2.resize(out, (int(width), int(height)), interpolation=cv2.INTER_LINEAR)
+    if flip:
+        out = out[:, ::-1]
+    if color is not None:
+        out = color_jitter(out, *color)
+    if angle:
+        out = rotate_expand(np.ascontiguousarray(out), angle)
+    return out
+
+
+# ----------------------------------------------------------------------------- blending
+def blend_hard(dst: np.ndarray, src: np.ndarray, mask: np.ndarray) -> None:
+    np.copyto(dst, src[..., :3], where=mask[..., None])
+
+
+def blend_alpha(dst: np.ndarray, src: np.ndarray, weight: np.ndarray) -> None:
+    """dst = w * src + (1 - w) * dst with w in [0, 1] (float32, same height/width as dst)."""
+    w = weight[..., None]
+    dst[...] = (src[..., :3].astype(np.float32) * w + dst.astype(np.float32) * (1.0 - w) + 0.5).astype(np.uint8)
+
+
+def _expanded(x0: int, y0: int, x1: int, y1: int, pad: int, height: int, width: int):
+    return max(x0 - pad, 0), max(y0 - pad, 0), min(x1 + pad, width), min(y1 + pad, height)
+
+
+def blend_gaussian(image: np.ndarray, src: np.ndarray, mask: np.ndarray, x0: int, y0: int, sigma: float) -> None:
+    """Alpha-blend with a Gaussian-blurred mask so the seam fades over a few pixels."""
+    h, w = mask.shape
+    pad = int(math.ceil(3 * sigma)) + 1
+    ex0, ey0, ex1, ey1 = _expanded(x0, y0, x0 + w, y0 + h, pad, *image.shape[:2])
+    ox, oy = x0 - ex0, y0 - ey0
+    soft = np.zeros((ey1 - ey0, ex1 - ex0), np.float32)
+    soft[oy : oy + h, ox : ox + w] = mask
+    soft = cv2.GaussianBlur(soft, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_CONSTANT)
+    rgb = cv2.copyMakeBorder(np.ascontiguousarray(src[..., :3]), oy, (ey1 - ey0) - oy - h, ox,
+                             (ex1 - ex0) - ox - w, cv2.BORDER_REPLICATE)
+    blend_alpha(image[ey0:ey1, ex0:ex1], rgb, soft)
+
+
+def blend_poisson(image: np.ndarray, src: np.ndarray, mask: np.ndarray, x0: int, y0: int) -> None:
+    """Poisson (seamless) cloning solved on the object's neighbourhood only, not on the whole canvas."""
+    h, w = mask.shape
+    margin = 4
+    ex0, ey0, ex1, ey1 = _expanded(x0, y0, x0 + w, y0 + h, margin, *image.shape[:2])
+    dst = image[ey0:ey1, ex0:ex1]
+    # Reflect-pad so the mask never touches the solve's border (seamlessClone needs a ring of context).
+    dst_pad = cv2.copyMakeBorder(np.ascontiguousarray(dst), margin, margin, margin, margin, cv2.BORDER_REFLECT)
+    ox, oy = x0 - ex0 + margin, y0 - ey0 + margin
+    src_pad = np.zeros_like(dst_pad)
+    src_pad[oy : oy + h, ox : ox + w] = src[..., :3]
+    mask_pad = np.zeros(dst_pad.shape[:2], np.uint8)
+    mask_pad[oy : oy + h, ox : ox + w] = mask.astype(np.uint8) * 255
+    bx, by, bw, bh = cv2.boundingRect(mask_pad)
+    center = (bx + bw // 2, by + bh // 2)  # keeps the object exactly where it was placed
+    out = cv2.seamlessClone(src_pad, dst_pad, mask_pad, center, cv2.NORMAL_CLONE)
+    dst[...] = out[margin : margin + dst.shape[0], margin : margin + dst.shape[1]]
+
+
+# ----------------------------------------------------------------------------- whole plan
+def _default_fill(dtype: np.dtype, n: int) -> np.ndarray:
+    """Values pasted instances get for an extra column they do not define."""
+    if dtype == bool:
+        return np.zeros(n, bool)
+    if np.issubdtype(dtype, np.signedinteger):
+        return np.full(n, -1, dtype)
+    if np.issubdtype(dtype, np.number):
+        return np.zeros(n, dtype) if np.issubdtype(dtype, np.integer) else np.full(n, np.nan, dtype)
+    return np.full(n, "", dtype=object)
+
+
+def _outer_box(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Integer boxes that contain the float boxes, clipped to the canvas."""
+    out = np.empty((len(boxes), 4), np.int64)
+    out[:, 0] = np.clip(np.floor(boxes[:, 0]), 0, width)
+    out[:, 1] = np.clip(np.floor(boxes[:, 1]), 0, height)
+    out[:, 2] = np.clip(np.ceil(boxes[:, 2]), 0, width)
+    out[:, 3] = np.clip(np.ceil(boxes[:, 3]), 0, height)
+    return out
+
+
+def apply_plan(sample: Sample, plan: PastePlan, pool, box_tolerance: float = 10.0,
+               min_visible_area: int = 300) -> Sample:
+    """Paste the plan's objects into a copy of `sample`; `pool` gives `rgba(row)` and `instance_ids`.
+
+    Later objects occlude earlier ones (originals first). An occluded instance is kept only when its
+    mask is not empty and either its box moved by at most `box_tolerance` px on every side or more than
+    `min_visible_area` pixels remain (the reference rule). Boxes of changed instances are recomputed from
+    their masks. The input sample is never modified.
+    """
+    height, width = sample.height, sample.width
+    if (plan.canvas_height, plan.canvas_width) != (height, width):
+        raise ValueError(f"plan drawn for {plan.canvas_height}x{plan.canvas_width}, sample is {height}x{width}")
+    image = sample.image.copy()
+    pieces = []  # (x0, y0, mask, pool_row, category_id, instance_id)
+    for op in plan.ops:
+        obj = transform_cutout(pool.rgba(op.pool_row), op.width, op.height, op.flip, op.angle, op.color)
+        h, w = obj.shape[:2]
+        left, top = op.center_x - w // 2, op.center_y - h // 2
+        x0, y0, x1, y1 = max(left, 0), max(top, 0), min(left + w, width), min(top + h, height)
+        if x1 <= x0 or y1 <= y0:
+            continue
+        src = obj[y0 - top : y1 - top, x0 - left : x1 - left]
+        mask = src[..., 3] >= MASK_THRESHOLD
+        rows = np.flatnonzero(mask.any(axis=1))
+        if len(rows) == 0:
+            continue
+        cols = np.flatnonzero(mask.any(axis=0))
+        r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        src, mask = src[r0:r1, c0:c1], mask[r0:r1, c0:c1]
+        x0, y0 = x0 + int(c0), y0 + int(r0)
+        region = image[y0 : y0 + mask.shape[0], x0 : x0 + mask.shape[1]]
+        if plan.blend == "hard":
+            blend_hard(region, src, mask)
+        elif plan.blend == "alpha":
+            blend_alpha(region, src, src[..., 3].astype(np.float32) * (1.0 / 255.0))
+        elif plan.blend == "gaussian":
+            blend_gaussian(image, src, mask, x0, y0, plan.blend_sigma)
+        else:
+            blend_poisson(image, src, mask, x0, y0)
+        pieces.append((x0, y0, mask, op.pool_row, op.category_id, str(pool.instance_ids[op.pool_row])))
+
+    return _occlude(sample, image, pieces, box_tolerance, min_visible_area)
+
+
+def _occlude(sample: Sample, image: np.ndarray, pieces: list, box_tolerance: float,
+             min_visible_area: int) -> Sample:
+    t = sample.targets
+    height, width = sample.height, sample.width
+    n, p = len(t), len(pieces)
+    total = n + p
+    masks = np.zeros((total, height, width), bool)  # calloc: untouched pages cost nothing
+    masks[:n] = t.masks
+    extent = np.empty((total, 4), np.int64)  # integer boxes containing each current mask
+    extent[:n] = _outer_box(t.boxes, height, width)
+    old_boxes = np.empty((total, 4), np.float64)
+    old_boxes[:n] = t.boxes
+    touched = np.zeros(total, bool)
+    for j, (x0, y0, mask, *_) in enumerate(pieces):
+        k = n + j
+        x1, y1 = x0 + mask.shape[1], y0 + mask.shape[0]
+        e = extent[:k]
+        hit = np.flatnonzero((e[:, 0] < x1) & (e[:, 2] > x0) & (e[:, 1] < y1) & (e[:, 3] > y0))
+        if len(hit):
+            keep = ~mask
+            for i in hit:
+                ix0, iy0 = max(x0, e[i, 0]), max(y0, e[i, 1])
+                ix1, iy1 = min(x1, e[i, 2]), min(y1, e[i, 3])
+                masks[i, iy0:iy1, ix0:ix1] &= keep[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0]
+            touched[hit] = True
+        masks[k, y0:y1, x0:x1] = mask
+        extent[k] = (x0, y0, x1, y1)
+        old_boxes[k] = (x0, y0, x1, y1)
+
+    boxes = old_boxes.astype(np.float32)
+    keep = np.ones(total, bool)
+    for i in np.flatnonzero(touched):
+        ex0, ey0, ex1, ey1 = extent[i]
+        crop = masks[i, ey0:ey1, ex0:ex1]
+        rows = np.flatnonzero(crop.any(axis=1))
+        if len(rows) == 0:
+            keep[i] = False
+            continue
+        cols = np.flatnonzero(crop.any(axis=0))
+        new = np.array([ex0 + cols[0], ey0 + rows[0], ex0 + cols[-1] + 1, ey0 + rows[-1] + 1], np.float64)
+        area = int(np.count_nonzero(crop[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]))
+        still_in_place = bool(np.all(np.abs(new - old_boxes[i]) <= box_tolerance))
+        keep[i] = still_in_place or area > min_visible_area
+        boxes[i] = new
+
+    kept = np.flatnonzero(keep)
+    if len(kept) < total:  # compact in place: only rows after the first dropped one move
+        for dst, src in enumerate(kept):
+            if dst != src:
+                masks[dst] = masks[src]
+        masks = masks[: len(kept)]
+
+    labels = np.concatenate([t.labels, np.array([pc[4] for pc in pieces], np.int64)])[kept]
+    extra = {}
+    for key, values in t.extra.items():
+        if key in ("pasted", "instance_id", "pool_row"):
+            continue
+        extra[key] = np.concatenate([values, _default_fill(values.dtype, p)])[kept]
+    pasted = np.concatenate([t.extra.get("pasted", np.zeros(n, bool)).astype(bool), np.ones(p, bool)])
+    extra["pasted"] = pasted[kept]
+    original_ids = t.extra.get("instance_id", np.full(n, "", dtype=object)).astype(object)
+    pool_rows = np.array([pc[3] for pc in pieces], np.int64)
+    pasted_ids = np.array([pc[5] for pc in pieces], dtype=object)
+    extra["instance_id"] = np.concatenate([original_ids, pasted_ids])[kept]
+    extra["pool_row"] = np.concatenate([t.extra.get("pool_row", np.full(n, -1, np.int64)), pool_rows])[kept]
+    targets = Targets(boxes[kept], masks, labels, extra)
+    return Sample(image, targets, dict(sample.meta))
