@@ -29,17 +29,20 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, durable: bool = True) -> None:
+    """Write via temp file + rename. The rename alone survives a killed process; `durable` also fsyncs
+    so the content survives a power loss (skipped for the many small per-image files of a long run)."""
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = None) -> None:
+def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = None, durable: bool = True) -> None:
     data = json.dumps(obj, indent=indent, ensure_ascii=False, allow_nan=False).encode("utf-8")
-    write_bytes_atomic(path, data)
+    write_bytes_atomic(path, data, durable)
 
 
 def read_json(path: str | os.PathLike) -> Any:

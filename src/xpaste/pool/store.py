@@ -278,7 +278,7 @@ class InstancePool:
         if instance_id in self._known_ids:
             return None
         rel = f"instances/{category_id}/{instance_id}.png"
-        write_bytes_atomic(self.root / rel, _encode_png(rgba))
+        write_bytes_atomic(self.root / rel, _encode_png(rgba), durable=False)
         row = {k: None for k in RECORD_COLUMNS}
         row.update({"instance_id": instance_id, "category_id": category_id,
                     "category": self.categories[category_id], "path": rel,
@@ -290,6 +290,11 @@ class InstancePool:
         self._pending.append(row)
         self._known_ids.add(instance_id)
         return instance_id
+
+    @property
+    def pending_count(self) -> int:
+        """Rows added but not yet written to an index shard."""
+        return len(self._pending)
 
     def flush(self) -> None:
         """Write pending rows as one new index shard (atomically) and make them visible to this object."""

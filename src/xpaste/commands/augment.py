@@ -1,0 +1,42 @@
+"""`xpaste augment`: write an augmented COCO/LVIS dataset."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from xpaste.commands.app import app
+
+
+@app.command("augment")
+def augment_cmd(
+    dataset: Path = typer.Option(..., "--dataset", help="COCO/LVIS annotation json"),
+    images: Path = typer.Option(..., "--images", help="folder the json's file_name entries are relative to"),
+    pool: Path = typer.Option(..., "--pool", help="instance pool folder"),
+    out: Path = typer.Option(..., "--out", help="output folder (images/ and annotations.json)"),
+    copies: int = typer.Option(1, "--copies", help="augmented copies per image"),
+    seed: int = typer.Option(0, "--seed"),
+    workers: int = typer.Option(1, "--workers", help="processes; the output does not depend on it"),
+    max_paste: int = typer.Option(20, "--max-paste", help="paste count ~ U[0, max_paste)"),
+    num_paste: Optional[int] = typer.Option(None, "--num-paste", help="fixed paste count instead"),
+    sampling: str = typer.Option("balanced", "--sampling", help="balanced | uniform | present"),
+    blend: str = typer.Option("hard", "--blend", help="hard | alpha | gaussian | poisson"),
+    scale_prior: str = typer.Option("dataset", "--scale-prior",
+                                    help="'dataset' (measured on --dataset), 'none', or an `xpaste stats` json"),
+    max_rotation: float = typer.Option(0.0, "--max-rotation", help="degrees; 0 disables rotation"),
+    color_jitter: float = typer.Option(0.0, "--color-jitter", help="brightness/contrast/saturation +- this"),
+    flip_prob: float = typer.Option(0.5, "--flip-prob"),
+    image_format: str = typer.Option("auto", "--image-format", help="auto (png stays png, else jpg) | png"),
+) -> None:
+    """Paste pool instances into every image, K times, and write images plus a COCO/LVIS json (RLE masks)."""
+    from xpaste.augment import augment_dataset
+
+    report = augment_dataset(
+        dataset, images, pool, out, copies=copies, seed=seed, workers=workers, scale_prior=scale_prior,
+        image_format=image_format, max_paste=max_paste, num_paste=num_paste, sampling=sampling, blend=blend,
+        max_rotation=max_rotation, color_jitter=color_jitter, flip_prob=flip_prob,
+    )
+    typer.echo(f"{out}: {report.summary()}")
+    if report.failed:
+        typer.echo(f"see {out / 'augment_log.json'} for the {len(report.failed)} failed images")
