@@ -18,6 +18,7 @@ import numpy as np
 
 from xpaste.errors import XPasteError
 from xpaste.io import read_json, write_bytes_atomic, write_json_atomic
+from xpaste.ops.masks import masks_to_rles
 
 PARTS = ".parts"
 CONFIG_FILE = "augment_config.json"
@@ -73,18 +74,6 @@ def _encode(image: np.ndarray, ext: str) -> bytes:
     return buf.tobytes()
 
 
-def _masks_to_rles(masks: np.ndarray) -> list[dict]:
-    """Compressed RLEs of (N, H, W) masks in one pycocotools call."""
-    from pycocotools import mask as mask_utils
-
-    if len(masks) == 0:
-        return []
-    # (H, W, N) Fortran-ordered == (N, W, H) C-ordered: one transposing copy for all masks.
-    fortran = np.ascontiguousarray(masks.transpose(0, 2, 1), dtype=np.uint8).transpose(2, 1, 0)
-    rles = mask_utils.encode(fortran)
-    return [{"size": [int(r["size"][0]), int(r["size"][1])], "counts": r["counts"].decode("ascii")} for r in rles]
-
-
 def _run_task(task: tuple[int, int]) -> dict:
     """Augment one (image index, copy); returns a small status dict (never raises for bad input)."""
     from xpaste.data.coco import load_sample
@@ -107,7 +96,7 @@ def _run_task(task: tuple[int, int]) -> dict:
     ext = ".png" if s["ext_policy"] == "png" or str(image["file_name"]).lower().endswith(".png") else ".jpg"
     file_name = f"{new_id:012d}{ext}"
     write_bytes_atomic(s["out"] / "images" / file_name, _encode(out.image, ext), durable=False)
-    rles = _masks_to_rles(t.masks)
+    rles = masks_to_rles(t.masks, t.boxes)
     areas = t.masks.reshape(len(t), -1).sum(axis=1) if len(t) else np.zeros(0, np.int64)
     anns = []
     for i in range(len(t)):

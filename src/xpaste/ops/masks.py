@@ -77,3 +77,44 @@ def count_components(mask: np.ndarray) -> int:
 
     n, _ = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
     return int(n) - 1
+
+
+def _band_counts(mask: np.ndarray, x0: int, x1: int) -> list[int]:
+    """Uncompressed COCO RLE counts of a full mask that is empty outside columns [x0, x1).
+
+    COCO RLE runs go down columns (column-major) and start with a run of zeros. Only the band of columns
+    that can hold object pixels is transposed, so the cost follows the object's width, not the image's.
+    """
+    height, width = mask.shape
+    flat = np.ascontiguousarray(mask[:, x0:x1].T).reshape(-1).view(np.uint8)
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    edges = np.concatenate(([0], change, [flat.size]))
+    runs = np.diff(edges)
+    if flat.size and flat[0]:  # RLE starts with a (possibly empty) zero run
+        runs = np.concatenate(([0], runs))
+    counts = runs.tolist()
+    counts[0] += x0 * height
+    tail = (width - x1) * height
+    if tail:
+        if len(counts) % 2 == 1:  # the last run is zeros: extend it
+            counts[-1] += tail
+        else:
+            counts.append(tail)
+    return counts
+
+
+def masks_to_rles(masks: np.ndarray, boxes: np.ndarray) -> list[dict]:
+    """Compressed COCO RLEs (json-ready) of (N, H, W) masks whose pixels lie inside XYXY `boxes`.
+
+    Equal to `rle_encode` mask by mask, but transposes only each box's column band (the full-mask
+    Fortran copy pycocotools needs costs ~7 ms per 640x640 image with 18 masks)."""
+    from pycocotools import mask as mask_utils
+
+    out = []
+    for mask, box in zip(masks, boxes):
+        height, width = mask.shape
+        x0 = int(np.clip(np.floor(box[0]), 0, width))
+        x1 = int(np.clip(np.ceil(box[2]), x0, width))
+        rle = mask_utils.frPyObjects({"size": [height, width], "counts": _band_counts(mask, x0, x1)}, height, width)
+        out.append({"size": [height, width], "counts": rle["counts"].decode("ascii")})
+    return out
