@@ -1,0 +1,50 @@
+"""Foreground segmenters, reached through registry strings so that importing this package stays light.
+
+`build_segmenter("rembg:u2net")` imports the backend module only then: torch, transformers, OpenCV and
+rembg are never imported by `import xpaste.segment`.
+"""
+from __future__ import annotations
+
+import importlib
+
+from xpaste.errors import XPasteError, missing_extra
+from xpaste.segment.base import BINARY_THRESHOLD, Segmenter, binarize
+
+#: name -> "module:Class"; the optional part after ":" in a spec is the backend's first argument.
+SEGMENTERS: dict[str, str] = {
+    "grabcut": "xpaste.segment.grabcut:GrabCutSegmenter",
+    "clipseg": "xpaste.segment.clipseg:CLIPSegSegmenter",
+    "rembg": "xpaste.segment.rembg_backend:RembgSegmenter",
+}
+
+# Which pip extra provides the heavy imports of each backend (for the ImportError message).
+_EXTRAS = {"grabcut": "segment", "clipseg": "segment", "rembg": "segment"}
+
+__all__ = ["SEGMENTERS", "BINARY_THRESHOLD", "Segmenter", "binarize", "build_segmenter", "parse_spec"]
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """Split "name" or "name:arg" (arg may itself contain ":" or "/", e.g. a path) into (name, arg)."""
+    name, sep, arg = spec.strip().partition(":")
+    name = name.strip().lower()
+    if name not in SEGMENTERS:
+        raise XPasteError(f"unknown segmenter {spec!r}",
+                          hint=f"choose one of {', '.join(sorted(SEGMENTERS))}, optionally as name:model")
+    return name, (arg if sep and arg else None)
+
+
+def build_segmenter(spec: str, **kwargs) -> Segmenter:
+    """Build a segmenter from "name" or "name:arg" ("rembg:u2net", "rembg:/m.onnx", "clipseg:/folder").
+
+    The arg is passed as the backend's first positional argument; kwargs go to its constructor.
+    """
+    name, arg = parse_spec(spec)
+    module_name, class_name = SEGMENTERS[name].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and not e.name.startswith("xpaste"):
+            raise missing_extra(e.name, _EXTRAS[name]) from e
+        raise
+    cls = getattr(module, class_name)
+    return cls(arg, **kwargs) if arg is not None else cls(**kwargs)

@@ -1,0 +1,84 @@
+"""CLIPSeg (transformers): text-prompted segmentation, prompted with the category name.
+
+CLIPSeg is the one X-Paste segmenter that knows *what* to cut out, which matters when a generated
+image shows the object together with props. The model works at a fixed square resolution (352 for
+the released checkpoint); its logits are turned into probabilities and resized back to each image.
+"""
+from __future__ import annotations
+
+import os
+
+import cv2
+import numpy as np
+import torch
+from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
+
+from xpaste.errors import XPasteError
+from xpaste.segment.base import check_batch, to_uint8
+
+DEFAULT_MODEL = "CIDAS/clipseg-rd64-refined"
+
+
+def _looks_like_path(model: str) -> bool:
+    # Hub ids also contain "/", so only explicit path forms count as local folders.
+    return os.path.isabs(model) or model.startswith((".", "~")) or os.path.isdir(model)
+
+
+class CLIPSegSegmenter:
+    """Soft masks from CLIPSeg logits: sigmoid, bilinear resize to the image size, 0-255.
+
+    model: a hub id (default CIDAS/clipseg-rd64-refined) or a folder holding both the model and the
+        processor (`save_pretrained` of each into the same folder).
+    device: "cuda"/"cpu"/...; None picks CUDA when available. fp16 is used on CUDA.
+    batch_size: images per forward pass.
+    """
+
+    def __init__(self, model: str = DEFAULT_MODEL, device: str | None = None, batch_size: int = 8,
+                 fp16: bool | None = None, name: str | None = None):
+        self.model_id = model
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        use_fp16 = (self.device.type == "cuda") if fp16 is None else fp16
+        self.dtype = torch.float16 if use_fp16 else torch.float32
+        self.batch_size = int(batch_size)
+        if model == DEFAULT_MODEL:
+            self.name = name or "clipseg"
+        else:
+            self.name = name or f"clipseg:{os.path.basename(os.path.normpath(model))}"
+        self.processor, self.model = self._load(model)
+
+    def _load(self, model: str):
+        hint = ("download it once while online, or pass a local folder holding the model and its processor: "
+                "--segmenter clipseg:/path/to/folder (Python: CLIPSegSegmenter('/path/to/folder'))")
+        local = _looks_like_path(model)
+        path = os.path.expanduser(model)
+        if local and not os.path.isdir(path):
+            raise XPasteError(f"CLIPSeg model folder {model!r} not found", hint=hint)
+        try:
+            processor = CLIPSegProcessor.from_pretrained(path if local else model)
+            net = CLIPSegForImageSegmentation.from_pretrained(path if local else model)
+        except (OSError, ValueError) as e:
+            # Offline hub ids fail with OSError; malformed ids with a ValueError from huggingface_hub.
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise XPasteError(f"could not load CLIPSeg model {model!r}: {first_line}", hint=hint) from e
+        # Cast after loading: the from_pretrained dtype keyword changed name across transformers versions.
+        return processor, net.to(self.device, self.dtype).eval()
+
+    @torch.inference_mode()
+    def segment(self, images: list[np.ndarray], prompts: list[str]) -> list[np.ndarray]:
+        check_batch(images, prompts)
+        out: list[np.ndarray] = []
+        for start in range(0, len(images), self.batch_size):
+            batch = images[start : start + self.batch_size]
+            # LVIS names use underscores ("baseball_bat"); CLIP's tokenizer expects words.
+            texts = [p.replace("_", " ") for p in prompts[start : start + self.batch_size]]
+            inputs = self.processor(text=texts, images=batch, padding=True, return_tensors="pt")
+            inputs = {k: v.to(self.device) for k, v in inputs.items()}
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+            logits = self.model(**inputs).logits
+            if logits.ndim == 2:  # older transformers squeeze a batch of one to (S, S)
+                logits = logits[None]
+            probs = torch.sigmoid(logits.float()).cpu().numpy()
+            for prob, img in zip(probs, batch):
+                h, w = img.shape[:2]
+                out.append(to_uint8(cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)))
+        return out

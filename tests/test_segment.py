@@ -1,0 +1,232 @@
+"""Segmenters: registry, GrabCut on a synthetic disc, tiny offline CLIPSeg and rembg models."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+from xpaste.errors import XPasteError
+from xpaste.segment import SEGMENTERS, Segmenter, binarize, build_segmenter, parse_spec
+
+SIZES = [(48, 64), (70, 40)]  # (H, W): a batch of two different sizes
+
+
+def disc_image(h: int = 96, w: int = 128, radius: int = 28) -> tuple[np.ndarray, np.ndarray]:
+    """A red disc on a plain grey-green background, plus its ground-truth mask."""
+    yy, xx = np.mgrid[:h, :w]
+    disc = (yy - h / 2) ** 2 + (xx - w / 2) ** 2 < radius**2
+    img = np.empty((h, w, 3), np.uint8)
+    img[:] = (90, 140, 100)
+    img[disc] = (220, 30, 40)
+    return img, disc
+
+
+def random_images(seed: int = 0) -> list[np.ndarray]:
+    r = np.random.default_rng(seed)
+    return [r.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in SIZES]
+
+
+def check_masks(masks, images):
+    assert len(masks) == len(images)
+    for m, img in zip(masks, images):
+        assert m.dtype == np.uint8 and m.shape == img.shape[:2]
+
+
+# --- registry --------------------------------------------------------------------------------------
+
+def test_import_is_light():
+    code = ("import sys, xpaste.segment, xpaste.score; "
+            "bad = [m for m in ('torch', 'cv2', 'rembg', 'transformers', 'open_clip') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_parse_spec_and_unknown_name():
+    assert parse_spec("rembg") == ("rembg", None)
+    assert parse_spec("rembg:u2net") == ("rembg", "u2net")
+    assert parse_spec("clipseg:/a/b:c") == ("clipseg", "/a/b:c")
+    assert set(SEGMENTERS) == {"grabcut", "clipseg", "rembg"}
+    with pytest.raises(XPasteError, match="unknown segmenter"):
+        build_segmenter("nope")
+
+
+def test_binarize_threshold():
+    soft = np.array([[0, 128, 129, 255]], np.uint8)
+    assert binarize(soft).tolist() == [[False, False, True, True]]
+
+
+# --- GrabCut ---------------------------------------------------------------------------------------
+
+def test_grabcut_recovers_disc():
+    seg = build_segmenter("grabcut")
+    assert isinstance(seg, Segmenter) and seg.name == "grabcut"
+    img, disc = disc_image()
+    (soft,) = seg.segment([img], ["ball"])
+    assert soft.dtype == np.uint8 and soft.shape == disc.shape
+    assert set(np.unique(soft)) <= {0, 255}
+    pred = binarize(soft)
+    iou = (pred & disc).sum() / (pred | disc).sum()
+    assert iou > 0.8
+
+
+def test_grabcut_batch_downscale_and_spec():
+    seg = build_segmenter("grabcut:3", max_side=64)  # 128-px image runs at 64 px, mask scaled back
+    assert seg.iterations == 3
+    img, disc = disc_image()
+    masks = seg.segment([img, img[:40, :30]], ["a", "b"])
+    assert [m.shape for m in masks] == [disc.shape, (40, 30)]
+    pred = binarize(masks[0])
+    assert (pred & disc).sum() / (pred | disc).sum() > 0.8
+
+
+def test_grabcut_rejects_bad_input():
+    seg = build_segmenter("grabcut")
+    with pytest.raises(ValueError, match="uint8"):
+        seg.segment([np.zeros((8, 8, 3), np.float32)], ["x"])
+    with pytest.raises(ValueError, match="prompts"):
+        seg.segment([np.zeros((8, 8, 3), np.uint8)], ["x", "y"])
+    assert seg.segment([np.zeros((2, 2, 3), np.uint8)], ["x"])[0].shape == (2, 2)
+
+
+# --- CLIPSeg ---------------------------------------------------------------------------------------
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP byte -> printable character table (no longer exported by transformers 5)."""
+    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def make_tiny_clipseg(folder: str) -> str:
+    """Save a random tiny CLIPSeg model + processor (byte-level vocab, 64-px images) into folder."""
+    import torch
+    from transformers import (CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, CLIPTokenizer,
+                              ViTImageProcessor)
+
+    chars = list(_bytes_to_unicode().values())
+    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+    processor = CLIPSegProcessor(image_processor=ViTImageProcessor(size={"height": 64, "width": 64}),
+                                 tokenizer=tokenizer)
+    bos, eos = vocab["<|startoftext|>"], vocab["<|endoftext|>"]
+    config = CLIPSegConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=77, bos_token_id=bos, eos_token_id=eos,
+                         pad_token_id=eos),
+        vision_config=dict(image_size=64, patch_size=8, hidden_size=32, intermediate_size=37,
+                           num_hidden_layers=2, num_attention_heads=4),
+        projection_dim=32, reduce_dim=16, extract_layers=[0, 1])
+    torch.manual_seed(0)
+    CLIPSegForImageSegmentation(config).eval().save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_clipseg(tmp_path_factory) -> str:
+    return make_tiny_clipseg(str(tmp_path_factory.mktemp("clipseg")))
+
+
+def test_clipseg_tiny_batch(tiny_clipseg):
+    seg = build_segmenter(f"clipseg:{tiny_clipseg}", device="cpu")
+    assert seg.name.startswith("clipseg:")
+    images = random_images()
+    masks = seg.segment(images, ["baseball_bat", "cat"])
+    check_masks(masks, images)
+    assert all(m.std() > 0 for m in masks)  # a real (random) logit map, not a constant
+    again = seg.segment(images, ["baseball_bat", "cat"])
+    assert all(np.array_equal(a, b) for a, b in zip(masks, again))
+    # batch_size=1 path and a batch split across passes give the same masks
+    one_by_one = build_segmenter(f"clipseg:{tiny_clipseg}", device="cpu", batch_size=1)
+    single = one_by_one.segment(images, ["baseball_bat", "cat"])
+    assert all(np.abs(a.astype(int) - b).max() <= 1 for a, b in zip(masks, single))
+
+
+def test_clipseg_missing_model_names_it():
+    with pytest.raises(XPasteError, match="xpaste-nonexistent/clipseg") as err:
+        build_segmenter("clipseg:xpaste-nonexistent/clipseg")
+    assert "clipseg:/path/to/folder" in str(err.value)
+    with pytest.raises(XPasteError, match="not found"):
+        build_segmenter("clipseg:/nonexistent/folder")
+
+
+# --- rembg -----------------------------------------------------------------------------------------
+
+def export_tiny_u2net(path: str) -> str:
+    """Export a random conv net with U2-Net's interface (1x3x320x320 -> 1x1x320x320 in (0, 1))."""
+    import torch
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 1, 3, padding=1)
+
+        def forward(self, x):
+            return torch.sigmoid(self.conv(x))
+
+    torch.manual_seed(0)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with warnings.catch_warnings():
+        # The legacy exporter warns it is deprecated; the dynamo exporter needs onnxscript.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Tiny().eval(), (torch.zeros(1, 3, 320, 320),), path, dynamo=False,
+                          input_names=["input"], output_names=["output"])
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_u2net(tmp_path_factory) -> str:
+    """A tiny model at $REMBG_HOME/models/u2net/u2net.onnx (where rembg looks) plus one outside it."""
+    from rembg.sessions.u2net import U2netSession
+
+    # model_dir() honours REMBG_HOME (set by conftest) and a U2NET_HOME that would override it
+    export_tiny_u2net(os.path.join(U2netSession.model_dir(), "u2net.onnx"))
+    return export_tiny_u2net(str(tmp_path_factory.mktemp("onnx") / "my_model.onnx"))
+
+
+def test_rembg_named_model(tiny_u2net):
+    seg = build_segmenter("rembg:u2net")
+    assert seg.name == "rembg:u2net"
+    images = random_images()
+    masks = seg.segment(images, ["x", "y"])
+    check_masks(masks, images)
+    assert all(m.max() > m.min() for m in masks)  # rembg min-max normalises the saliency map
+
+
+def test_rembg_local_file_outside_home(tiny_u2net):
+    seg = build_segmenter(f"rembg:{tiny_u2net}")
+    assert seg.name == "rembg:my_model"
+    images = random_images(1)
+    check_masks(seg.segment(images, ["x", "y"]), images)
+    named = build_segmenter("rembg:u2net").segment(images, ["x", "y"])
+    # same weights (same seed) through the custom session give (almost) the same matte
+    custom = seg.segment(images, ["x", "y"])
+    assert all(np.abs(a.astype(int) - b).max() <= 1 for a, b in zip(named, custom))
+    build_segmenter(f"rembg:{tiny_u2net}")  # the link into REMBG_HOME is reused
+
+
+def test_rembg_missing_model_names_it(monkeypatch):
+    import pooch
+    import requests
+
+    def offline(*args, **kwargs):  # what pooch raises without network; never download in tests
+        raise requests.exceptions.ConnectionError("Failed to resolve 'github.com'")
+
+    monkeypatch.setattr(pooch, "retrieve", offline)
+    with pytest.raises(XPasteError, match="u2netp") as err:
+        build_segmenter("rembg:u2netp")  # not in REMBG_HOME, so rembg tries to download it
+    assert os.path.join("models", "u2netp", "u2netp.onnx") in str(err.value)
+    with pytest.raises(XPasteError, match="not found"):
+        build_segmenter("rembg:/nonexistent/model.onnx")
+    with pytest.raises(XPasteError, match="unknown rembg model"):
+        build_segmenter("rembg:not-a-model")
