@@ -97,11 +97,11 @@ def _run_task(task: tuple[int, int]) -> dict:
     file_name = f"{new_id:012d}{ext}"
     write_bytes_atomic(s["out"] / "images" / file_name, _encode(out.image, ext), durable=False)
     rles = masks_to_rles(t.masks, t.boxes)
-    areas = t.masks.reshape(len(t), -1).sum(axis=1) if len(t) else np.zeros(0, np.int64)
     anns = []
     for i in range(len(t)):
         x1, y1, x2, y2 = (int(v) for v in t.boxes[i])
-        ann = {"category_id": int(t.labels[i]), "segmentation": rles[i], "area": int(areas[i]),
+        area = int(np.count_nonzero(t.masks[i, y1:y2, x1:x2]))  # the box is tight: count inside it only
+        ann = {"category_id": int(t.labels[i]), "segmentation": rles[i], "area": area,
                "bbox": [x1, y1, x2 - x1, y2 - y1], "iscrowd": int(bool(t.extra["iscrowd"][i])),
                "pasted": bool(t.extra["pasted"][i])}
         if ann["pasted"]:

@@ -10,6 +10,7 @@ COMMAND_MODULES = [
     "xpaste.commands.stats",
     "xpaste.commands.pool",
     "xpaste.commands.augment",
+    "xpaste.commands.eval",
 ]
 
 

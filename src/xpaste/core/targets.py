@@ -85,7 +85,7 @@ class Targets:
 
     def areas(self) -> np.ndarray:
         """Mask pixel counts, (N,) int64."""
-        return self.masks.reshape(len(self), -1).sum(axis=1, dtype=np.int64)
+        return self.masks.sum(axis=(1, 2), dtype=np.int64)
 
     @staticmethod
     def concatenate(parts: list[Targets]) -> Targets:

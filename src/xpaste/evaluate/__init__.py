@@ -1,0 +1,1 @@
+"""Evaluation: COCO / LVIS mask and box AP of a predictions file, through the official libraries."""

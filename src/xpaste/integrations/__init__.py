@@ -1,0 +1,1 @@
+"""Adapters that plug xpaste into training frameworks (import each submodule explicitly)."""
