@@ -11,6 +11,7 @@ for _var, _sub in [("MPLCONFIGDIR", "mpl"), ("YOLO_CONFIG_DIR", "yolo"), ("REMBG
                    ("TORCH_HOME", "torch")]:
     os.environ.setdefault(_var, os.path.join(_SANDBOX, _sub))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_CBWR", "COMPATIBLE")  # reproducible MKL kernels (xpaste.pipeline.determinism)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from datasets import write_dataset
+from coco_fixtures import write_dataset
 
 from xpaste.cli import main
 from xpaste.ops.masks import rle_decode, tight_box

@@ -11,6 +11,7 @@ COMMAND_MODULES = [
     "xpaste.commands.pool",
     "xpaste.commands.augment",
     "xpaste.commands.eval",
+    "xpaste.commands.pipeline",
 ]
 
 
@@ -23,6 +24,9 @@ def build_app():
 
 
 def main(argv: list[str] | None = None) -> int:
+    from xpaste.pipeline.determinism import set_env_defaults
+
+    set_env_defaults()  # before any command imports torch
     from xpaste.commands.app import STATE
     from xpaste.errors import XPasteError
 

@@ -54,6 +54,9 @@ class GrabCutSegmenter:
         # Channel order does not matter to GrabCut's colour models, so RGB is passed as is.
         labels = np.zeros((wh, ww), np.uint8)
         bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+        # GrabCut seeds its k-means from OpenCV's thread RNG, whose state depends on earlier calls in the
+        # process: reseed so a mask depends only on its image (a resumed run must equal an uninterrupted one).
+        cv2.setRNGSeed(0)
         cv2.grabCut(np.ascontiguousarray(work), labels, (mx, my, ww - 2 * mx, wh - 2 * my), bgd, fgd,
                     self.iterations, cv2.GC_INIT_WITH_RECT)
         fg = (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)

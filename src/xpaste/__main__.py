@@ -1,0 +1,3 @@
+from xpaste.cli import main
+
+raise SystemExit(main())

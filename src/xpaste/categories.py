@@ -1,0 +1,193 @@
+"""The categories a run works on: loaded from a COCO/LVIS json, a text file, or a list of names.
+
+Every stage keys its outputs by category, so a `Category` carries the two forms those outputs need: `text`
+(what goes into a prompt or a CLIP query) and `dir_name` (a folder name that is safe on every file system
+and unique even when two names sanitise to the same string, because it starts with the id).
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from xpaste.errors import XPasteError
+from xpaste.io import safe_name
+
+
+@dataclass(frozen=True)
+class Category:
+    """One category. `synonyms`, `definition` and `frequency` (r/c/f) are filled from LVIS when present."""
+
+    id: int
+    name: str
+    synonyms: tuple[str, ...] = ()
+    definition: str = ""
+    frequency: str = ""
+
+    def __post_init__(self):
+        # bool is an int subclass and numpy ints are not ints: accept the latter, refuse the former.
+        if isinstance(self.id, bool) or not hasattr(self.id, "__index__"):
+            raise XPasteError(f"category id {self.id!r} is not an integer (name {self.name!r})")
+        object.__setattr__(self, "id", int(self.id))
+        if self.id < 0:
+            raise XPasteError(f"category id {self.id} is negative (name {self.name!r})")
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise XPasteError(f"category {self.id} has an empty or non-string name: {self.name!r}")
+        # Rows read back from Parquet hold numpy arrays or lists; normalise so instances stay hashable.
+        syn = self.synonyms
+        syn = () if syn is None else (syn,) if isinstance(syn, str) else syn
+        object.__setattr__(self, "synonyms", tuple(str(s) for s in syn))
+        object.__setattr__(self, "definition", str(self.definition or ""))
+        object.__setattr__(self, "frequency", str(self.frequency or ""))
+
+    @property
+    def text(self) -> str:
+        """The name as words: LVIS' `fire_hydrant` -> `fire hydrant`; `bow_(weapon)` -> `bow (weapon)`."""
+        return " ".join(self.name.replace("_", " ").split())
+
+    @property
+    def dir_name(self) -> str:
+        """A unique, file-name-safe folder name: `00003_fire_hydrant`, `00002_cat_dog` for `cat/dog`."""
+        return f"{self.id:05d}_{safe_name(self.name)}"
+
+
+# ----------------------------------------------------------------------------------------------- loaders
+def _check_unique(cats: list[Category], where: str | os.PathLike | None) -> list[Category]:
+    ids: set[int] = set()
+    for c in cats:
+        if c.id in ids:
+            raise XPasteError(f"duplicate category id {c.id}", where)
+        ids.add(c.id)
+    return cats
+
+
+def categories_from_coco(path: str | os.PathLike) -> list[Category]:
+    """The categories of a COCO / LVIS instances json (LVIS' synonyms, def and frequency kept)."""
+    from xpaste.data.coco import load_coco  # deferred: the dataset module pulls in the mask ops
+
+    dataset = load_coco(path)
+    cats = []
+    for raw in dataset.categories:
+        cats.append(Category(raw["id"], raw["name"], raw.get("synonyms") or (), raw.get("def") or "",
+                             raw.get("frequency") or ""))
+    if not cats:
+        raise XPasteError("the dataset has no categories", path)
+    return _check_unique(cats, path)
+
+
+def categories_from_text(path: str | os.PathLike) -> list[Category]:
+    """One name per line; blank lines and lines starting with '#' are skipped; ids are 1..N in file order."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # -sig: files saved by Windows editors start with a BOM
+    except FileNotFoundError:
+        raise XPasteError("category file not found", path) from None
+    except UnicodeDecodeError as e:
+        raise XPasteError(f"category file is not UTF-8 text: {e}", path) from None
+    cats: list[Category] = []
+    first_line: dict[str, int] = {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        name = line.strip()
+        if not name or name.startswith("#"):
+            continue
+        if name in first_line:
+            raise XPasteError(f"line {lineno}: duplicate category {name!r} (first on line {first_line[name]})",
+                              path)
+        first_line[name] = lineno
+        cats.append(Category(len(cats) + 1, name))
+    if not cats:
+        raise XPasteError("category file lists no names", path, "one category name per line")
+    return cats
+
+
+def categories_from_names(names: Iterable[str]) -> list[Category]:
+    """Categories from names in the given order, ids 1..N. Duplicates and empty names are errors."""
+    names = list(names)
+    cats: list[Category] = []
+    seen: set[str] = set()
+    for raw in names:
+        name = str(raw).strip()
+        if not name:
+            raise XPasteError(f"empty category name in {names!r}")
+        if name in seen:
+            raise XPasteError(f"duplicate category name {name!r}")
+        seen.add(name)
+        cats.append(Category(len(cats) + 1, name))
+    if not cats:
+        raise XPasteError("no category names given")
+    return cats
+
+
+def load_categories(source: str | os.PathLike) -> list[Category]:
+    """Categories from a .json dataset, an existing text file, or a comma-separated list of names."""
+    text = str(source)
+    path = Path(os.path.expanduser(text))
+    if text.lower().endswith(".json"):
+        return categories_from_coco(path)
+    if path.is_file():
+        return categories_from_text(path)
+    if path.is_dir():
+        raise XPasteError("expected a category file or a comma-separated list of names, got a folder", path)
+    if text.lower().endswith((".txt", ".csv", ".tsv", ".names")):
+        # Reading a mistyped file name as a one-category list would silently run the wrong job.
+        raise XPasteError("category file not found", path,
+                          "pass an existing .txt/.json file or a comma-separated list of names")
+    return categories_from_names(part for part in text.split(",") if part.strip())
+
+
+# --------------------------------------------------------------------------------------------- selection
+def _norm(s: str) -> str:
+    return " ".join(s.replace("_", " ").lower().split())
+
+
+def select_categories(cats: list[Category], names_or_ids: list[str] | None) -> list[Category]:
+    """The categories named (by id, exact name, or name ignoring case and '_' vs ' ') in `names_or_ids`.
+
+    None or an empty list selects everything. The result keeps the catalogue's order, without repeats, so
+    the same selection written in another order gives the same run.
+    """
+    if not names_or_ids:
+        return list(cats)
+    by_id = {c.id: c for c in cats}
+    by_name = {c.name: c for c in cats}
+    by_norm: dict[str, list[Category]] = {}
+    for c in cats:
+        by_norm.setdefault(_norm(c.name), []).append(c)
+    chosen: set[int] = set()
+    for item in names_or_ids:
+        key = str(item).strip()
+        if key in by_name:
+            chosen.add(by_name[key].id)
+        elif key.lstrip("-").isdigit() and int(key) in by_id:
+            chosen.add(int(key))
+        elif len(by_norm.get(_norm(key), ())) == 1:
+            chosen.add(by_norm[_norm(key)][0].id)
+        elif len(by_norm.get(_norm(key), ())) > 1:
+            ids = [c.id for c in by_norm[_norm(key)]]
+            raise XPasteError(f"category {key!r} is ambiguous (ids {ids})", hint="select it by its exact name or id")
+        else:
+            close = difflib.get_close_matches(key, [c.name for c in cats], n=5, cutoff=0.5)
+            hint = f"did you mean {', '.join(repr(n) for n in close)}?" if close else \
+                f"{len(cats)} categories are known, e.g. {', '.join(repr(c.name) for c in cats[:5])}"
+            raise XPasteError(f"unknown category {key!r}", hint=hint)
+    return [c for c in cats if c.id in chosen]
+
+
+# ------------------------------------------------------------------------------------------------ tables
+def categories_to_rows(cats: Iterable[Category]) -> list[dict[str, Any]]:
+    """Plain dicts (json / Parquet friendly) with keys id, name, synonyms, definition, frequency."""
+    return [{"id": c.id, "name": c.name, "synonyms": list(c.synonyms), "definition": c.definition,
+             "frequency": c.frequency} for c in cats]
+
+
+def categories_from_rows(rows: Iterable[dict[str, Any]]) -> list[Category]:
+    """Inverse of `categories_to_rows`; also accepts LVIS-style rows (`def` instead of `definition`)."""
+    cats = []
+    for row in rows:
+        if "id" not in row or "name" not in row:
+            raise XPasteError(f"category row {row!r} needs at least 'id' and 'name'")
+        definition = row.get("definition", row.get("def", "")) or ""
+        cats.append(Category(row["id"], row["name"], row.get("synonyms"), definition, row.get("frequency") or ""))
+    return _check_unique(cats, None)

@@ -1,0 +1,1 @@
+"""The instance-generation pipeline: generate / retrieve -> segment -> score -> build-pool, in resumable shards."""

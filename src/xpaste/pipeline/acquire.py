@@ -1,0 +1,201 @@
+"""Stage 1: acquire object images, by generation (diffusers) or retrieval (a folder or a k-NN service)."""
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from xpaste.errors import XPasteError
+from xpaste.pipeline.rundir import resolve_categories, save_png
+from xpaste.pipeline.runner import Stage
+
+CANDIDATE_FIELDS = [("candidate_id", "string"), ("kind", "string"), ("category_id", "int64"),
+                    ("category", "string"), ("path", "string"), ("source", "string"), ("model", "string"),
+                    ("prompt", "string"), ("seed", "int64"), ("steps", "int64"), ("guidance", "float64"),
+                    ("width", "int64"), ("height", "int64"), ("url", "string"), ("retrieval_score", "float64")]
+
+
+def candidate_schema():
+    import pyarrow as pa
+
+    return pa.schema([(name, getattr(pa, typ)()) for name, typ in CANDIDATE_FIELDS])
+
+
+def candidate_row(**values) -> dict:
+    row = {name: None for name, _ in CANDIDATE_FIELDS}
+    row.update(values)
+    return row
+
+
+def model_tag(model: str) -> str:
+    return hashlib.sha1(model.encode()).hexdigest()[:8]
+
+
+class GenerateStage(Stage):
+    """Text-to-image generation: `per_category` images per category and model, deterministic seeds."""
+
+    name = "generate"
+    _model_attrs = ("_generator",)
+
+    def __init__(self, run_dir: Path, config: dict):
+        super().__init__(run_dir, config)
+        self.categories = resolve_categories(self.run_dir, config)
+        self._generator = None
+        self._generator_model = None
+
+    def schema(self):
+        return candidate_schema()
+
+    def fingerprint(self) -> dict:
+        g = {k: v for k, v in self.config["generate"].items() if k not in ("batch_size", "enabled")}
+        return {"generate": g, "shard_size": self.config["shard_size"]}
+
+    def plan(self) -> list[dict]:
+        from xpaste.generate.prompts import BACKGROUND_PROMPTS, image_seed, load_prompt_file, prompt_for
+
+        g = self.config["generate"]
+        per_category = load_prompt_file(g["prompt_file"]) if g["prompt_file"] else None
+        items = []
+        for model in g["models"]:
+            tag = model_tag(model)
+            for cat in self.categories:
+                for i in range(int(g["per_category"])):
+                    cid = f"gen-{tag}-{cat.id}-{i:06d}"
+                    items.append({"candidate_id": cid, "kind": "object", "category_id": cat.id,
+                                  "category": cat.name, "model": model,
+                                  "prompt": prompt_for(cat, i, g["templates"], per_category),
+                                  "seed": image_seed(int(g["seed"]), model, cat.id, i),
+                                  "path": f"images/generated/{cat.dir_name}/{cid}.png"})
+            for i in range(int(g["backgrounds"])):
+                cid = f"bg-{tag}-{i:06d}"
+                items.append({"candidate_id": cid, "kind": "background", "category_id": 0, "category": "",
+                              "model": model, "prompt": BACKGROUND_PROMPTS[i % len(BACKGROUND_PROMPTS)],
+                              "seed": image_seed(int(g["seed"]), model, 0, i),
+                              "path": f"images/backgrounds/{cid}.png"})
+        return items
+
+    def _generator_for(self, model: str):
+        if self._generator_model != model:
+            from xpaste.generate.diffusers_t2i import DiffusersGenerator
+
+            g = self.config["generate"]
+            self._generator = None  # free the previous model before loading the next
+            self._generator = DiffusersGenerator(
+                model, device=self.config["device"], scheduler=g["scheduler"], steps=int(g["steps"]),
+                guidance=float(g["guidance"]), height=int(g["height"]), width=int(g["width"]),
+                negative_prompt=g["negative_prompt"], batch_size=int(g["batch_size"]))
+            self._generator_model = model
+            from xpaste.pipeline.determinism import restore_threads
+
+            restore_threads()  # model imports may change torch's thread count (see determinism.py)
+        return self._generator
+
+    def process(self, items: list[dict]) -> tuple[list[dict], list[dict]]:
+        g = self.config["generate"]
+        rows = []
+        for model in dict.fromkeys(item["model"] for item in items):
+            group = [item for item in items if item["model"] == model]
+            images = self._generator_for(model).generate([i["prompt"] for i in group], [i["seed"] for i in group])
+            for item, image in zip(group, images):
+                rgb = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, dtype=np.uint8)
+                save_png(self.run_dir, item["path"], rgb)
+                rows.append(candidate_row(
+                    candidate_id=item["candidate_id"], kind=item["kind"], category_id=item["category_id"],
+                    category=item["category"], path=item["path"], source="generated", model=model,
+                    prompt=item["prompt"], seed=item["seed"], steps=int(g["steps"]), guidance=float(g["guidance"]),
+                    width=int(rgb.shape[1]), height=int(rgb.shape[0]), url=""))
+        return rows, []
+
+
+class RetrieveStage(Stage):
+    """Candidate images per category from a local collection (ranked by CLIP) or a clip-retrieval service."""
+
+    name = "retrieve"
+    _model_attrs = ("_scorer", "_ranking")
+
+    def __init__(self, run_dir: Path, config: dict):
+        super().__init__(run_dir, config)
+        self.categories = resolve_categories(self.run_dir, config)
+        r = config["retrieve"]
+        if not r["folder"] and not r["knn_url"]:
+            raise XPasteError("retrieve needs retrieve.folder (a folder or list file) or retrieve.knn_url")
+        self._scorer = None
+        self._ranking = None
+
+    def schema(self):
+        return candidate_schema()
+
+    def fingerprint(self) -> dict:
+        r = {k: v for k, v in self.config["retrieve"].items() if k != "enabled"}
+        s = {k: self.config["score"][k] for k in ("clip", "pretrained")}
+        return {"retrieve": r, "score": s, "shard_size": self.config["shard_size"]}
+
+    def plan(self) -> list[dict]:
+        return [{"category_id": c.id, "category": c.name, "text": c.text, "dir": c.dir_name}
+                for c in self.categories]
+
+    def _scorer_instance(self):
+        if self._scorer is None:
+            from xpaste.score.clip import ClipScorer
+
+            s = self.config["score"]
+            self._scorer = ClipScorer(s["clip"], s["pretrained"], device=self.config["device"],
+                                      batch_size=int(s["batch_size"]))
+        return self._scorer
+
+    def _folder_ranking(self):
+        """Rank the whole collection once per process (every shard of categories reads from it)."""
+        if self._ranking is None:
+            from xpaste.retrieve.folder import list_images, rank_folder
+
+            r = self.config["retrieve"]
+            paths = list_images(r["folder"])
+            self._ranking = rank_folder(paths, [c.text for c in self.categories], self._scorer_instance(),
+                                        top_k=int(r["per_category"]), min_score=r["min_score"],
+                                        simple_background=r["simple_background"], progress=False)
+        return self._ranking
+
+    def process(self, items: list[dict]) -> tuple[list[dict], list[dict]]:
+        r = self.config["retrieve"]
+        rows, skipped = [], []
+        index_of = {c.id: k for k, c in enumerate(self.categories)}
+        if r["folder"]:
+            ranking = self._folder_ranking()
+            # unreadable collection files concern every category: log them once, with the first shard
+            skipped.extend({"item": p, "reason": why} for p, why in ranking.skipped
+                           if items and items[0]["category_id"] == self.categories[0].id)
+            for item in items:
+                for n, cand in enumerate(ranking.candidates.get(index_of[item["category_id"]], [])):
+                    cid = f"ret-{item['category_id']}-{hashlib.sha1(str(cand.path).encode()).hexdigest()[:12]}"
+                    rel = f"images/retrieved/{item['dir']}/{cid}{Path(cand.path).suffix.lower()}"
+                    dest = self.run_dir / rel
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = dest.with_name(f".{dest.name}.tmp")
+                    shutil.copyfile(cand.path, tmp)
+                    tmp.replace(dest)
+                    rows.append(candidate_row(
+                        candidate_id=cid, kind="object", category_id=item["category_id"], category=item["category"],
+                        path=rel, source="folder", model="", prompt=item["text"], seed=-1, steps=0, guidance=0.0,
+                        width=int(cand.width), height=int(cand.height), url=str(cand.path),
+                        retrieval_score=float(cand.score)))
+        if r["knn_url"]:
+            from xpaste.retrieve.knn import KnnClient, download
+
+            client = KnnClient(r["knn_url"], r["knn_indice"])
+            for item in items:
+                results = client.query(f"a photo of {item['text']}", int(r["per_category"]))
+                folder = self.run_dir / "images" / "retrieved" / item["dir"]
+                for d in download(results, folder, max_bytes=int(r["max_bytes"])):
+                    if d.path is None:
+                        skipped.append({"item": d.url, "reason": d.status})
+                        continue
+                    rel = str(Path(d.path).resolve().relative_to(self.run_dir.resolve()))
+                    cid = f"knn-{item['category_id']}-{hashlib.sha1(d.url.encode()).hexdigest()[:12]}"
+                    rows.append(candidate_row(
+                        candidate_id=cid, kind="object", category_id=item["category_id"], category=item["category"],
+                        path=rel, source="knn", model="", prompt=item["text"], seed=-1, steps=0, guidance=0.0,
+                        width=int(getattr(d, "width", 0) or 0), height=int(getattr(d, "height", 0) or 0),
+                        url=d.url, retrieval_score=float(d.similarity if d.similarity is not None else np.nan)))
+        return rows, skipped

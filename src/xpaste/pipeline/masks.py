@@ -1,0 +1,153 @@
+"""Stage 2: a soft foreground mask per (candidate image, segmenter), and a CLIP score per cut-out."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from xpaste.errors import XPasteError
+from xpaste.io import safe_name
+from xpaste.pipeline.rundir import load_mask, load_rgb, save_png
+from xpaste.pipeline.runner import Stage
+from xpaste.pipeline.shards import read_stage
+
+
+def read_candidates(run_dir: Path):
+    """Object candidates from generate and retrieve, sorted by id (the order every later stage uses)."""
+    import pyarrow as pa
+
+    from xpaste.pipeline.acquire import candidate_schema
+
+    tables = [read_stage(run_dir / name, candidate_schema()) for name in ("generate", "retrieve")]
+    table = pa.concat_tables(tables, promote_options="default")
+    rows = [r for r in table.to_pylist() if r["kind"] == "object"]
+    return sorted(rows, key=lambda r: r["candidate_id"])
+
+
+class SegmentStage(Stage):
+    name = "segment"
+    _model_attrs = ("_segmenters",)
+
+    def __init__(self, run_dir: Path, config: dict):
+        super().__init__(run_dir, config)
+        self._segmenters = None
+
+    def schema(self):
+        import pyarrow as pa
+
+        return pa.schema([("candidate_id", pa.string()), ("category_id", pa.int64()), ("segmenter", pa.string()),
+                          ("mask_path", pa.string()), ("area_frac", pa.float64()), ("components", pa.int64())])
+
+    def fingerprint(self) -> dict:
+        return {"segmenters": list(self.config["segment"]["segmenters"]), "shard_size": self.config["shard_size"]}
+
+    def plan(self) -> list[dict]:
+        items = [{"candidate_id": r["candidate_id"], "category_id": r["category_id"], "category": r["category"],
+                  "path": r["path"]} for r in read_candidates(self.run_dir)]
+        if not items:
+            raise XPasteError("no candidate images to segment", self.run_dir, "run `xpaste generate` or `retrieve` first")
+        return items
+
+    def setup(self) -> None:
+        if self._segmenters is None:
+            from xpaste.segment import build_segmenter
+
+            self._segmenters = [(spec, build_segmenter(spec)) for spec in self.config["segment"]["segmenters"]]
+
+    def process(self, items: list[dict]) -> tuple[list[dict], list[dict]]:
+        from xpaste.ops.masks import count_components
+
+        self.setup()
+        batch = int(self.config["segment"]["batch_size"])
+        loaded, skipped = [], []
+        for item in items:
+            try:
+                loaded.append((item, load_rgb(self.run_dir, item["path"])))
+            except XPasteError as e:
+                skipped.append({"item": item["candidate_id"], "reason": str(e)})
+        rows = []
+        for spec, segmenter in self._segmenters:
+            # readable and collision-free: specs may be long paths that share a prefix
+            folder = f"{safe_name(spec, 40)}-{hashlib.sha1(spec.encode()).hexdigest()[:8]}"
+            for start in range(0, len(loaded), batch):
+                part = loaded[start : start + batch]
+                soft_masks = segmenter.segment([img for _, img in part],
+                                               [it["category"].replace("_", " ") for it, _ in part])
+                for (item, image), soft in zip(part, soft_masks):
+                    rel = f"masks/{folder}/{item['category_id']}/{item['candidate_id']}.png"
+                    save_png(self.run_dir, rel, np.asarray(soft, np.uint8))
+                    binary = soft > 128
+                    rows.append({"candidate_id": item["candidate_id"], "category_id": item["category_id"],
+                                 "segmenter": spec, "mask_path": rel, "area_frac": float(binary.mean()),
+                                 "components": count_components(binary)})
+        rows.sort(key=lambda r: (r["candidate_id"], self.config["segment"]["segmenters"].index(r["segmenter"])))
+        return rows, skipped
+
+
+class ScoreStage(Stage):
+    """Every cut-out composited on white and scored 100 x cosine against `a photo of {name}` (the paper);
+    the image embedding is kept for near-duplicate removal."""
+
+    name = "score"
+    _model_attrs = ("_scorer",)
+
+    def __init__(self, run_dir: Path, config: dict):
+        super().__init__(run_dir, config)
+        self._scorer = None
+
+    def schema(self):
+        import pyarrow as pa
+
+        return pa.schema([("candidate_id", pa.string()), ("category_id", pa.int64()), ("segmenter", pa.string()),
+                          ("clip_score", pa.float64()), ("embedding", pa.list_(pa.float32()))])
+
+    def fingerprint(self) -> dict:
+        s = self.config["score"]
+        return {"clip": s["clip"], "pretrained": s["pretrained"], "shard_size": self.config["shard_size"]}
+
+    def plan(self) -> list[dict]:
+        from xpaste.pipeline.stages import segment_rows_with_paths
+
+        items = segment_rows_with_paths(self.run_dir)
+        if not items:
+            raise XPasteError("no masks to score", self.run_dir, "run `xpaste segment` first")
+        return items
+
+    def setup(self) -> None:
+        if self._scorer is None:
+            from xpaste.score.clip import ClipScorer
+
+            s = self.config["score"]
+            self._scorer = ClipScorer(s["clip"], s["pretrained"], device=self.config["device"],
+                                      batch_size=int(s["batch_size"]))
+
+    def process(self, items: list[dict]) -> tuple[list[dict], list[dict]]:
+        from xpaste.score import composite_on_white, prompt_for
+
+        self.setup()
+        composites, kept, skipped = [], [], []
+        for item in items:
+            try:
+                image = load_rgb(self.run_dir, item["path"])
+                mask = load_mask(self.run_dir, item["mask_path"])
+            except XPasteError as e:
+                skipped.append({"item": f"{item['candidate_id']}/{item['segmenter']}", "reason": str(e)})
+                continue
+            if mask.shape != image.shape[:2]:
+                skipped.append({"item": f"{item['candidate_id']}/{item['segmenter']}",
+                                "reason": f"mask {mask.shape} does not match image {image.shape[:2]}"})
+                continue
+            composites.append(composite_on_white(image, mask))
+            kept.append(item)
+        rows = []
+        if kept:
+            image_emb = self._scorer.embed_images(composites)
+            texts = sorted({prompt_for(it["category"]) for it in kept})
+            text_emb = dict(zip(texts, self._scorer.embed_texts(texts)))
+            for item, emb in zip(kept, image_emb):
+                score = 100.0 * float(np.dot(emb, text_emb[prompt_for(item["category"])]))
+                rows.append({"candidate_id": item["candidate_id"], "category_id": item["category_id"],
+                             "segmenter": item["segmenter"], "clip_score": score,
+                             "embedding": emb.astype(np.float32).tolist()})
+        return rows, skipped

@@ -1,0 +1,274 @@
+"""Query a clip-retrieval k-NN service by text and download the images it returns (stdlib HTTP only).
+
+Protocol (rom1504/clip-retrieval, clip_retrieval/clip_back.py `KnnService.post` and
+clip_retrieval/clip_client.py `ClipClient.__search_knn_api__`): POST a JSON body to `<host>/knn-service`;
+the server requires "modality", "num_images" and "indice_name" and reads the rest with defaults. The reply
+is a JSON list, one dict per neighbour, holding the index's metadata columns (by default "url", "caption",
+sometimes "NSFW" or a base64 "image") plus "id" and "similarity" (the raw inner product, a cosine for
+normalised CLIP embeddings). An empty "aesthetic_score"/"aesthetic_weight" string turns the aesthetic
+re-weighting off.
+
+Downloads are defensive because web URLs are hostile input: only http(s) (redirects included), a hard size
+cap read in chunks, a total deadline per attempt, bounded retries with exponential backoff for transient
+failures only, and a decode check before anything is written (atomically, named by sha1 of the URL, so a
+rerun skips files already fetched).
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import io
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from PIL import Image
+
+from xpaste.errors import XPasteError
+from xpaste.io import write_bytes_atomic
+
+USER_AGENT = "xpaste/0.1 (+https://github.com/; image retrieval for copy-paste augmentation)"
+_ALLOWED_SCHEMES = ("http", "https")
+#: Decoded format -> file extension; these bytes are stored as fetched. Other formats are re-encoded as PNG.
+_EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp"}
+_STORED_SUFFIXES = frozenset(_EXTENSIONS.values())
+_CHUNK = 1 << 16
+
+
+class _Transient(Exception):
+    """A failure worth retrying (network trouble, 5xx, 429)."""
+
+
+class _Rejected(ValueError):
+    """A well-formed image we do not want (too small)."""
+
+
+class _SafeRedirect(urllib.request.HTTPRedirectHandler):
+    # urllib would follow a redirect to ftp://; a fetched URL must stay on http(s) end to end.
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if urlsplit(newurl).scheme.lower() not in _ALLOWED_SCHEMES:
+            raise urllib.error.HTTPError(newurl, code, f"redirect to a non-http(s) url refused: {newurl}",
+                                         headers, fp)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _opener() -> urllib.request.OpenerDirector:
+    """An opener with only HTTP(S) handlers: no file://, ftp:// or data: support at all."""
+    opener = urllib.request.OpenerDirector()
+    for handler in (urllib.request.ProxyHandler(), urllib.request.HTTPHandler(), urllib.request.HTTPSHandler(),
+                    urllib.request.HTTPDefaultErrorHandler(), _SafeRedirect(),
+                    urllib.request.HTTPErrorProcessor()):
+        opener.add_handler(handler)
+    return opener
+
+
+def _fetch(opener, request: urllib.request.Request, timeout: float, max_bytes: int,
+           deadline_s: float) -> bytes:
+    """One attempt: the body, at most max_bytes. Raises _Transient (retry) or ValueError (give up)."""
+    try:
+        with opener.open(request, timeout=timeout) as resp:
+            length = resp.headers.get("Content-Length")
+            if length is not None and length.isdigit() and int(length) > max_bytes:
+                raise ValueError(f"larger than max_bytes={max_bytes} (Content-Length {length})")
+            parts, size, end = [], 0, time.monotonic() + deadline_s
+            while True:
+                chunk = resp.read(_CHUNK)
+                if not chunk:
+                    return b"".join(parts)
+                size += len(chunk)
+                if size > max_bytes:  # servers may omit or lie about Content-Length
+                    raise ValueError(f"larger than max_bytes={max_bytes}")
+                if time.monotonic() > end:
+                    raise _Transient(f"slower than the {deadline_s:g} s deadline")
+                parts.append(chunk)
+    except urllib.error.HTTPError as e:
+        e.close()
+        if e.code >= 500 or e.code in (408, 429):
+            raise _Transient(f"HTTP {e.code}") from None
+        raise ValueError(f"HTTP {e.code} {e.reason}") from None
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as e:  # resets, timeouts, TLS
+        raise _Transient(f"{type(e).__name__}: {getattr(e, 'reason', e)}") from None
+
+
+def _with_retries(fn, retries: int, backoff: float):
+    """Call fn(); on _Transient retry up to `retries` more times, sleeping backoff * 2**attempt between.
+
+    Returns (value, attempts). The last _Transient propagates when every attempt failed.
+    """
+    for attempt in range(retries + 1):
+        try:
+            return fn(), attempt + 1
+        except _Transient:
+            if attempt == retries:
+                raise
+            time.sleep(backoff * (2 ** attempt))
+
+
+def _service_url(url: str) -> str:
+    """Accept the host ("http://h:1234") or the full endpoint ("http://h:1234/knn-service")."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in _ALLOWED_SCHEMES or not parts.netloc:
+        raise XPasteError(f"k-NN service url must be http(s)://host[:port][/knn-service], got {url!r}")
+    path = parts.path.rstrip("/")
+    if not path.endswith("/knn-service"):
+        path += "/knn-service"
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+class KnnClient:
+    """Text -> nearest images of a clip-retrieval index (e.g. a self-hosted `clip-retrieval back`).
+
+    retries: extra attempts after the first for transient failures (network, 5xx, 429); 4xx fails at once.
+    """
+
+    def __init__(self, url: str, indice_name: str, timeout: float = 10, retries: int = 3, backoff: float = 0.5,
+                 deduplicate: bool = True, use_safety_model: bool = False, use_violence_detector: bool = False,
+                 modality: str = "image", use_mclip: bool = False):
+        self.url = _service_url(url)
+        self.indice_name = indice_name
+        self.timeout, self.retries, self.backoff = float(timeout), int(retries), float(backoff)
+        self.options = {"modality": modality, "use_mclip": use_mclip, "deduplicate": deduplicate,
+                        "use_safety_model": use_safety_model, "use_violence_detector": use_violence_detector,
+                        "aesthetic_score": "", "aesthetic_weight": ""}
+
+    def payload(self, text: str, num_images: int) -> dict:
+        """The JSON body sent for a text query (see the module docstring for the field meanings)."""
+        return {"text": text, "image": None, "image_url": None, "indice_name": self.indice_name,
+                "num_images": int(num_images), "num_result_ids": int(num_images), **self.options}
+
+    def query(self, text: str, num_images: int) -> list[dict]:
+        """Neighbours of `text`, best first: dicts with at least "similarity" and "id", usually "url"/"caption"."""
+        if num_images < 1:
+            raise ValueError(f"num_images must be >= 1, got {num_images}")
+        body = json.dumps(self.payload(text, num_images)).encode("utf-8")
+        request = urllib.request.Request(self.url, data=body, method="POST", headers={
+            "Content-Type": "application/json", "User-Agent": USER_AGENT})
+        opener = _opener()
+        try:
+            # Replies for thousands of results carry base64 thumbnails at worst; 256 MiB bounds memory.
+            raw, _ = _with_retries(lambda: _fetch(opener, request, self.timeout, 256 << 20, 30 * self.timeout),
+                                   self.retries, self.backoff)
+        except (_Transient, ValueError) as e:
+            raise XPasteError(f"k-NN query {text!r} failed: {e}", self.url,
+                              "check the service url and indice_name (GET /indices-list lists them)") from None
+        try:
+            results = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise XPasteError(f"k-NN service answered with invalid json: {e}", self.url) from None
+        if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
+            raise XPasteError(f"k-NN service answered {type(results).__name__}, expected a list of results",
+                              self.url)
+        return results
+
+
+@dataclass
+class Download:
+    """What happened to one result URL."""
+
+    url: str
+    path: str | None  # the stored file, None when status is not "ok"
+    status: str  # "ok" or "error: <reason>"
+    bytes: int = 0
+    similarity: float | None = None
+    caption: str = ""
+    width: int = 0
+    height: int = 0
+    attempts: int = 0  # HTTP attempts made (0: refused before fetching, or already on disk)
+
+
+def _decode(data: bytes, min_side: int, max_pixels: int) -> tuple[bytes, str, int, int]:
+    """Check that `data` is a whole image of at least min_side; returns (bytes to store, extension, w, h)."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.verify()  # structure and checksums; the image must be reopened afterwards
+        with Image.open(io.BytesIO(data)) as im:
+            fmt, (w, h) = im.format, im.size
+            if min(w, h) < min_side:
+                raise _Rejected(f"too small ({w}x{h} < min_side {min_side})")
+            if w * h > max_pixels:  # a few KB of PNG can decode to gigabytes: check before decoding
+                raise _Rejected(f"too many pixels ({w}x{h} > max_pixels {max_pixels})")
+            im.load()  # catches truncated pixel data that verify() lets through
+            if fmt in _EXTENSIONS:
+                return data, _EXTENSIONS[fmt], w, h
+            out = io.BytesIO()  # GIF/TIFF/...: keep the first frame as PNG so list_images picks it up
+            im.convert("RGBA" if "A" in im.getbands() or "transparency" in im.info else "RGB").save(out, "PNG")
+            return out.getvalue(), ".png", w, h
+    except _Rejected:
+        raise
+    except Exception as e:  # noqa: BLE001 -- PIL raises many types for bad data
+        raise ValueError(f"not a decodable image ({type(e).__name__}: {e})") from None
+
+
+def _download_one(result: dict | str, out_dir: Path, max_bytes: int, timeout: float, retries: int, backoff: float,
+                  min_side: int, deadline_s: float, max_pixels: int) -> Download:
+    if isinstance(result, str):  # a bare URL list is accepted too
+        result = {"url": result}
+    url = str(result.get("url") or "")
+    sim = result.get("similarity")
+    record = Download(url=url, path=None, status="", similarity=None if sim is None else float(sim),
+                      caption=str(result.get("caption") or ""))
+    scheme = urlsplit(url).scheme.lower()
+    if not url:
+        record.status = "error: result has no url"
+        return record
+    if scheme not in _ALLOWED_SCHEMES:
+        record.status = f"error: unsupported url scheme {scheme or '(none)'!r}; only http(s) is fetched"
+        return record
+    stem = hashlib.sha1(url.encode("utf-8")).hexdigest()
+    existing = sorted(p for p in out_dir.glob(stem + ".*") if p.suffix in _STORED_SUFFIXES)
+    if existing:  # fetched by an earlier run (files are only ever written whole, after the decode check)
+        try:
+            with Image.open(existing[0]) as im:
+                record.width, record.height = im.size
+            record.path, record.status, record.bytes = str(existing[0]), "ok", existing[0].stat().st_size
+            return record
+        except Exception:  # noqa: BLE001 -- damaged since: fetch it again
+            pass
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Accept": "image/*"})
+    opener = _opener()
+    attempts = [0]
+
+    def attempt():
+        attempts[0] += 1
+        return _fetch(opener, request, timeout, max_bytes, deadline_s)
+
+    try:
+        data, _ = _with_retries(attempt, retries, backoff)
+        record.bytes = len(data)
+        payload, ext, record.width, record.height = _decode(data, min_side, max_pixels)
+        path = out_dir / (stem + ext)
+        write_bytes_atomic(path, payload, durable=False)
+        record.path, record.status = str(path), "ok"
+    except (_Transient, ValueError) as e:
+        record.status = f"error: {e}"
+    except Exception as e:  # noqa: BLE001 -- one bad URL must never stop a long download run
+        record.status = f"error: {type(e).__name__}: {e}"
+    record.attempts = attempts[0]
+    return record
+
+
+def download(results: list[dict | str], out_dir: str | os.PathLike, max_bytes: int = 20 * 2**20, timeout: float = 10,
+             retries: int = 3, min_side: int = 64, backoff: float = 0.5, workers: int = 8,
+             deadline_s: float = 60.0, max_pixels: int = 50_000_000) -> list[Download]:
+    """Fetch each result's "url" (or each bare URL string) into out_dir; one Download per result, in input
+    order; never raises per URL.
+
+    timeout: seconds per socket operation; deadline_s: total seconds per attempt (defeats slow-drip servers);
+    max_pixels: larger images are refused before decoding (decompression bombs). Transient failures (network,
+    5xx, 408, 429) are retried `retries` more times with backoff * 2**attempt seconds between attempts; other
+    failures are recorded at once. Files already in out_dir (same sha1 name) are reused, not fetched.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    args = (out, int(max_bytes), float(timeout), int(retries), float(backoff), int(min_side), float(deadline_s),
+            int(max_pixels))
+    if workers <= 1 or len(results) <= 1:
+        return [_download_one(r, *args) for r in results]
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # I/O bound: threads overlap the network waits
+        return list(pool.map(lambda r: _download_one(r, *args), results))

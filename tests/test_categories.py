@@ -1,0 +1,159 @@
+"""Category loading (COCO/LVIS json, text file, name list), file-safe folder names, and selection."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from xpaste.categories import (Category, categories_from_coco, categories_from_names, categories_from_rows,
+                               categories_from_text, categories_to_rows, load_categories, select_categories)
+from xpaste.errors import XPasteError
+
+LVIS_CATS = [
+    {"id": 1, "name": "fire_hydrant", "synonyms": ["fire_hydrant", "hydrant"], "def": "an outlet from a water main",
+     "frequency": "f"},
+    {"id": 3, "name": "bow_(weapon)", "synonyms": ["bow_(weapon)"], "def": "a weapon for shooting arrows",
+     "frequency": "r"},
+    {"id": 7, "name": "cat/dog", "synonyms": [], "def": "", "frequency": "c"},
+]
+
+
+def write_json(path, categories):
+    path.write_text(json.dumps({"images": [], "annotations": [], "categories": categories}), encoding="utf-8")
+    return path
+
+
+def test_coco_loader_keeps_lvis_fields(tmp_path):
+    cats = categories_from_coco(write_json(tmp_path / "lvis.json", LVIS_CATS))
+    assert [c.id for c in cats] == [1, 3, 7]
+    hydrant, bow, catdog = cats
+    assert hydrant.synonyms == ("fire_hydrant", "hydrant")
+    assert hydrant.definition == "an outlet from a water main" and hydrant.frequency == "f"
+    assert hydrant.text == "fire hydrant"
+    assert bow.text == "bow (weapon)"  # LVIS disambiguation suffix kept
+    assert catdog.dir_name == "00007_cat_dog"
+    # plain COCO categories (no LVIS fields)
+    coco = categories_from_coco(write_json(tmp_path / "coco.json", [{"id": 18, "name": "dog",
+                                                                     "supercategory": "animal"}]))
+    assert coco == [Category(18, "dog")]
+
+
+def test_coco_loader_errors(tmp_path):
+    with pytest.raises(XPasteError, match="missing.json"):
+        categories_from_coco(tmp_path / "missing.json")
+    with pytest.raises(XPasteError, match="no categories"):
+        categories_from_coco(write_json(tmp_path / "empty.json", []))
+
+
+def test_text_loader(tmp_path):
+    path = tmp_path / "names.txt"
+    path.write_text("\ufeff# my classes\n\ncup\n  fire_hydrant  \n# comment\nünïcode 猫\n", encoding="utf-8")
+    cats = categories_from_text(path)
+    assert [(c.id, c.name) for c in cats] == [(1, "cup"), (2, "fire_hydrant"), (3, "ünïcode 猫")]
+    assert load_categories(str(path)) == cats
+
+
+def test_text_loader_duplicates_name_file_and_line(tmp_path):
+    path = tmp_path / "dups.txt"
+    path.write_text("cup\ndog\n\ncup\n", encoding="utf-8")
+    with pytest.raises(XPasteError) as info:
+        categories_from_text(path)
+    message = str(info.value)
+    assert "dups.txt" in message and "line 4" in message and "line 1" in message and "'cup'" in message
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing\n\n", encoding="utf-8")
+    with pytest.raises(XPasteError, match="no names"):
+        categories_from_text(empty)
+
+
+def test_names_and_dispatch(tmp_path):
+    cats = load_categories("cup, fire_hydrant ,dog")
+    assert [(c.id, c.name) for c in cats] == [(1, "cup"), (2, "fire_hydrant"), (3, "dog")]
+    assert categories_from_names(["a", "b"]) == [Category(1, "a"), Category(2, "b")]
+    with pytest.raises(XPasteError, match="duplicate"):
+        load_categories("cup,dog,cup")
+    with pytest.raises(XPasteError, match="duplicate"):
+        categories_from_names(["cup", " cup "])
+    with pytest.raises(XPasteError, match="empty"):
+        categories_from_names(["cup", ""])
+    # a mistyped file name is an error, not a category called "classes.txt"
+    with pytest.raises(XPasteError, match="not found"):
+        load_categories(str(tmp_path / "classes.txt"))
+    with pytest.raises(XPasteError, match="not found"):
+        load_categories(str(tmp_path / "missing.json"))
+    with pytest.raises(XPasteError, match="folder"):
+        load_categories(str(tmp_path))
+    assert load_categories(str(write_json(tmp_path / "d.json", LVIS_CATS)))[0].name == "fire_hydrant"
+
+
+WEIRD = ["cat/dog", "../../etc/passwd", "..", ".", "a\x00b", "x" * 300, "ünï/cödé ☃", "猫", "a b", "a_b", "a/b",
+         "\\windows\\path", "CON", "   spaced   ", "dots...", "-leading-dash", "tab\tname", "new\nline"]
+
+
+def test_dir_names_are_safe_and_unique():
+    cats = [Category(i + 1, n) for i, n in enumerate(WEIRD)]
+    names = [c.dir_name for c in cats]
+    assert len(set(names)) == len(names)  # "a b", "a_b" and "a/b" all sanitise to "a_b"
+    assert len({n.split("_", 1)[1] for n in names}) < len(names)  # ... which is why the id prefix matters
+    for c, d in zip(cats, names):
+        assert d.startswith(f"{c.id:05d}_")
+        assert "/" not in d and "\\" not in d and "\x00" not in d and "\n" not in d and "\t" not in d
+        assert d not in (".", "..") and ".." not in d.split(os.sep)
+        assert len(d.encode("utf-8")) <= 255  # the common file-name byte limit
+        assert os.path.basename(d) == d
+    big = Category(123456, "x")
+    assert big.dir_name == "123456_x"
+
+
+def test_dir_names_create_real_folders(tmp_path):
+    for i, n in enumerate(WEIRD):
+        path = tmp_path / Category(i + 1, n).dir_name
+        path.mkdir()
+        assert path.parent == tmp_path
+    assert len(list(tmp_path.iterdir())) == len(WEIRD)
+
+
+def test_category_validation():
+    with pytest.raises(XPasteError):
+        Category(True, "x")
+    with pytest.raises(XPasteError):
+        Category(-1, "x")
+    with pytest.raises(XPasteError):
+        Category(1, "  ")
+    c = Category(np.int64(5), "cup", synonyms=np.array(["cup", "mug"]), definition=None)
+    assert c.id == 5 and type(c.id) is int and c.synonyms == ("cup", "mug") and c.definition == ""
+    assert hash(c) == hash(Category(5, "cup", ("cup", "mug")))
+    assert Category(1, "mug", synonyms="cup").synonyms == ("cup",)  # not split into characters
+
+
+def test_select_categories(tmp_path):
+    cats = categories_from_coco(write_json(tmp_path / "lvis.json", LVIS_CATS))
+    assert select_categories(cats, None) == cats
+    assert select_categories(cats, []) == cats
+    # by id, exact name, or ignoring case and '_' vs ' '; catalogue order, no repeats
+    picked = select_categories(cats, ["7", "Fire Hydrant", "fire_hydrant"])
+    assert [c.id for c in picked] == [1, 7]
+    assert select_categories(cats, ["bow (weapon)"])[0].id == 3
+    with pytest.raises(XPasteError) as info:
+        select_categories(cats, ["fire_hydrnt"])
+    assert "fire_hydrnt" in str(info.value) and "'fire_hydrant'" in str(info.value)  # closest name suggested
+    with pytest.raises(XPasteError, match="unknown category '99'"):
+        select_categories(cats, ["99"])
+    ambiguous = [Category(1, "Cup"), Category(2, "cup")]
+    assert select_categories(ambiguous, ["cup"]) == [Category(2, "cup")]  # exact name wins
+    with pytest.raises(XPasteError, match="ambiguous"):
+        select_categories(ambiguous, ["CUP"])
+
+
+def test_rows_round_trip(tmp_path):
+    cats = categories_from_coco(write_json(tmp_path / "lvis.json", LVIS_CATS))
+    rows = categories_to_rows(cats)
+    assert json.loads(json.dumps(rows)) == rows  # json-serialisable
+    assert categories_from_rows(rows) == cats
+    assert categories_from_rows(LVIS_CATS) == cats  # raw LVIS dicts ("def") are accepted too
+    with pytest.raises(XPasteError, match="duplicate category id"):
+        categories_from_rows(rows + rows[:1])
+    with pytest.raises(XPasteError, match="needs at least"):
+        categories_from_rows([{"name": "x"}])
