@@ -154,24 +154,3 @@ def validate(config: dict) -> None:
     b = config["build_pool"]
     if not 0 <= float(b["area_min"]) <= float(b["area_max"]) <= 1:
         raise XPasteError("build_pool.area_min/area_max must satisfy 0 <= min <= max <= 1")
-
-
-def stage_fingerprint(config: dict, stage: str) -> dict:
-    """The part of the config a stage's outputs depend on (a resume must not mix two of them)."""
-    keys = {
-        "generate": ["generate", "categories"],
-        "retrieve": ["retrieve", "categories", "score"],
-        "segment": ["segment"],
-        "score": ["score"],
-    }[stage]
-    out = {k: config[k] for k in keys}
-    out["shard_size"] = config["shard_size"]
-    if stage == "retrieve":
-        out["score"] = {k: config["score"][k] for k in ("clip", "pretrained")}
-    elif stage == "score":
-        out["score"] = {k: config["score"][k] for k in ("clip", "pretrained")}
-    elif stage == "segment":
-        out["segment"] = {"segmenters": config["segment"]["segmenters"]}
-    elif stage == "generate":
-        out["generate"] = {k: v for k, v in config["generate"].items() if k != "batch_size"}
-    return out

@@ -1,0 +1,106 @@
+"""`xpaste retrieve` through the CLI: from a local folder and from a clip-retrieval k-NN server started here."""
+from __future__ import annotations
+
+import io
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from test_score import make_tiny_open_clip
+
+from xpaste.cli import main
+from xpaste.pool.store import InstancePool
+
+
+def disc_png(seed: int, size: int = 80) -> bytes:
+    r = np.random.default_rng(seed)
+    img = np.full((size, size, 3), 255, np.uint8)
+    yy, xx = np.mgrid[:size, :size]
+    img[(yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 3) ** 2] = r.integers(0, 200, 3)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def clip_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clip")
+    return make_tiny_open_clip(folder)
+
+
+def test_retrieve_from_folder_then_build_pool(clip_model, tmp_path):
+    folder = tmp_path / "collection"
+    (folder / "sub").mkdir(parents=True)
+    for i in range(5):
+        (folder / ("sub" if i % 2 else "") / f"img{i}.PNG").write_bytes(disc_png(i))
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    run = tmp_path / "run"
+    args = ["--run", str(run), "--device", "cpu"]
+    assert main(["retrieve", *args, "--categories", "cup,red ball", "--folder", str(folder),
+                 "--clip", f"local-dir:{clip_model}", "--per-category", "2"]) == 0
+    rows = pq.read_table(run / "retrieve" / "shard-000000.parquet").to_pylist()
+    assert len(rows) == 4 and {r["source"] for r in rows} == {"folder"}
+    assert all((run / r["path"]).is_file() and np.isfinite(r["retrieval_score"]) for r in rows)
+    skipped = json.loads((run / "retrieve" / "shard-000000.skipped.json").read_text())
+    assert any("broken.jpg" in s["item"] for s in skipped)
+    assert main(["segment", *args, "--segmenter", "grabcut"]) == 0
+    assert main(["score", *args, "--clip", f"local-dir:{clip_model}"]) == 0
+    assert main(["build-pool", *args, "--d", "1000"]) == 0
+    pool = InstancePool.open(run / "pool")
+    assert len(pool) >= 1 and set(pool.records().column("source").to_pylist()) == {"folder"}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    requests: list[dict] = []
+
+    def log_message(self, *args):  # keep test output quiet
+        pass
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).requests.append(body)
+        host = f"http://127.0.0.1:{self.server.server_address[1]}"
+        results = [{"url": f"{host}/img/{i}.png", "caption": f"cup {i}", "similarity": 0.3 - i / 100, "id": i}
+                   for i in range(3)]
+        results.append({"url": f"{host}/missing.png", "caption": "gone", "similarity": 0.1, "id": 9})
+        data = json.dumps(results).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        if self.path.startswith("/img/"):
+            data = disc_png(int(self.path.split("/")[-1].split(".")[0]))
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        else:
+            self.send_error(404)
+
+
+def test_retrieve_from_local_knn_service(clip_model, tmp_path):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/knn-service"
+        run = tmp_path / "run"
+        assert main(["retrieve", "--run", str(run), "--device", "cpu", "--categories", "cup", "--knn-url", url,
+                     "--knn-indice", "test-index", "--per-category", "4", "--clip", f"local-dir:{clip_model}"]) == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert _Handler.requests[0]["indice_name"] == "test-index" and _Handler.requests[0]["text"] == "a photo of cup"
+    rows = pq.read_table(run / "retrieve" / "shard-000000.parquet").to_pylist()
+    assert len(rows) == 3 and {r["source"] for r in rows} == {"knn"}
+    assert all((run / r["path"]).is_file() and r["url"].startswith("http://127.0.0.1") for r in rows)
+    skipped = json.loads((run / "retrieve" / "shard-000000.skipped.json").read_text())
+    assert len(skipped) == 1 and "missing.png" in skipped[0]["item"]
