@@ -91,7 +91,10 @@ def _run_task(task: tuple[int, int]) -> dict:
     except XPasteError as e:
         return {"status": "failed", "file": str(image.get("file_name")), "why": e.message}
     rng = np.random.default_rng([s["seed"], image_index, copy])
-    out = s["transform"](sample, rng)
+    try:
+        out = s["transform"](sample, rng)
+    except XPasteError as e:  # e.g. a pool file deleted under a long run: skip this image, say why
+        return {"status": "failed", "file": str(image.get("file_name")), "why": str(e)}
     t = out.targets
     ext = ".png" if s["ext_policy"] == "png" or str(image["file_name"]).lower().endswith(".png") else ".jpg"
     file_name = f"{new_id:012d}{ext}"
