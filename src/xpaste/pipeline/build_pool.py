@@ -19,8 +19,6 @@ from xpaste.pipeline.masks import read_candidates
 from xpaste.pipeline.rundir import load_mask, load_rgb, resolve_categories
 from xpaste.pipeline.shards import read_stage
 
-FLUSH_EVERY = 256
-
 
 def _decisions(run_dir: Path, config: dict) -> list[dict]:
     from xpaste.pipeline.masks import ScoreStage, SegmentStage
@@ -144,7 +142,7 @@ def build_pool(run_dir: str | Path, config: dict, progress: bool = True) -> dict
                                    candidate_id=d["candidate_id"])
             d["instance_id"] = instance_id or ""
             added += instance_id is not None
-            if pool.pending_count >= FLUSH_EVERY:
+            if pool.pending_count >= int(config["build_pool"]["flush_every"]):
                 pool.flush()
     table = pa.Table.from_pylist([{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in d.items()
                                    if k != "embedding"} for d in decisions])

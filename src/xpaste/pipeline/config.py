@@ -66,6 +66,7 @@ DEFAULTS: dict[str, Any] = {
         "dedup": 0.95,  # cosine above which two cut-outs of a category are duplicates; null disables
         "real_pool": None,  # DiverGen filter: a pool of real instances (e.g. from `pool import-coco`)
         "real_min_similarity": 0.6,
+        "flush_every": 256,  # pool rows per index shard while building
     },
 }
 
