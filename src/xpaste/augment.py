@@ -139,7 +139,7 @@ def _check_config(out: Path, config: dict) -> None:
 def augment_dataset(dataset_path: str | os.PathLike, images_dir: str | os.PathLike, pool_path: str | os.PathLike,
                     out_dir: str | os.PathLike, copies: int = 1, seed: int = 0, workers: int = 1,
                     scale_prior: str = "dataset", image_format: str = "auto", progress: bool = True,
-                    **paste_kwargs: Any) -> AugmentReport:
+                    max_images: int | None = None, **paste_kwargs: Any) -> AugmentReport:
     """Write OUT/images/ and OUT/annotations.json; see the module docstring for determinism and resume."""
     from tqdm import tqdm
 
@@ -168,6 +168,7 @@ def augment_dataset(dataset_path: str | os.PathLike, images_dir: str | os.PathLi
         prior = scale_prior_from_stats(load_stats(scale_prior))
     config = {"dataset": str(Path(dataset_path).resolve()), "pool": str(Path(pool_path).resolve()),
               "copies": copies, "seed": seed, "scale_prior": scale_prior, "image_format": image_format,
+              "max_images": max_images,
               "paste": {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(paste_kwargs.items())}}
     out.mkdir(parents=True, exist_ok=True)
     _check_config(out, config)
@@ -176,7 +177,8 @@ def augment_dataset(dataset_path: str | os.PathLike, images_dir: str | os.PathLi
         for stale in folder.glob(".*.tmp") if folder.exists() else []:
             stale.unlink(missing_ok=True)
 
-    tasks = [(i, c) for i in range(len(dataset.images)) for c in range(copies)]
+    n_images = len(dataset.images) if max_images is None else min(int(max_images), len(dataset.images))
+    tasks = [(i, c) for i in range(n_images) for c in range(copies)]
     report = AugmentReport(out=str(out))
     init_args = (dataset, images_dir, pool_path, out, seed, copies, paste_kwargs, prior, image_format)
     bar = tqdm(total=len(tasks), desc="augment", unit="img", disable=not progress)

@@ -28,13 +28,15 @@ def augment_cmd(
     color_jitter: float = typer.Option(0.0, "--color-jitter", help="brightness/contrast/saturation +- this"),
     flip_prob: float = typer.Option(0.5, "--flip-prob"),
     image_format: str = typer.Option("auto", "--image-format", help="auto (png stays png, else jpg) | png"),
+    max_images: Optional[int] = typer.Option(None, "--max-images", help="only the first N images (a subset run)"),
 ) -> None:
     """Paste pool instances into every image, K times, and write images plus a COCO/LVIS json (RLE masks)."""
     from xpaste.augment import augment_dataset
 
     report = augment_dataset(
         dataset, images, pool, out, copies=copies, seed=seed, workers=workers, scale_prior=scale_prior,
-        image_format=image_format, max_paste=max_paste, num_paste=num_paste, sampling=sampling, blend=blend,
+        image_format=image_format, max_images=max_images, max_paste=max_paste, num_paste=num_paste,
+        sampling=sampling, blend=blend,
         max_rotation=max_rotation, color_jitter=color_jitter, flip_prob=flip_prob,
     )
     typer.echo(f"{out}: {report.summary()}")

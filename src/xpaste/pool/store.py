@@ -105,6 +105,7 @@ class InstancePool:
         self._cache = _ByteLRU(cache_bytes)
         self._writable = writable
         self._pending: list[dict] = []
+        self._known_ids: set | None = None
         self._set_columns(columns)
 
     def _set_columns(self, columns: dict[str, np.ndarray]) -> None:
@@ -113,8 +114,13 @@ class InstancePool:
         self.paths = np.asarray(columns["path"], dtype=object)
         self.widths = np.asarray(columns["width"], dtype=np.int64)
         self.heights = np.asarray(columns["height"], dtype=np.int64)
-        self._known_ids = set(self.instance_ids.tolist())
         self.index = CategoryIndex.build(self.category_ids)
+
+    def _known(self) -> set:
+        """Ids already pooled, built on the first write only: reading a 1M-row pool does not need it."""
+        if getattr(self, "_known_ids", None) is None:
+            self._known_ids = set(self.instance_ids.tolist())
+        return self._known_ids
 
     # ----------------------------------------------------------------- constructors
     @classmethod
@@ -275,7 +281,7 @@ class InstancePool:
             rgba = crop_to_alpha(rgba)
         rgba = np.ascontiguousarray(rgba)
         instance_id = content_hash(rgba)
-        if instance_id in self._known_ids:
+        if instance_id in self._known():
             return None
         rel = f"instances/{category_id}/{instance_id}.png"
         write_bytes_atomic(self.root / rel, _encode_png(rgba), durable=False)
@@ -288,7 +294,7 @@ class InstancePool:
                 raise ValueError(f"{key} is set by the pool, not by the caller")
             row[key] = value
         self._pending.append(row)
-        self._known_ids.add(instance_id)
+        self._known().add(instance_id)
         return instance_id
 
     @property
