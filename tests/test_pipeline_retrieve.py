@@ -104,3 +104,23 @@ def test_retrieve_from_local_knn_service(clip_model, tmp_path):
     assert all((run / r["path"]).is_file() and r["url"].startswith("http://127.0.0.1") for r in rows)
     skipped = json.loads((run / "retrieve" / "shard-000000.skipped.json").read_text())
     assert len(skipped) == 1 and "missing.png" in skipped[0]["item"]
+
+
+def test_labelled_folder_without_clip(tmp_path):
+    """No CLIP weights at all: a labelled collection, GrabCut, and a pool built without scores."""
+    import yaml
+
+    folder = tmp_path / "collection"
+    for name, seeds in (("cup", (1, 2)), ("red ball", (3,))):
+        (folder / name).mkdir(parents=True)
+        for s in seeds:
+            (folder / name / f"{s}.png").write_bytes(disc_png(s))
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump({
+        "run_dir": str(tmp_path / "run"), "categories": {"source": "cup,red ball,dog"},
+        "generate": {"enabled": False}, "retrieve": {"enabled": True, "folder": str(folder), "labelled": True},
+        "segment": {"segmenters": ["grabcut"]}, "score": {"clip": None}}))
+    assert main(["run", str(config)]) == 0
+    pool = InstancePool.open(tmp_path / "run" / "pool")
+    assert pool.counts() == {1: 2, 2: 1}
+    assert all(np.isnan(v) for v in pool.records().column("clip_score").to_pylist())

@@ -129,7 +129,7 @@ class RetrieveStage(Stage):
 
     def fingerprint(self) -> dict:
         r = {k: v for k, v in self.config["retrieve"].items() if k != "enabled"}
-        s = {k: self.config["score"][k] for k in ("clip", "pretrained")}
+        s = {} if r["labelled"] else {k: self.config["score"][k] for k in ("clip", "pretrained")}
         return {"retrieve": r, "score": s, "shard_size": self.config["shard_size"]}
 
     def plan(self) -> list[dict]:
@@ -157,29 +157,46 @@ class RetrieveStage(Stage):
                                         simple_background=r["simple_background"], progress=False)
         return self._ranking
 
+    def _labelled_candidates(self, items: list[dict]) -> list[dict]:
+        """A labelled collection: folder/<category name or dir name>/** are that category's images, as they are."""
+        from xpaste.retrieve.folder import list_images
+
+        root = Path(self.config["retrieve"]["folder"])
+        rows = []
+        for item in items:
+            folder = next((root / n for n in (item["category"], item["dir"]) if (root / n).is_dir()), None)
+            for path in list_images(folder) if folder is not None else []:
+                rows.append(self._copy_candidate(item, path, "folder", float("nan"), 0, 0))
+        return rows
+
+    def _copy_candidate(self, item: dict, path: Path, source: str, score: float, width: int, height: int) -> dict:
+        cid = f"ret-{item['category_id']}-{hashlib.sha1(str(path).encode()).hexdigest()[:12]}"
+        rel = f"images/retrieved/{item['dir']}/{cid}{Path(path).suffix.lower()}"
+        dest = self.run_dir / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        shutil.copyfile(path, tmp)
+        tmp.replace(dest)
+        return candidate_row(candidate_id=cid, kind="object", category_id=item["category_id"],
+                             category=item["category"], path=rel, source=source, model="", prompt=item["text"],
+                             seed=-1, steps=0, guidance=0.0, width=int(width), height=int(height), url=str(path),
+                             retrieval_score=float(score))
+
     def process(self, items: list[dict]) -> tuple[list[dict], list[dict]]:
         r = self.config["retrieve"]
         rows, skipped = [], []
         index_of = {c.id: k for k, c in enumerate(self.categories)}
-        if r["folder"]:
+        if r["folder"] and r["labelled"]:
+            rows.extend(self._labelled_candidates(items))
+        elif r["folder"]:
             ranking = self._folder_ranking()
             # unreadable collection files concern every category: log them once, with the first shard
             skipped.extend({"item": p, "reason": why} for p, why in ranking.skipped
                            if items and items[0]["category_id"] == self.categories[0].id)
             for item in items:
-                for n, cand in enumerate(ranking.candidates.get(index_of[item["category_id"]], [])):
-                    cid = f"ret-{item['category_id']}-{hashlib.sha1(str(cand.path).encode()).hexdigest()[:12]}"
-                    rel = f"images/retrieved/{item['dir']}/{cid}{Path(cand.path).suffix.lower()}"
-                    dest = self.run_dir / rel
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = dest.with_name(f".{dest.name}.tmp")
-                    shutil.copyfile(cand.path, tmp)
-                    tmp.replace(dest)
-                    rows.append(candidate_row(
-                        candidate_id=cid, kind="object", category_id=item["category_id"], category=item["category"],
-                        path=rel, source="folder", model="", prompt=item["text"], seed=-1, steps=0, guidance=0.0,
-                        width=int(cand.width), height=int(cand.height), url=str(cand.path),
-                        retrieval_score=float(cand.score)))
+                for cand in ranking.candidates.get(index_of[item["category_id"]], []):
+                    rows.append(self._copy_candidate(item, Path(cand.path), "folder", cand.score, cand.width,
+                                                     cand.height))
         if r["knn_url"]:
             from xpaste.retrieve.knn import KnnClient, download
 

@@ -29,8 +29,11 @@ def _decisions(run_dir: Path, config: dict) -> list[dict]:
     segments = {(r["candidate_id"], r["segmenter"]): r
                 for r in read_stage(run_dir / "segment", SegmentStage.schema(None)).to_pylist()}
     scores = read_stage(run_dir / "score", ScoreStage.schema(None)).to_pylist()
+    if not scores and config["score"]["clip"] is None:
+        return _unscored_decisions(candidates, segments, config)
     if not scores:
-        raise XPasteError("no CLIP scores in this run", run_dir, "run `xpaste score` first")
+        raise XPasteError("no CLIP scores in this run", run_dir,
+                          "run `xpaste score` first, or set score.clip to null to build without CLIP")
     best: dict[str, dict] = {}
     for row in scores:  # per image, the best-scoring segmenter (ties: the earlier segmenter in the config)
         if not np.isfinite(row["clip_score"]) or segments[(row["candidate_id"], row["segmenter"])]["area_frac"] <= 0:
@@ -66,6 +69,29 @@ def _decisions(run_dir: Path, config: dict) -> list[dict]:
             for r, k in zip(kept, keep):
                 if not k:
                     r["decision"] = "near duplicate"
+    return decisions
+
+
+def _unscored_decisions(candidates: dict, segments: dict, config: dict) -> list[dict]:
+    """Without CLIP weights (score.clip: null): per image, the first segmenter in the config whose mask area is
+    in range wins; there is no CLIP bar and no embedding dedup. Every record says clip_score NaN."""
+    b = config["build_pool"]
+    lo, hi = float(b["area_min"]), float(b["area_max"])
+    order = list(config["segment"]["segmenters"])
+    by_candidate: dict[str, list[dict]] = {}
+    for (cid, _), seg in segments.items():
+        by_candidate.setdefault(cid, []).append(seg)
+    decisions = []
+    for cid in sorted(by_candidate):
+        if cid not in candidates:
+            continue
+        segs = sorted(by_candidate[cid], key=lambda r: order.index(r["segmenter"]) if r["segmenter"] in order else 99)
+        chosen = next((r for r in segs if r["area_frac"] > 0 and lo <= r["area_frac"] <= hi), segs[0])
+        decision = "kept" if chosen["area_frac"] > 0 and lo <= chosen["area_frac"] <= hi else (
+            "empty mask" if chosen["area_frac"] <= 0 else "area out of range")
+        decisions.append({**candidates[cid], "segmenter": chosen["segmenter"], "clip_score": float("nan"),
+                          "area_frac": float(chosen["area_frac"]), "mask_path": chosen["mask_path"],
+                          "embedding": np.zeros(0, np.float32), "decision": decision, "bar": float("nan")})
     return decisions
 
 
@@ -119,7 +145,7 @@ def build_pool(run_dir: str | Path, config: dict, progress: bool = True) -> dict
     run_dir = Path(run_dir)
     categories = resolve_categories(run_dir, config)
     decisions = _decisions(run_dir, config)
-    if config["build_pool"]["real_pool"]:
+    if config["build_pool"]["real_pool"] and config["score"]["clip"] is not None:
         _real_similarity_filter(decisions, config)
     out = Path(config["build_pool"]["out"] or run_dir / "pool")
     pool_cats = [{"id": c.id, "name": c.name} for c in categories]

@@ -41,6 +41,7 @@ DEFAULTS: dict[str, Any] = {
     "retrieve": {
         "enabled": False,
         "folder": None,  # a folder tree or a text file listing images
+        "labelled": False,  # folder/<category name>/... holds each category's images: no CLIP ranking
         "knn_url": None,  # a clip-retrieval service, e.g. http://host:1234/knn-service
         "knn_indice": "laion5B-L-14",
         "per_category": 20,
@@ -53,7 +54,7 @@ DEFAULTS: dict[str, Any] = {
         "batch_size": 8,
     },
     "score": {
-        "clip": "ViT-L-14",  # built-in name, hf-hub:org/name, or local-dir:/folder
+        "clip": "ViT-L-14",  # built-in name, hf-hub:org/name, or local-dir:/folder; null: no CLIP scoring
         "pretrained": "openai",
         "batch_size": 32,
     },
