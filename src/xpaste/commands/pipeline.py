@@ -148,6 +148,10 @@ def score_cmd(
 def build_pool_cmd(
     config: Optional[Path] = CONFIG, run: Optional[Path] = RUN, set_: Optional[List[str]] = SET,
     device: Optional[str] = DEVICE,
+    engine: Optional[str] = typer.Option(
+        None, "--engine", help="local | ray: accepted so one command line serves every stage; build-pool is "
+        "light (a filter over the score tables plus PNG crops) and always runs here, on the driver [engine]"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="accepted and unused, as --engine [ray_address]"),
     out: Optional[Path] = typer.Option(None, "--out", help="pool folder (default RUN/pool) [build_pool.out]"),
     t: Optional[float] = typer.Option(None, "--t", help="CLIP bar cap (paper: 21) [build_pool.t]"),
     d: Optional[float] = typer.Option(None, "--d", help="bar = min(t, max - d) [build_pool.d]"),
@@ -160,7 +164,7 @@ def build_pool_cmd(
     from xpaste.pipeline.build_pool import build_pool
     from xpaste.pipeline.rundir import record_invocation
 
-    cfg = _config(config, set_, run_dir=run, device=device,
+    cfg = _config(config, set_, run_dir=run, device=device, engine=engine, ray_address=ray_address,
                   **{"build_pool.out": out, "build_pool.t": t, "build_pool.d": d, "build_pool.area_min": area_min,
                      "build_pool.area_max": area_max, "build_pool.dedup": dedup, "build_pool.real_pool": real_pool})
     record_invocation(Path(cfg["run_dir"]), "build-pool", cfg)
@@ -185,6 +189,9 @@ def run_cmd(
     times = {}
     for name in ("generate", "retrieve", "segment", "score"):
         if name in ("generate", "retrieve") and not cfg[name]["enabled"]:
+            continue
+        if name == "score" and cfg["score"]["clip"] is None:
+            typer.echo("== score: skipped (score.clip is null: the pool is built without CLIP scores)")
             continue
         typer.echo(f"== {name}")
         start = time.perf_counter()
