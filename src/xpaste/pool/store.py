@@ -28,7 +28,7 @@ POOL_FORMAT = "xpaste-pool"
 POOL_VERSION = 1
 HEADER = "pool.json"
 INDEX_DIR = "index"
-# Columns read when a pool is opened; the others are read only when records are asked for.
+# The core index columns (numeric ones are read at open; instance_id and path on first use).
 CORE_COLUMNS = ["instance_id", "category_id", "path", "width", "height"]
 
 
@@ -106,15 +106,42 @@ class InstancePool:
         self._writable = writable
         self._pending: list[dict] = []
         self._known_ids: set | None = None
+        self._shards: list[Path] = []
         self._set_columns(columns)
 
     def _set_columns(self, columns: dict[str, np.ndarray]) -> None:
-        self.instance_ids = np.asarray(columns["instance_id"], dtype=object)
+        # String columns may be absent (None): `open` defers them, since turning 1M Arrow strings into Python
+        # objects is the slowest part of opening a big pool, and sampling never needs them.
+        self._instance_ids = None if columns.get("instance_id") is None else np.asarray(columns["instance_id"], object)
+        self._paths = None if columns.get("path") is None else np.asarray(columns["path"], object)
         self.category_ids = np.asarray(columns["category_id"], dtype=np.int64)
-        self.paths = np.asarray(columns["path"], dtype=object)
         self.widths = np.asarray(columns["width"], dtype=np.int64)
         self.heights = np.asarray(columns["height"], dtype=np.int64)
         self.index = CategoryIndex.build(self.category_ids)
+
+    @property
+    def instance_ids(self) -> np.ndarray:
+        if self._instance_ids is None:
+            self._instance_ids = self._read_string_column("instance_id")
+        return self._instance_ids
+
+    @property
+    def paths(self) -> np.ndarray:
+        if self._paths is None:
+            self._paths = self._read_string_column("path")
+        return self._paths
+
+    def _read_string_column(self, name: str) -> np.ndarray:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not self._shards:
+            return np.zeros(0, dtype=object)
+        chunks = [pq.read_table(s, columns=[name]).column(name) for s in self._shards]
+        values = pa.chunked_array([c for chunk in chunks for c in chunk.chunks], type=pa.string())
+        if len(values) != len(self.category_ids):
+            raise XPasteError("index shards changed while the pool was open", self.root, "open it again")
+        return values.to_numpy(zero_copy_only=False)
 
     def _known(self) -> set:
         """Ids already pooled, built on the first write only: reading a 1M-row pool does not need it."""
@@ -181,19 +208,24 @@ class InstancePool:
             raise XPasteError(f"pool format version {header.get('version')} is newer than this xpaste reads "
                               f"({POOL_VERSION})", root / HEADER, "upgrade xpaste")
         shards = sorted((root / INDEX_DIR).glob("part-*.parquet"))
+        numeric = ["category_id", "width", "height"]
         tables = []
         for shard in shards:
             try:
-                tables.append(pq.read_table(shard, columns=CORE_COLUMNS))
+                tables.append(pq.read_table(shard, columns=numeric))
             except Exception as e:  # noqa: BLE001 - any Arrow error means a damaged shard
                 raise XPasteError(f"unreadable index shard: {e}", shard) from None
         if tables:
             table = pa.concat_tables(tables, promote_options="default")
-            columns = {k: table.column(k).to_numpy(zero_copy_only=False) for k in CORE_COLUMNS}
+            columns = {k: table.column(k).to_numpy() for k in numeric}
         else:
-            columns = {k: np.zeros(0, dtype=object if k in ("instance_id", "path") else np.int64) for k in CORE_COLUMNS}
+            columns = {k: np.zeros(0, np.int64) for k in numeric}
+        columns.update(instance_id=None, path=None)
         pool = cls(root, header, columns, cache_bytes=cache_bytes, writable=writable)
-        unknown = set(np.unique(pool.category_ids).tolist()) - set(pool.categories)
+        pool._shards = shards
+        if not tables:
+            pool._instance_ids = pool._paths = np.zeros(0, dtype=object)
+        unknown = set(pool.index.categories.tolist()) - set(pool.categories)
         if unknown:
             raise XPasteError(f"index lists category ids {sorted(unknown)[:10]} missing from pool.json", root)
         return pool
@@ -316,14 +348,16 @@ class InstancePool:
         table = pa.Table.from_pylist(self._pending, schema=_schema_for(self._pending))
         final = shard_dir / f"part-{number:06d}.parquet"
         tmp = shard_dir / f".part-{number:06d}.parquet.tmp"
+        ids, paths = self.instance_ids, self.paths  # materialise before the shard list grows
         pq.write_table(table, tmp)
         os.replace(tmp, final)
+        self._shards.append(final)
         rows = self._pending
         self._pending = []
         columns = {
-            "instance_id": np.concatenate([self.instance_ids, np.array([r["instance_id"] for r in rows], dtype=object)]),
+            "instance_id": np.concatenate([ids, np.array([r["instance_id"] for r in rows], dtype=object)]),
             "category_id": np.concatenate([self.category_ids, [r["category_id"] for r in rows]]),
-            "path": np.concatenate([self.paths, np.array([r["path"] for r in rows], dtype=object)]),
+            "path": np.concatenate([paths, np.array([r["path"] for r in rows], dtype=object)]),
             "width": np.concatenate([self.widths, [r["width"] for r in rows]]),
             "height": np.concatenate([self.heights, [r["height"] for r in rows]]),
         }
