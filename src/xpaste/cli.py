@@ -12,6 +12,7 @@ COMMAND_MODULES = [
     "xpaste.commands.augment",
     "xpaste.commands.eval",
     "xpaste.commands.pipeline",
+    "xpaste.commands.report",
 ]
 
 

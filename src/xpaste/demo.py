@@ -1,14 +1,17 @@
-"""`make demo`: the main job offline on built-in data, in a minute or two on 2 cores.
+"""`make demo`: the main job offline on built-in data, in a couple of minutes on 2 cores.
 
-1. Build a small COCO dataset from real photos that ship with scikit-image: object photos (a cat, a cup, a
-   rocket, an astronaut, a motorcycle, coins) segmented with GrabCut (no weights needed), plus texture
-   photos (brick, grass, gravel) as extra destination images.
-2. `stats`: per-category counts, frequency and the scale prior.
-3. `pool import-coco`: the dataset's own instances become an instance pool (the "real instances" source).
-4. `augment`: Copy-Paste copies of every image, written as images + a COCO json with RLE masks.
-5. A preview sheet of augmented images with pasted masks outlined in green, originals in red.
+1. A destination dataset from real photos that ship with scikit-image (a cat, a cup, a rocket, an astronaut,
+   a motorcycle, coins; masks by GrabCut) plus texture photos (brick, grass, gravel).
+2. The X-Paste pipeline on a local collection built from the same photos (one folder per category):
+   segmentation with every segmenter whose weights are here (GrabCut always; rembg's u2net and CLIPSeg
+   when their files are cached), CLIP scoring when `--clip` names weights (else the report says the pool
+   was built without CLIP), build-pool; the dataset's own annotated instances are added as a second source.
+3. `augment`: Copy-Paste copies of every destination image (images + COCO json with RLE masks).
+4. `report`: one HTML page with contact sheets, histograms, segmenter win rates, coverage and a gallery.
 
-    python -m xpaste.demo --out demo_out
+With real checkpoints on a GPU machine the same command runs the real X-Paste pipeline:
+    python -m xpaste.demo --model stable-diffusion-v1-5/stable-diffusion-v1-5 --clip ViT-L-14 --pretrained openai \
+        --segmenter rembg:u2net --segmenter clipseg --per-category 16
 """
 from __future__ import annotations
 
@@ -141,15 +144,68 @@ def write_preview(augmented: Path, out_png: Path, max_images: int = 12, tile: in
     Image.fromarray(np.concatenate(rows, axis=0)).save(out_png)
 
 
+def _available_segmenters() -> list[str]:
+    """GrabCut always; rembg's u2net and CLIPSeg only when their weights are already on this machine."""
+    specs = ["grabcut"]
+    if os.getenv("U2NET_HOME"):
+        homes = [Path(os.environ["U2NET_HOME"])]
+    else:
+        xdg = os.getenv("XDG_DATA_HOME")
+        homes = [Path(os.getenv("REMBG_HOME", Path(xdg, "rembg") if xdg else Path.home() / ".rembg")) / "models" / "u2net"]
+    if any((h / "u2net.onnx").is_file() for h in homes):
+        specs.append("rembg:u2net")
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache("CIDAS/clipseg-rd64-refined", "config.json"), str):
+            specs.append("clipseg")
+    except Exception:  # noqa: BLE001 - no hub library or no cache: CLIPSeg is simply not offered
+        pass
+    return specs
+
+
+def build_collection(dataset_json: Path, images_dir: Path, out: Path) -> Path:
+    """A labelled collection (out/<category>/*.png) cut from the dataset photos: each object's own photo
+    and, for the coins, one crop per coin with a margin, so GrabCut sees one object per image."""
+    from PIL import Image
+
+    from xpaste.data.coco import load_coco, load_sample
+
+    dataset = load_coco(dataset_json)
+    names = {c["id"]: c["name"] for c in dataset.categories}
+    for image in dataset.images:
+        sample = load_sample(dataset, image["id"], images_dir)
+        t = sample.targets
+        for i in range(len(t)):
+            x1, y1, x2, y2 = (int(v) for v in t.boxes[i])
+            margin = max(8, (x2 - x1) // 4) if len(t) > 1 else 0
+            crop = sample.image[max(0, y1 - margin): y2 + margin, max(0, x1 - margin): x2 + margin] if margin \
+                else sample.image
+            folder = out / names[int(t.labels[i])]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.ascontiguousarray(crop)).save(folder / f"{image['id']}_{i}.png")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="xpaste offline demo on scikit-image sample photos")
     parser.add_argument("--out", type=Path, default=Path("demo_out"))
     parser.add_argument("--copies", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--model", action="append", default=[], help="text-to-image model(s): hub id or folder")
+    parser.add_argument("--per-category", type=int, default=8, help="generated images per category (with --model)")
+    parser.add_argument("--steps", type=int, default=25, help="diffusion steps (with --model)")
+    parser.add_argument("--clip", default=None, help="open_clip model: name, hf-hub:..., or local-dir:...")
+    parser.add_argument("--pretrained", default=None, help="open_clip pretrained tag for --clip (e.g. openai)")
+    parser.add_argument("--segmenter", action="append", default=[], help="extra segmenter specs")
+    parser.add_argument("--device", default=None)
     args = parser.parse_args(argv)
 
+    import yaml
+
     from xpaste.cli import main as cli
+    from xpaste.io import write_bytes_atomic
 
     out: Path = args.out
     times: dict[str, float] = {}
@@ -166,9 +222,28 @@ def main(argv: list[str] | None = None) -> int:
     stage("build dataset from scikit-image photos (GrabCut masks)",
           lambda: paths.update(zip(("json", "images"), build_demo_dataset(out / "dataset"))))
     stage("xpaste stats", lambda: cli(["stats", str(paths["json"]), "--out", str(out / "stats.json")]))
-    pool = out / "pool"
-    stage("xpaste pool import-coco", lambda: cli(["pool", "import-coco", str(paths["json"]), "--images",
-                                                  str(paths["images"]), "--out", str(pool), "--append"]))
+    stage("collection of object photos", lambda: paths.update(
+        collection=build_collection(paths["json"], paths["images"], out / "collection")))
+
+    segmenters = list(dict.fromkeys(_available_segmenters() + args.segmenter))
+    run_dir = out / "run"
+    config = {
+        "run_dir": str(run_dir), "shard_size": 8, "device": args.device,
+        "categories": {"source": str(paths["json"])},
+        "generate": {"enabled": bool(args.model), "models": args.model or ["none"], "per_category": args.per_category,
+                     "steps": args.steps, "seed": args.seed},
+        "retrieve": {"enabled": True, "folder": str(paths["collection"]), "labelled": True},
+        "segment": {"segmenters": segmenters},
+        "score": {"clip": args.clip, "pretrained": args.pretrained},
+        "build_pool": {"area_min": 0.02, "area_max": 0.98},
+    }
+    config_path = out / "pipeline.yaml"
+    write_bytes_atomic(config_path, yaml.safe_dump(config, sort_keys=False).encode())
+    print(f"segmenters: {', '.join(segmenters)}; CLIP: {args.clip or 'none (pass --clip to score cut-outs)'}")
+    stage("xpaste run (retrieve/generate, segment, score, build-pool)", lambda: cli(["run", str(config_path)]))
+    pool = run_dir / "pool"
+    stage("xpaste pool import-coco (the dataset's own instances)", lambda: cli([
+        "pool", "import-coco", str(paths["json"]), "--images", str(paths["images"]), "--out", str(pool), "--append"]))
     stage("xpaste pool info", lambda: cli(["pool", "info", str(pool)]))
     augmented = out / "augmented"
     stage("xpaste augment", lambda: cli([
@@ -176,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
         "--out", str(augmented), "--copies", str(args.copies), "--seed", str(args.seed),
         "--workers", str(args.workers), "--max-paste", "8"]))
     stage("preview sheet", lambda: write_preview(augmented, out / "preview.png"))
+    report = out / "report"
+    stage("xpaste report", lambda: cli(["report", str(pool), str(augmented), "--run", str(run_dir),
+                                        "--dataset", str(paths["json"]), "--out", str(report)]))
 
     print("\n== stage times")
     for name, seconds in times.items():
@@ -183,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {sum(times.values()):7.2f} s  total")
     print(f"\naugmented dataset: {augmented / 'annotations.json'} (images in {augmented / 'images'})")
     print(f"preview (pasted = green, original = red): {out / 'preview.png'}")
+    print(f"report: {report / 'index.html'}")
     return 0
 
 

@@ -1,0 +1,439 @@
+"""One HTML page that shows a pool, a pipeline run and an augmented dataset: `write_report`.
+
+The page is `out_dir/index.html` with its images in `out_dir/assets/` (relative links, no external
+resources, no scripts), so the folder can be copied or served anywhere. Asset names are counters, never
+taken from data (category names and file names may hold '/', '<', '..' or anything else), and every text
+from data is HTML-escaped. Each section keeps its id when its input is missing and says so in one line.
+"""
+from __future__ import annotations
+
+import html
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xpaste.errors import XPasteError
+from xpaste.io import read_json, resolve_inside, write_bytes_atomic
+from xpaste.report.assets import ORIGINAL_RGB, PASTED_RGB, Assets, checker_thumb, outlined
+
+SECTIONS = [("summary", "Summary"), ("contact-sheets", "Contact sheets"), ("histograms", "Histograms"),
+            ("segmenters", "Segmenters"), ("coverage", "Coverage"), ("gallery", "Gallery")]
+NO_CLIP_NOTE = "CLIP scores unavailable: the pool was built without CLIP weights"
+FEW = 10  # a category with fewer pool instances than this counts as poorly covered
+TOP_HISTOGRAM_CATEGORIES = 8
+RECORD_FIELDS = ["category_id", "source", "model", "segmenter", "clip_score", "area_frac", "prompt", "instance_id"]
+
+
+def esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _num(value: Any, default: float = np.nan) -> float:
+    """A float from a possibly missing (None) or NaN value."""
+    return default if value is None or not np.isfinite(value) else float(value)
+
+
+def _score(value: Any, missing: str = "–") -> str:
+    return missing if value is None or not np.isfinite(value) else f"{value:.3f}"
+
+
+def _counts_text(counter: Counter) -> str:
+    return " · ".join(f"{esc(k)}: {n}" for k, n in counter.most_common()) or "–"
+
+
+# ----------------------------------------------------------------------------- inputs
+@dataclass
+class _Inputs:
+    pool: Any = None
+    cols: dict[str, np.ndarray] = field(default_factory=dict)  # pool records, one array per column
+    run: Path | None = None
+    decisions: list[dict] = field(default_factory=list)
+    augmented: Path | None = None
+    aug: dict | None = None
+    dataset: Path | None = None
+    dataset_rows: list[dict] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _load(pool, run, augmented, dataset) -> _Inputs:
+    from xpaste.pool.store import InstancePool
+
+    inp = _Inputs()
+    if run is not None:
+        import pyarrow.parquet as pq
+
+        inp.run = Path(run)
+        path = inp.run / "build_pool" / "decisions.parquet"
+        if not path.is_file():
+            raise XPasteError("not a pipeline run folder (no build_pool/decisions.parquet)", inp.run,
+                              "run `xpaste build-pool` on it first")
+        inp.decisions = pq.read_table(path).to_pylist()
+        if pool is None and (inp.run / "pool" / "pool.json").is_file():
+            pool = inp.run / "pool"
+            inp.notes.append(f"pool taken from the run folder: {pool}")
+    if pool is not None:
+        inp.pool = pool if isinstance(pool, InstancePool) else InstancePool.open(pool)
+        table = inp.pool.records()
+        n = len(inp.pool)
+        for name in RECORD_FIELDS:
+            values = (table.column(name).to_numpy(zero_copy_only=False)[:n] if name in table.column_names
+                      else np.full(n, None, dtype=object))
+            inp.cols[name] = values
+        inp.cols["clip_score"] = np.array([np.nan if v is None else v for v in inp.cols["clip_score"]], np.float64)
+        inp.cols["area_frac"] = np.array([np.nan if v is None else v for v in inp.cols["area_frac"]], np.float64)
+        inp.cols["category_id"] = inp.pool.category_ids
+    if augmented is not None:
+        inp.augmented = Path(augmented)
+        inp.aug = read_json(inp.augmented / "annotations.json")
+        if not isinstance(inp.aug, dict) or not all(isinstance(inp.aug.get(k), list) for k in ("images", "annotations")):
+            raise XPasteError("annotations.json has no images/annotations lists", inp.augmented / "annotations.json")
+        recorded = ((inp.aug.get("info") or {}).get("xpaste") or {}).get("dataset") if isinstance(
+            inp.aug.get("info"), dict) else None
+        if dataset is None and recorded and Path(recorded).is_file():
+            dataset = recorded
+            inp.notes.append(f"target dataset taken from the augmented folder's settings: {recorded}")
+    if dataset is not None:
+        from xpaste.data.coco import load_coco
+        from xpaste.data.stats import category_stats
+
+        inp.dataset = Path(dataset)
+        inp.dataset_rows = category_stats(load_coco(inp.dataset))
+    return inp
+
+
+def _category_names(inp: _Inputs) -> dict[int, str]:
+    names = {int(d["category_id"]): str(d.get("category") or d["category_id"]) for d in inp.decisions}
+    if inp.pool is not None:
+        names.update(inp.pool.categories)
+    return names
+
+
+# ----------------------------------------------------------------------------- sections
+def _summary(inp: _Inputs) -> str:
+    rows, missing = [], []
+    if inp.pool is not None:
+        c = inp.cols
+        n_cats = len(np.unique(c["category_id"]))
+        where = esc(inp.pool.root) if inp.pool.root else "in memory"
+        rows += [("Pool", (f"{len(inp.pool)} instances in {n_cats} categories "
+                           f"({len(inp.pool.categories)} defined) · {where}")),
+                 ("Sources", _counts_text(Counter(str(v or "unknown") for v in c["source"]))),
+                 ("Models", _counts_text(Counter(str(v) for v in c["model"] if v)))]
+        rows.append(("Segmenters", _counts_text(Counter(str(v) for v in c["segmenter"] if v))))
+    else:
+        missing.append("pool")
+    scores = inp.cols["clip_score"] if inp.pool is not None else np.array(
+        [np.nan if d.get("clip_score") is None else d["clip_score"] for d in inp.decisions], np.float64)
+    if inp.pool is not None or inp.run is not None:
+        scored = int(np.isfinite(scores).sum())
+        if scored == 0:
+            rows.append(("CLIP", f'<span class="warn">{esc(NO_CLIP_NOTE)}</span>'))
+        else:
+            score_cfg = ((inp.pool.header.get("config") or {}).get("score") or {}) if inp.pool is not None else {}
+            model = (f"{score_cfg.get('clip')} ({score_cfg.get('pretrained')})" if score_cfg.get("clip")
+                     else "model not recorded in pool.json")
+            rows.append(("CLIP", f"{esc(model)}; {scored} of {len(scores)} scored"))
+    if inp.run is not None:
+        rows += [("Run", f"{len(inp.decisions)} candidates · {esc(inp.run)}"),
+                 ("Decisions", _counts_text(Counter(str(d.get("decision")) for d in inp.decisions)))]
+    else:
+        missing.append("run folder (--run)")
+    if inp.aug is not None:
+        n_pasted = sum(1 for a in inp.aug["annotations"] if a.get("pasted"))
+        rows.append(("Augmented", (f"{len(inp.aug['images'])} images, {len(inp.aug['annotations'])} annotations "
+                                   f"({n_pasted} pasted) · {esc(inp.augmented)}")))
+    else:
+        missing.append("augmented folder")
+    if inp.dataset_rows is not None:
+        freq = Counter(r["frequency"] for r in inp.dataset_rows)
+        rows.append(("Target dataset", (f"{len(inp.dataset_rows)} categories (rare {freq.get('r', 0)}, common "
+                                        f"{freq.get('c', 0)}, frequent {freq.get('f', 0)}) · {esc(inp.dataset)}")))
+    else:
+        missing.append("target dataset (--dataset)")
+    body = "<table class=kv>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
+    body += "".join(f'<p class="muted">{esc(n)}</p>' for n in inp.notes)
+    if missing:
+        body += f'<p class="muted">Not given: {esc(", ".join(missing))}.</p>'
+    return body
+
+
+def _figure(img: str, caption: str, title: str = "", cls: str = "") -> str:
+    return f'<figure class="{cls}" title="{esc(title)}">{img}<figcaption>{caption}</figcaption></figure>'
+
+
+def _candidate_thumb(run: Path, d: dict) -> np.ndarray | None:
+    """The rejected candidate as the pool would have cut it out; the whole image when there is no mask."""
+    from xpaste.data.coco import read_image_rgb
+    from xpaste.pipeline.build_pool import cutout
+    from xpaste.pipeline.rundir import load_mask
+
+    try:
+        rgb = read_image_rgb(resolve_inside(run, d["path"], "image path"))
+    except (XPasteError, KeyError, TypeError):
+        return None
+    rgba = None
+    try:
+        mask = load_mask(run, d["mask_path"]) if d.get("mask_path") else None
+        if mask is not None and mask.shape == rgb.shape[:2]:
+            rgba = cutout(rgb, mask)
+    except XPasteError:
+        pass
+    if rgba is None:
+        rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
+    return checker_thumb(rgba)
+
+
+def _contact_sheets(inp: _Inputs, assets: Assets, per_category: int, max_categories: int) -> str:
+    if inp.pool is None and inp.run is None:
+        return '<p class="missing">No pool or run folder given: no contact sheets.</p>'
+    names = _category_names(inp)
+    rejected: dict[int, list[dict]] = {}
+    for d in inp.decisions:
+        if d.get("decision") != "kept":
+            rejected.setdefault(int(d["category_id"]), []).append(d)
+    pool_cats = set(inp.cols["category_id"].tolist()) if inp.pool is not None else set()
+    cats = sorted(pool_cats | set(rejected))
+    shown = cats[:max_categories]
+    out, blocks = [], []
+    if len(cats) > len(shown):
+        out.append(f'<p class="muted">Showing the first {len(shown)} of {len(cats)} categories (by id).</p>')
+    out.append('<p class="jump">' + " · ".join(f'<a href="#cat-{c}">{esc(names.get(c, c))}</a>' for c in shown)
+               + "</p>")
+    for cid in shown:
+        figs = []
+        rows = np.flatnonzero(inp.cols["category_id"] == cid) if inp.pool is not None else np.zeros(0, int)
+        if len(rows):
+            scores = inp.cols["clip_score"][rows]
+            # CLIP score descending, unscored last; ties keep pool order.
+            order = rows[np.lexsort((rows, np.where(np.isfinite(scores), -scores, np.inf)))]
+            for r in order[:per_category]:
+                c = inp.cols
+                title = f"{c['source'][r] or ''} {c['segmenter'][r] or ''} {c['model'][r] or ''} {c['prompt'][r] or ''}"
+                figs.append(_figure(assets.image(checker_thumb(inp.pool.rgba(int(r))), "thumb"),
+                                    f"{_score(c['clip_score'][r], 'no score')}<br><span>{esc(c['source'][r] or '')}"
+                                    "</span>",
+                                    title=" ".join(title.split())))
+        rej = sorted(rejected.get(cid, []), key=lambda d: -_num(d.get("clip_score"), -np.inf))
+        rej_figs = []
+        for d in rej[:per_category]:
+            thumb = _candidate_thumb(inp.run, d)
+            img = assets.image(thumb, "thumb") if thumb is not None else '<div class="noimg">image missing</div>'
+            rej_figs.append(_figure(img, f"{_score(d.get('clip_score'))}<br><span>{esc(d.get('decision'))}</span>",
+                                    title=f"{d.get('segmenter') or ''} {d.get('source') or ''}", cls="rej"))
+        head = (f'<h3 id="cat-{cid}">{esc(names.get(cid, cid))} <small>id {cid} · {len(rows)} in the pool'
+                + (f", {len(rej)} rejected" if inp.run is not None else "") + "</small></h3>")
+        body = f'<div class="thumbs">{"".join(figs)}</div>' if figs else '<p class="muted">No pool instances.</p>'
+        if rej_figs:
+            body += (f'<h4>Rejected candidates{f" (first {per_category})" if len(rej) > per_category else ""}'
+                     f'</h4><div class="thumbs">{"".join(rej_figs)}</div>')
+        blocks.append(f'<div class="cat">{head}{body}</div>')
+    return "\n".join(out) + f'<div class="cats">{"".join(blocks)}</div>'
+
+
+def _histograms(inp: _Inputs, assets: Assets) -> str:
+    from xpaste.report import plots
+
+    if inp.pool is None and inp.run is None:
+        return '<p class="missing">No pool or run folder given: nothing to plot.</p>'
+    figs, notes = [], []
+    if inp.pool is not None and len(inp.pool):
+        c = inp.cols
+        source = np.array([str(v or "unknown") for v in c["source"]], dtype=object)
+        groups = sorted(set(source.tolist()))
+        has_clip = bool(np.isfinite(c["clip_score"]).any())
+        if has_clip:
+            figs.append(assets.plot(plots.histogram_by_group(
+                {g: c["clip_score"][source == g] for g in groups}, "CLIP score", "Pool: CLIP score by source"),
+                "CLIP score histogram"))
+        else:
+            notes.append(NO_CLIP_NOTE)
+        figs.append(assets.plot(plots.histogram_by_group(
+            {g: c["area_frac"][source == g] for g in groups}, "mask area / image area",
+            "Pool: mask area fraction by source"), "area histogram"))
+        ids, counts = np.unique(c["category_id"], return_counts=True)
+        top = ids[np.argsort(-counts, kind="stable")][:TOP_HISTOGRAM_CATEGORIES]
+        value, what = (c["clip_score"], "CLIP score") if has_clip else (c["area_frac"], "area fraction")
+        per_cat = {f"{inp.pool.categories.get(int(k), k)} (id {k})":
+                   {g: value[(c["category_id"] == k) & (source == g)] for g in groups} for k in top}
+        figs.append(assets.plot(plots.category_histograms(
+            per_cat, what, f"Pool: {what} of the {len(top)} largest categories, by source"),
+            "per-category histograms", wide=True))
+    if inp.decisions:
+        by_decision: dict[str, list] = {}
+        for d in inp.decisions:
+            by_decision.setdefault(str(d.get("decision")), []).append(d)
+        figs.append(assets.plot(plots.histogram_by_group(
+            {k: [d.get("clip_score") for d in v] for k, v in by_decision.items()}, "CLIP score",
+            "Run: CLIP score of candidates by decision"), "decision histogram"))
+        figs.append(assets.plot(plots.histogram_by_group(
+            {k: [d.get("area_frac") for d in v] for k, v in by_decision.items()}, "mask area / image area",
+            "Run: mask area fraction by decision"), "decision area histogram"))
+    body = "".join(f'<p class="warn">{esc(n)}</p>' for n in notes)
+    if not figs:
+        return body + '<p class="missing">The pool is empty and no run was given: nothing to plot.</p>'
+    return body + f'<div class="plots">{"".join(figs)}</div>'
+
+
+def _segmenters(inp: _Inputs, assets: Assets) -> str:
+    from xpaste.report import plots
+
+    if inp.decisions:
+        stats: dict[str, dict] = {}
+        for d in inp.decisions:
+            s = stats.setdefault(str(d.get("segmenter") or "none"), {"wins": 0, "kept": 0, "scores": []})
+            s["wins"] += 1
+            s["kept"] += d.get("decision") == "kept"
+            if np.isfinite(_num(d.get("clip_score"))):
+                s["scores"].append(d["clip_score"])
+        rows = [{"segmenter": k, **v} for k, v in sorted(stats.items(), key=lambda kv: -kv[1]["wins"])]
+        total, kept = max(sum(r["wins"] for r in rows), 1), max(sum(r["kept"] for r in rows), 1)
+        table = "".join(f"<tr><td>{esc(r['segmenter'])}</td><td>{r['wins']} ({r['wins'] / total:.0%})</td>"
+                        f"<td>{r['kept']} ({r['kept'] / kept:.0%})</td>"
+                        f"<td>{_score(np.mean(r['scores']) if r['scores'] else None)}</td></tr>" for r in rows)
+        return ('<p>For each candidate image the segmenter whose cut-out scored best with CLIP wins; the winners '
+                'then pass the CLIP bar, area and duplicate filters.</p><div class="plots">'
+                + assets.plot(plots.segmenter_win_rates(rows), "segmenter win rates") + "</div>"
+                + "<table><tr><th>segmenter</th><th>best for</th><th>kept</th><th>mean CLIP of wins</th></tr>"
+                + table + "</table>")
+    if inp.pool is not None and any(inp.cols["segmenter"]):
+        counts = Counter(str(v) for v in inp.cols["segmenter"] if v)
+        table = "".join(f"<tr><td>{esc(k)}</td><td>{n}</td></tr>" for k, n in counts.most_common())
+        return ('<p class="missing">Win rates need the run folder (--run); here is the segmenter of each pool '
+                "instance.</p><table><tr><th>segmenter</th><th>pool instances</th></tr>" + table + "</table>")
+    return '<p class="missing">No segmenter information: give a pipeline run folder (--run).</p>'
+
+
+def _coverage(inp: _Inputs, assets: Assets, max_categories: int) -> str:
+    from xpaste.report import plots
+
+    if inp.dataset_rows is None:
+        return '<p class="missing">No target dataset given (--dataset): coverage needs its category list.</p>'
+    if inp.pool is not None:
+        counts, what = inp.pool.counts(), "pool instances"
+    elif inp.aug is not None:
+        counts = dict(Counter(int(a["category_id"]) for a in inp.aug["annotations"] if a.get("pasted")))
+        what = "pasted instances"
+    else:
+        return '<p class="missing">No pool or augmented folder given: nothing to compare with the target dataset.</p>'
+    rows = [{"id": r["id"], "name": r["name"], "frequency": r["frequency"], "dataset": r["instances"],
+             "count": counts.get(r["id"], 0)} for r in inp.dataset_rows]
+    lines = []
+    for g, gname in plots.FREQUENCY_NAMES.items():
+        group = [r for r in rows if r["frequency"] == g]
+        if group:
+            few = sum(r["count"] < FEW for r in group)
+            none = sum(r["count"] == 0 for r in group)
+            lines.append(f"<li><b>{gname}</b>: {few} of {len(group)} categories have fewer than {FEW} {what}; "
+                         f"{none} have none</li>")
+    extra = len(set(counts) - {r["id"] for r in rows})
+    if extra:
+        lines.append(f"<li>{extra} pool categories are not in the target dataset</li>")
+    rank = {"r": 0, "c": 1, "f": 2}
+    ordered = sorted(rows, key=lambda r: (rank.get(r["frequency"], 3), r["count"], str(r["name"])))
+    shown = sorted(ordered[:max_categories], key=lambda r: (rank.get(r["frequency"], 3), r["count"]))
+    note = (f'<p class="muted">Chart: the {len(shown)} least covered of {len(rows)} categories, rare first.</p>'
+            if len(shown) < len(rows) else "")
+    body = f"<ul>{''.join(lines)}</ul>{note}<div class=plots>" + assets.plot(
+        plots.coverage(shown, FEW, what), "category coverage") + "</div>"
+    weak = [r for r in ordered if r["frequency"] == "r" and r["count"] < FEW]
+    if weak:
+        cells = "".join(f"<tr><td>{esc(r['name'])}</td><td>{r['id']}</td><td>{r['dataset']}</td>"
+                        f"<td class=warn>{r['count']}</td></tr>" for r in weak[:200])
+        more = f'<p class="muted">… and {len(weak) - 200} more.</p>' if len(weak) > 200 else ""
+        body += (f"<h3>Rare categories with fewer than {FEW} {what}</h3><table><tr><th>category</th><th>id</th>"
+                 f"<th>dataset instances</th><th>{what}</th></tr>{cells}</table>{more}")
+    return body
+
+
+def _gallery(inp: _Inputs, assets: Assets, limit: int) -> str:
+    from xpaste.data.coco import decode_annotation_mask, read_image_rgb
+
+    if inp.aug is None:
+        return '<p class="missing">No augmented folder given: no gallery.</p>'
+    by_image: dict[Any, list[dict]] = {}
+    for a in inp.aug["annotations"]:
+        by_image.setdefault(a.get("image_id"), []).append(a)
+    images = sorted(inp.aug["images"], key=lambda im: not any(a.get("pasted") for a in by_image.get(im.get("id"), [])))
+    figs, failed = [], 0
+    for im in images[:limit]:
+        try:
+            rgb = read_image_rgb(resolve_inside(inp.augmented / "images", im["file_name"], "image file name"))
+        except (XPasteError, KeyError):
+            failed += 1
+            continue
+        anns = by_image.get(im.get("id"), [])
+        masks = []
+        for a in anns:
+            try:
+                masks.append((decode_annotation_mask(a, rgb.shape[0], rgb.shape[1]), bool(a.get("pasted"))))
+            except ValueError:  # one malformed mask should not hide the image
+                continue
+        small = outlined(rgb, masks)
+        n_pasted = sum(1 for a in anns if a.get("pasted"))
+        figs.append(_figure(assets.image(small, "gallery", alt=str(im.get("file_name"))),
+                            f"{esc(im.get('file_name'))}<br><span>{n_pasted} pasted · {len(anns) - n_pasted} original"
+                            "</span>"))
+    legend = (f'<p><span class="sw" style="background:rgb{PASTED_RGB}"></span> pasted instance '
+              f'<span class="sw" style="background:rgb{ORIGINAL_RGB}"></span> original instance · showing '
+              f"{len(figs)} of {len(inp.aug['images'])} images, those with pasted instances first</p>")
+    if failed:
+        legend += f'<p class="warn">{failed} images could not be read.</p>'
+    return legend + f'<div class="gallery">{"".join(figs)}</div>'
+
+
+CSS = """
+body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#222;background:#fafafa}
+header{background:#1f2933;color:#fff;padding:14px 24px}header h1{margin:0;font-size:22px}
+header p{margin:4px 0 0;color:#cbd2d9;font-size:13px;word-break:break-all}
+nav{position:sticky;top:0;z-index:2;background:#fff;border-bottom:1px solid #ddd;padding:8px 24px}
+nav a{margin-right:18px;color:#0b5cad;text-decoration:none;font-weight:600}
+main{max-width:1320px;margin:0 auto;padding:0 24px 40px}
+section{scroll-margin-top:48px;margin-top:22px;background:#fff;border:1px solid #e4e7eb;border-radius:8px;padding:4px 20px 16px}
+h2{font-size:20px;border-bottom:2px solid #e4e7eb;padding-bottom:4px}h3{font-size:16px;margin:18px 0 6px;scroll-margin-top:48px}
+h3 small,.muted,figcaption span{color:#667;font-weight:normal;font-size:12px}h4{margin:8px 0 4px;font-size:13px;color:#a33}
+table{border-collapse:collapse;font-size:14px}td,th{border-bottom:1px solid #eee;padding:4px 10px;text-align:left;vertical-align:top}
+table.kv th{width:130px;color:#445}.warn{color:#b3261e;font-weight:600}.missing{color:#667;font-style:italic}
+.jump{font-size:13px;line-height:1.8}.jump a{color:#0b5cad}
+.cats{display:flex;flex-wrap:wrap;gap:0 32px;align-items:flex-start}.cat{flex:0 1 auto;min-width:0}
+.thumbs{display:flex;flex-wrap:wrap;gap:6px}
+figure{margin:0;text-align:center;font-size:12px;font-variant-numeric:tabular-nums}
+.thumbs figure img,.noimg{display:block;margin:0 auto;max-width:96px;max-height:96px;width:auto;height:auto}
+.thumbs figure{width:104px;box-sizing:border-box;background:#f2f4f5;border-radius:4px;padding:4px;min-height:124px;display:flex;flex-direction:column;justify-content:space-between;align-items:center}
+figure.rej{background:#fbeeee}.noimg{width:96px;height:60px;line-height:60px;color:#a33}
+.plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(560px,1fr));gap:12px;align-items:start}
+img.plot{max-width:100%;height:auto}img.wide{grid-column:1/-1}
+.gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:12px}
+.gallery img{max-width:100%;height:auto;border-radius:4px}.gallery figure{word-break:break-all}
+.sw{display:inline-block;width:22px;height:10px;border:1px solid #333;vertical-align:middle;margin:0 4px 0 10px}
+"""
+
+
+def write_report(out_dir: str | os.PathLike, pool=None, run=None, augmented=None, dataset=None,
+                 max_per_category: int = 24, max_categories: int = 60, gallery: int = 24) -> Path:
+    """Write `out_dir/index.html` (+ `assets/`) about any of: a pool (folder or InstancePool), a pipeline run
+    folder, an augmented dataset folder, and a target dataset json for coverage. Returns the page's path."""
+    from datetime import datetime, timezone
+
+    from xpaste._version import __version__
+
+    inp = _load(pool, run, augmented, dataset)
+    out = Path(out_dir)
+    assets = Assets(out)
+    bodies = {"summary": _summary(inp),
+              "contact-sheets": _contact_sheets(inp, assets, max_per_category, max_categories),
+              "histograms": _histograms(inp, assets), "segmenters": _segmenters(inp, assets),
+              "coverage": _coverage(inp, assets, max_categories), "gallery": _gallery(inp, assets, gallery)}
+    sections = "\n".join(f'<section id="{sid}"><h2>{title}</h2>\n{bodies[sid]}\n</section>' for sid, title in SECTIONS)
+    toc = "".join(f'<a href="#{sid}">{title}</a>' for sid, title in SECTIONS)
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width,initial-scale=1"><title>xpaste report</title>'
+            f"<style>{CSS}</style></head><body><header><h1>xpaste report</h1><p>xpaste {esc(__version__)} · "
+            f"{stamp}</p></header><nav>{toc}</nav><main>{sections}</main></body></html>\n")
+    write_bytes_atomic(out / "index.html", page.encode("utf-8"))
+    assets.prune()
+    return out / "index.html"
