@@ -413,3 +413,24 @@ def test_exif_orientation_is_not_applied(tmp_path):
 def test_dataset_direct_construction_is_dataclass():
     ds = CocoDataset(None, {}, [{"id": 1, "file_name": "a", "height": 2, "width": 2}], [], [])
     assert ds.image_by_id[1]["file_name"] == "a" and "images=1" in repr(ds)
+
+
+def test_lvis_v1_images_without_file_name_use_coco_url(tmp_path):
+    """LVIS v1 lists images by coco_url only; the image is found under the COCO root as split/name."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from xpaste.data.coco import load_coco, load_sample
+
+    (tmp_path / "train2017").mkdir()
+    Image.fromarray(np.zeros((8, 10, 3), np.uint8)).save(tmp_path / "train2017" / "000000391895.jpg")
+    doc = {"images": [{"id": 391895, "coco_url": "http://images.cocodataset.org/train2017/000000391895.jpg",
+                       "height": 8, "width": 10, "neg_category_ids": [], "not_exhaustive_category_ids": []}],
+           "annotations": [], "categories": [{"id": 1, "name": "cup", "frequency": "r"}]}
+    path = tmp_path / "lvis_v1_train.json"
+    path.write_text(json.dumps(doc))
+    dataset = load_coco(path)
+    assert dataset.images[0]["file_name"] == "train2017/000000391895.jpg"
+    assert load_sample(dataset, 391895, tmp_path).image.shape == (8, 10, 3)

@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "xpaste.commands.eval",
     "xpaste.commands.pipeline",
     "xpaste.commands.report",
+    "xpaste.commands.export",
 ]
 
 

@@ -150,6 +150,11 @@ def _validate(obj: Any, path) -> None:
             raise XPasteError(f"missing top-level key {key!r}", path, "is this a COCO/LVIS annotation file?")
         if not isinstance(obj[key], list):
             raise XPasteError(f"top-level {key!r} is a {type(obj[key]).__name__}, expected a list", path)
+    for img in obj["images"]:
+        # LVIS v1 jsons have no file_name, only coco_url (".../train2017/000000391895.jpg"): use
+        # "train2017/000000391895.jpg", relative to the COCO images root, as detectron2's LVIS loader does.
+        if isinstance(img, dict) and "file_name" not in img and isinstance(img.get("coco_url"), str):
+            img["file_name"] = "/".join(img["coco_url"].rstrip("/").split("/")[-2:])
     _check_records(obj["images"], "image",
                    {"id": "int", "file_name": "str", "height": "posint", "width": "posint"}, path)
     _check_records(obj["categories"], "category", {"id": "int", "name": "str"}, path)

@@ -1,0 +1,35 @@
+"""`xpaste export-yolo`: write a COCO / LVIS dataset (e.g. `xpaste augment` output) in the YOLO-seg layout."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from xpaste.commands.app import app
+
+
+@app.command("export-yolo")
+def export_yolo_cmd(
+    dataset: Path = typer.Option(..., "--dataset", help="COCO/LVIS annotation json"),
+    images: Path = typer.Option(..., "--images", help="folder the json's file_name entries are relative to"),
+    out: Path = typer.Option(..., "--out", help="output folder: images/, labels/ and data.yaml"),
+    val_fraction: float = typer.Option(0.0, "--val-fraction",
+                                       help="share of images moved to a val split (0: val = train)"),
+    split: str = typer.Option("train", "--split", help="name of the main split folder"),
+    seed: int = typer.Option(0, "--seed", help="seed of the train/val split"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing export in --out"),
+) -> None:
+    """Polygon labels for ultralytics YOLO-seg (classes 0..K-1 in category-id order; crowd regions skipped)."""
+    from xpaste.errors import XPasteError
+
+    try:
+        from xpaste.integrations.ultralytics import export_yolo_seg
+    except ModuleNotFoundError as e:
+        if e.name and e.name.split(".")[0] == "ultralytics":  # the AGPL extra is optional: say how to get it
+            raise XPasteError("ultralytics is not installed", hint="pip install 'xpaste[ultralytics]'") from None
+        raise
+    if not 0.0 <= val_fraction < 1.0:
+        raise typer.BadParameter("must be in [0, 1)", param_hint="--val-fraction")
+    data_yaml = export_yolo_seg(dataset, images, out, split=split, val_fraction=val_fraction, seed=seed,
+                                overwrite=overwrite)
+    typer.echo(f"wrote {data_yaml}  (train with: yolo segment train data={data_yaml})")

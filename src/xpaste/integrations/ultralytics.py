@@ -1,0 +1,366 @@
+"""X-Paste for ultralytics YOLO-seg: a training-time paste transform and a COCO -> YOLO-seg exporter.
+
+ultralytics is AGPL-3.0, so this module is an optional extra (`pip install 'xpaste[ultralytics]'`) and is
+never imported by `xpaste/__init__.py`.
+
+Online pasting (checked against ultralytics 8.4.190):
+
+    from xpaste.integrations.ultralytics import xpaste_trainer
+    YOLO("yolo11n-seg.pt").train(data="data.yaml", trainer=xpaste_trainer(pool, max_paste=10))
+
+`xpaste_trainer` returns a `SegmentationTrainer` subclass whose `build_dataset` installs an
+`XPasteYOLOTransform` in the training dataset's pipeline right after ultralytics' geometric step (Mosaic +
+RandomPerspective, the analogue of the large-scale jitter X-Paste pastes after), so MixUp, HSV and flips then
+treat pasted and original objects alike. `install_xpaste(dataset, transform)` does the same for a dataset
+built by your own trainer; it also survives `close_mosaic`, which rebuilds the pipeline.
+
+Polygons: ultralytics labels hold one polygon per instance. A mask that is in several parts (an occluded
+object, a multi-part annotation) becomes one polygon by joining the parts with thin zero-width bridges, as
+ultralytics' own COCO converter does (`merge_multi_segment`); holes are not represented (external contours
+only), so a hole is filled. Mask pixel (x, y) is taken to cover [x, x+1) x [y, y+1): contour points are
+written at pixel centres (+0.5), which ultralytics' int-truncating `fillPoly` maps back to the same pixels.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+import cv2
+import numpy as np
+import torch.utils.data
+import yaml
+from ultralytics.data.augment import Compose, Format, LetterBox, RandomPerspective
+from ultralytics.data.converter import merge_multi_segment
+from ultralytics.models.yolo.segment import SegmentationTrainer
+from ultralytics.utils.instance import Instances
+from ultralytics.utils.ops import resample_segments
+
+from xpaste.core.sample import Sample
+from xpaste.core.targets import Targets
+from xpaste.data.coco import decode_annotation_mask, load_coco
+from xpaste.errors import XPasteError
+from xpaste.io import resolve_inside
+from xpaste.paste.transform import CopyPaste
+
+SEGMENT_POINTS = 1000  # ultralytics resamples every polygon to this many points (YOLODataset.update_labels_info)
+_SRC = "_xpaste_source_index"  # input row of each output instance, -1 = pasted
+
+
+# ----------------------------------------------------------------------------- masks <-> polygons
+def mask_to_polygon(mask: np.ndarray, min_points: int = 1) -> np.ndarray | None:
+    """One (M, 2) float32 pixel-coordinate polygon for a bool mask, or None when it has no usable contour.
+
+    Every external contour with at least `min_points` points is kept; several parts are joined the way
+    ultralytics' `merge_multi_segment` joins multi-polygon COCO annotations.
+    """
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    parts = [c.reshape(-1, 2).astype(np.float32) + 0.5 for c in contours if len(c) >= min_points]
+    if not parts:
+        return None
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate(merge_multi_segment([p.reshape(-1).tolist() for p in parts]), axis=0).astype(np.float32)
+
+
+def _coco_polygon(ann: dict, height: int, width: int) -> np.ndarray | None:
+    """The polygon of one COCO annotation: its own polygons when it has them, else contours of its RLE mask."""
+    seg = ann.get("segmentation")
+    if isinstance(seg, list) and seg:
+        parts = [p for p in seg if isinstance(p, list) and len(p) >= 6]
+        if parts:
+            if len(parts) == 1:
+                return np.asarray(parts[0], np.float32).reshape(-1, 2)
+            return np.concatenate(merge_multi_segment(parts), axis=0).astype(np.float32)
+    mask = decode_annotation_mask(ann, height, width)  # raises ValueError for a malformed segmentation
+    return mask_to_polygon(mask, min_points=3) if mask.any() else None
+
+
+# ----------------------------------------------------------------------------- exporter
+def _place(src: Path, dst: Path) -> None:
+    """Hard-link the image (no copy of a large dataset); copy when linking is impossible (other device)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists() or dst.is_symlink():
+        dst.unlink()
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def export_yolo_seg(dataset_json: str | os.PathLike, images_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                    split: str = "train", val_fraction: float = 0.0, seed: int = 0,
+                    overwrite: bool = False) -> Path:
+    """Write a COCO / LVIS dataset (e.g. `xpaste augment` output) in the YOLO-seg layout; returns data.yaml.
+
+    out/images/<split>/<file_name> (hard links, or copies), out/labels/<split>/<stem>.txt with one line
+    `class x1 y1 x2 y2 ...` per instance (coordinates normalised to [0, 1]), and out/data.yaml. Classes are
+    0..K-1 in category-id order (`names` keeps the category names). Crowd annotations are skipped, as YOLO has
+    no ignore regions; images without instances get an empty label file (background images). With
+    `val_fraction` > 0 a seeded random share of the images goes to images/val, else `val` points at `split`.
+    """
+    dataset = load_coco(dataset_json)
+    out = Path(out_dir)
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    for sub in ("images", "labels"):
+        if (out / sub).exists() and any((out / sub).iterdir()):
+            if not overwrite:
+                raise XPasteError(f"{sub}/ already exists and is not empty", out,
+                                  "pick a new --out or pass --overwrite (stale labels and ultralytics' .cache "
+                                  "files would otherwise mix with the new export)")
+            shutil.rmtree(out / sub)
+    cat_ids = sorted(int(c["id"]) for c in dataset.categories)
+    class_of = {c: i for i, c in enumerate(cat_ids)}
+    names = {i: str(dataset.category_by_id[c]["name"]) for i, c in enumerate(cat_ids)}
+
+    images = list(dataset.images)
+    splits = [split] * len(images)
+    n_val = int(round(val_fraction * len(images)))
+    if n_val:
+        for i in np.random.default_rng(seed).permutation(len(images))[:n_val]:
+            splits[int(i)] = "val"
+    skipped = 0
+    for info, part in zip(images, splits):
+        h, w = int(info["height"]), int(info["width"])
+        src = resolve_inside(images_dir, info["file_name"], "file_name")
+        if not src.is_file():
+            raise XPasteError("image file not found", src)
+        rel = Path(info["file_name"])
+        _place(src, out / "images" / part / rel)
+        lines = []
+        for ann in dataset.annotations_for(info["id"]):
+            if ann.get("iscrowd", 0):
+                continue
+            try:
+                poly = _coco_polygon(ann, h, w)
+            except ValueError:
+                poly = None
+            if poly is None:
+                skipped += 1
+                continue
+            xy = np.clip(poly / np.array([w, h], np.float32), 0.0, 1.0).reshape(-1)
+            lines.append(" ".join([str(class_of[int(ann["category_id"])])] + [f"{v:.6f}" for v in xy]))
+        label = (out / "labels" / part / rel).with_suffix(".txt")
+        label.parent.mkdir(parents=True, exist_ok=True)
+        label.write_text("\n".join(lines) + ("\n" if lines else ""))
+    data = {"path": str(out.resolve()), "train": f"images/{split}",
+            "val": "images/val" if n_val else f"images/{split}", "names": names}
+    yaml_path = out / "data.yaml"
+    yaml_path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    if skipped:
+        print(f"export-yolo: skipped {skipped} annotations without a usable polygon")
+    return yaml_path
+
+
+# ----------------------------------------------------------------------------- online transform
+def _class_map(pool, names: Mapping[int, str] | list | None, class_map: Mapping[int, int] | None) -> dict[int, int]:
+    """Pool category id -> YOLO class index. Every pooled category must map, so no paste is ever unlabeled."""
+    if class_map is not None:
+        mapping = {int(k): int(v) for k, v in class_map.items()}
+    elif names is not None:
+        items = names.items() if isinstance(names, Mapping) else enumerate(names)
+        by_name = {str(n): int(i) for i, n in items}
+        mapping = {cid: by_name[n] for cid, n in pool.categories.items() if n in by_name}
+    else:  # export_yolo_seg's numbering of the dataset the pool was cut from
+        mapping = {cid: i for i, cid in enumerate(sorted(pool.categories))}
+    missing = sorted(set(np.unique(pool.category_ids).tolist()) - set(mapping))
+    if missing:
+        raise ValueError(f"pool categories {missing[:10]} have no YOLO class; pass class_map= or names= covering "
+                         "them, or use a pool restricted to the dataset's categories")
+    return mapping
+
+
+class XPasteYOLOTransform:
+    """Paste pool instances into an ultralytics `labels` dict (img BGR, cls (N, 1), instances with segments).
+
+    `XPasteYOLOTransform(pool, names=..., **copy_paste_kwargs)` or `XPasteYOLOTransform(copy_paste, ...)`.
+    Class ids: `class_map` {pool category id: YOLO class}, or `names` (the data.yaml names; matched by category
+    name), or by default the pool's categories in id order (export_yolo_seg's numbering). The instances come
+    back in the format and normalisation they came in; originals a paste did not touch keep their exact
+    polygon and box, occluded ones get a polygon of their visible part (or are dropped, by CopyPaste's rule),
+    pasted ones get a polygon resampled to the input's point count. `calls` / `pasted` count work done in
+    this process (a DataLoader worker counts in its own copy).
+    """
+
+    def __init__(self, pool_or_copy_paste: Any, *, names: Mapping[int, str] | list | None = None,
+                 class_map: Mapping[int, int] | None = None, **kwargs: Any) -> None:
+        cp = pool_or_copy_paste
+        if not isinstance(cp, CopyPaste):
+            cp = CopyPaste(cp, **kwargs)
+        elif kwargs:
+            raise TypeError("pass CopyPaste options either to CopyPaste or here with a pool, not both")
+        self.copy_paste = cp
+        self.class_map = _class_map(cp.pool, names, class_map)
+        self._to_pool = {v: k for k, v in self.class_map.items()}
+        self._base_seed = cp.seed
+        self._worker_key: tuple | None = None
+        self.calls = 0
+        self.pasted = 0
+
+    def __repr__(self) -> str:
+        return f"XPasteYOLOTransform({self.copy_paste!r})"
+
+    def _reseed_for_worker(self) -> None:
+        # As in the torchvision adapter: each DataLoader worker draws its own pastes, reproducibly per seed.
+        info = torch.utils.data.get_worker_info()
+        if info is None:
+            return
+        key = (os.getpid(), info.id, info.seed)
+        if key != self._worker_key:
+            entropy = [int(info.seed)] + ([int(self._base_seed)] if self._base_seed is not None else [])
+            self.copy_paste.reseed(int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]))
+            self._worker_key = key
+
+    def __call__(self, labels: dict) -> dict:
+        img = labels["img"]
+        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+            raise ValueError(f"XPasteYOLOTransform needs 3-channel uint8 images, got {img.shape} {img.dtype}")
+        if "semantic_mask" in labels:
+            raise ValueError("XPasteYOLOTransform supports instance segmentation labels, not semantic masks")
+        inst: Instances = labels["instances"]
+        if inst.keypoints is not None:
+            raise ValueError("XPasteYOLOTransform cannot paste into pose labels (pasted objects have no keypoints)")
+        self._reseed_for_worker()
+        h, w = img.shape[:2]
+        fmt, normalized = inst._bboxes.format, inst.normalized
+        inst.convert_bbox("xyxy")
+        inst.denormalize(w, h)
+        boxes, segments = inst.bboxes.astype(np.float32), inst.segments
+        n = len(boxes)
+        if len(segments) != n:
+            raise ValueError(f"XPasteYOLOTransform needs one polygon per instance ({n} boxes, {len(segments)} "
+                             "segments): train with task=segment on polygon labels")
+        cls = labels["cls"]
+        masks = np.zeros((n, h, w), bool)
+        buf = np.zeros((h, w), np.uint8)
+        for i in range(n):
+            buf[:] = 0
+            cv2.fillPoly(buf, [segments[i].astype(np.int32)], 1)  # ultralytics' own rasterisation (polygon2mask)
+            masks[i] = buf.view(bool)
+        # Hit tests use the boxes: make each contain its rasterised mask (truncation can add an edge pixel).
+        ext = boxes.copy()
+        for i in range(n):
+            ys, xs = np.nonzero(masks[i].any(axis=1))[0], np.nonzero(masks[i].any(axis=0))[0]
+            if len(ys):
+                ext[i] = (min(ext[i, 0], xs[0]), min(ext[i, 1], ys[0]), max(ext[i, 2], xs[-1] + 1),
+                          max(ext[i, 3], ys[-1] + 1))
+        cls_int = cls.reshape(-1).astype(np.int64)
+        labels_pool = np.array([self._to_pool.get(int(c), -1 - int(c)) for c in cls_int], np.int64)
+        targets = Targets(ext, masks, labels_pool, {_SRC: np.arange(n, dtype=np.int64)})
+        rgb = np.ascontiguousarray(img[..., ::-1])
+        out = self.copy_paste(Sample(rgb, targets, {"im_file": labels.get("im_file")}))
+
+        t = out.targets
+        src = t.extra[_SRC]
+        length = segments.shape[1] if segments.ndim == 3 and segments.shape[1] else SEGMENT_POINTS
+        new_boxes, new_segs, new_cls = [], [], []
+        areas_before = masks.sum(axis=(1, 2))
+        for j in range(len(t)):
+            s = int(src[j])
+            if s >= 0 and int(t.masks[j].sum()) == int(areas_before[s]):  # untouched: keep it bit for bit
+                new_boxes.append(boxes[s])
+                new_segs.append(segments[s].astype(np.float32))
+                new_cls.append(cls_int[s])
+                continue
+            poly = mask_to_polygon(t.masks[j])
+            if poly is None:
+                continue
+            new_boxes.append(t.boxes[j])
+            new_segs.append(resample_segments([poly], n=length)[0])
+            new_cls.append(cls_int[s] if s >= 0 else self.class_map[int(t.labels[j])])
+        m = len(new_cls)
+        self.calls += 1
+        self.pasted += int(np.count_nonzero(src < 0))
+        result = Instances(np.array(new_boxes, np.float32).reshape(m, 4),
+                           np.array(new_segs, np.float32).reshape(m, length, 2), None, "xyxy", normalized=False)
+        result.convert_bbox(fmt)
+        if normalized:
+            result.normalize(w, h)
+        labels["img"] = np.ascontiguousarray(out.image[..., ::-1])
+        labels["instances"] = result
+        labels["cls"] = np.array(new_cls, dtype=cls.dtype).reshape(m, 1)
+        return labels
+
+
+# ----------------------------------------------------------------------------- hooking into training
+def _insert_position(compose: Compose) -> int:
+    """After the geometric step (Compose holding RandomPerspective, or a LetterBox), else before Format."""
+    items = compose.transforms
+    for i, t in enumerate(items):
+        inner = t.transforms if isinstance(t, Compose) else [t]
+        if any(isinstance(u, (RandomPerspective, LetterBox)) for u in inner):
+            return i + 1
+    formats = [i for i, t in enumerate(items) if isinstance(t, Format)]
+    return formats[-1] if formats else len(items)
+
+
+def insert_transform(compose: Compose, transform: XPasteYOLOTransform) -> Compose:
+    """Insert `transform` into an ultralytics pipeline once (see `_insert_position`)."""
+    if not any(t is transform for t in compose.transforms):
+        compose.insert(_insert_position(compose), transform)
+    return compose
+
+
+class _BuildWithPaste:
+    """Replaces a dataset's `build_transforms`, so rebuilt pipelines (`close_mosaic`) keep the paste.
+
+    A plain object rather than a closure, so that the dataset still pickles for spawned workers.
+    """
+
+    def __init__(self, dataset: Any, transform: XPasteYOLOTransform) -> None:
+        self.dataset, self.transform = dataset, transform
+
+    def __call__(self, hyp: Any) -> Compose:
+        transforms = type(self.dataset).build_transforms(self.dataset, hyp)
+        return insert_transform(transforms, self.transform) if self.dataset.augment else transforms
+
+
+def install_xpaste(dataset: Any, transform: XPasteYOLOTransform) -> Any:
+    """Put `transform` into an ultralytics YOLODataset's training pipeline (no-op for non-augmenting ones)."""
+    if not getattr(dataset, "augment", False):
+        return dataset
+    dataset.build_transforms = _BuildWithPaste(dataset, transform)
+    insert_transform(dataset.transforms, transform)
+    return dataset
+
+
+class XPasteSegmentationTrainer(SegmentationTrainer):
+    """SegmentationTrainer that pastes into its training set; configure it with `xpaste_trainer`.
+
+    The transform is built lazily in `build_dataset`, once the trainer knows the data.yaml `names`, so a pool
+    maps onto the YOLO classes by category name unless `class_map` / `names` were given.
+    """
+
+    xpaste_source: Any = None  # a pool, a CopyPaste or a ready XPasteYOLOTransform
+    xpaste_options: dict = {}
+
+    def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None):
+        dataset = super().build_dataset(img_path, mode, batch)
+        if mode == "train" and self.xpaste_source is not None:
+            transform = getattr(self, "xpaste_transform", None)
+            if transform is None:
+                transform = self.xpaste_source
+                if not isinstance(transform, XPasteYOLOTransform):
+                    options = dict(self.xpaste_options)
+                    if "class_map" not in options:
+                        options.setdefault("names", self.data["names"])
+                    transform = XPasteYOLOTransform(transform, **options)
+                self.xpaste_transform = transform  # one transform per trainer, also across OOM rebuilds
+            install_xpaste(dataset, transform)
+        return dataset
+
+
+def xpaste_trainer(pool_or_transform: Any, **kwargs: Any) -> type[XPasteSegmentationTrainer]:
+    """A trainer class for `YOLO(...).train(trainer=...)` that pastes from `pool_or_transform`.
+
+    `pool_or_transform`: an InstancePool, a CopyPaste or an XPasteYOLOTransform; kwargs go to
+    XPasteYOLOTransform (CopyPaste options, `class_map`, `names`). ultralytics instantiates the trainer class
+    itself, so the configuration travels as class attributes of a fresh subclass (in-process training; a
+    multi-GPU DDP run re-imports the trainer by name in new processes and would lose it).
+    """
+    if isinstance(pool_or_transform, XPasteYOLOTransform) and kwargs:
+        raise TypeError("options go to XPasteYOLOTransform when a transform is given")
+    return type("BoundXPasteSegmentationTrainer", (XPasteSegmentationTrainer,),
+                {"xpaste_source": pool_or_transform, "xpaste_options": dict(kwargs)})

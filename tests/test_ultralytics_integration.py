@@ -1,0 +1,295 @@
+"""YOLO-seg export and online pasting with the real ultralytics client (offline: local font, no sockets)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from coco_fixtures import write_dataset
+from conftest import make_cutout
+
+
+def _install_font() -> bool:
+    """ultralytics fetches Arial.ttf unless one is in its config dir: copy a local TTF there first."""
+    spec = importlib.util.find_spec("matplotlib")
+    candidates = []
+    if spec and spec.origin:
+        candidates.append(Path(spec.origin).parent / "mpl-data/fonts/ttf/DejaVuSans.ttf")
+    candidates += sorted(Path("/usr/share/fonts").rglob("*.ttf")) if Path("/usr/share/fonts").is_dir() else []
+    font = next((p for p in candidates if p.is_file()), None)
+    if font is None:
+        return False
+    target = Path(os.environ["YOLO_CONFIG_DIR"]) / "Ultralytics"
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("Arial.ttf", "Arial.Unicode.ttf"):
+        if not (target / name).exists():
+            shutil.copy(font, target / name)
+    return True
+
+
+if not _install_font():
+    pytest.skip("no TTF font to give ultralytics offline", allow_module_level=True)
+pytest.importorskip("ultralytics")
+
+import torch  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+from ultralytics.utils.instance import Instances  # noqa: E402
+
+import xpaste.commands.export  # noqa: E402,F401  (registers export-yolo on the app)
+from xpaste.commands.app import app  # noqa: E402
+from xpaste.data.coco import decode_annotation_mask, load_coco  # noqa: E402
+from xpaste.errors import XPasteError  # noqa: E402
+from xpaste.integrations.ultralytics import (XPasteYOLOTransform, export_yolo_seg, mask_to_polygon,  # noqa: E402
+                                             xpaste_trainer)
+from xpaste.ops.masks import polygons_to_mask, rle_encode  # noqa: E402
+from xpaste.pool.store import InstancePool  # noqa: E402
+
+torch.set_num_threads(1)
+NAMES = {1: "cup", 2: "cat/dog", 3: "fire_hydrant", 4: "ünï"}
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every outgoing connection fails and is recorded: ultralytics must not try to download anything."""
+    attempts = []
+
+    def refuse(self, address, *args, **kwargs):
+        attempts.append(address)
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    return attempts
+
+
+def read_labels(path: Path) -> list[tuple[int, np.ndarray]]:
+    rows = []
+    for line in path.read_text().splitlines():
+        values = line.split()
+        rows.append((int(values[0]), np.array(values[1:], np.float64).reshape(-1, 2)))
+    return rows
+
+
+def make_pool(n: int = 9) -> InstancePool:
+    r = np.random.default_rng(3)
+    arrays = [make_cutout(r, int(r.integers(14, 30)), int(r.integers(14, 30)), "blob" if i % 2 else "ellipse")
+              for i in range(n)]
+    return InstancePool.from_arrays(arrays, [1 + i % 3 for i in range(n)], NAMES)
+
+
+# ----------------------------------------------------------------------------- exporter
+def test_export_layout_classes_and_roundtrip(tmp_path):
+    js, images = write_dataset(tmp_path / "coco", n_images=4)
+    data_yaml = export_yolo_seg(js, images, tmp_path / "yolo")
+    data = yaml.safe_load(data_yaml.read_text())
+    assert data["names"] == {0: "cup", 1: "cat/dog", 2: "fire_hydrant", 3: "ünï"}
+    assert data["train"] == data["val"] == "images/train" and Path(data["path"]) == (tmp_path / "yolo").resolve()
+    dataset = load_coco(js)
+    ious = []
+    for info in dataset.images:
+        h, w = info["height"], info["width"]
+        image = tmp_path / "yolo/images/train" / info["file_name"]
+        assert image.is_file() and image.read_bytes() == (images / info["file_name"]).read_bytes()
+        rows = read_labels((tmp_path / "yolo/labels/train" / info["file_name"]).with_suffix(".txt"))
+        anns = [a for a in dataset.annotations_for(info["id"]) if not a["iscrowd"]]  # crowd regions skipped
+        assert [c for c, _ in rows] == [a["category_id"] - 1 for a in anns]  # ids 1..4 -> 0..3, in order
+        for (_, xy), ann in zip(rows, anns):
+            assert len(xy) >= 3 and xy.min() >= 0 and xy.max() <= 1
+            back = polygons_to_mask([(xy * [w, h]).reshape(-1).tolist()], h, w)
+            truth = decode_annotation_mask(ann, h, w)
+            ious.append((back & truth).sum() / (back | truth).sum())
+    assert len(ious) == 10 and min(ious) > 0.8, ious  # polygon, compressed and uncompressed RLE sources
+
+
+def test_export_of_xpaste_augment_output(tmp_path):
+    """The augmented dataset (RLE masks, pasted and occluded instances) exports like any COCO file."""
+    from xpaste.augment import augment_dataset
+    from xpaste.pool.importers import import_coco
+
+    js, images = write_dataset(tmp_path / "coco", n_images=3)
+    import_coco(js, images, tmp_path / "pool", min_area=100, progress=False)
+    augment_dataset(js, images, tmp_path / "pool", tmp_path / "aug", num_paste=3, progress=False)
+    aug = load_coco(tmp_path / "aug/annotations.json")
+    data = yaml.safe_load(export_yolo_seg(tmp_path / "aug/annotations.json", tmp_path / "aug/images",
+                                          tmp_path / "yolo").read_text())
+    assert len(data["names"]) == 4
+    lines = sum(len(read_labels(p)) for p in (tmp_path / "yolo/labels/train").rglob("*.txt"))
+    assert lines == sum(1 for a in aug.annotations if not a["iscrowd"]) > 0
+
+
+def test_multi_part_masks_become_one_polygon(tmp_path):
+    h, w = 40, 60
+    two = np.zeros((h, w), bool)
+    two[5:15, 5:20] = True
+    two[25:35, 35:55] = True
+    (tmp_path / "im.png").write_bytes(b"")
+    from PIL import Image
+
+    Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(tmp_path / "im.png")
+    polys = [[5, 5, 20, 5, 20, 15, 5, 15], [35, 25, 55, 25, 55, 35, 35, 35]]
+    doc = {"images": [{"id": 1, "file_name": "im.png", "height": h, "width": w}],
+           "categories": [{"id": 7, "name": "thing"}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 7, "segmentation": rle_encode(two),
+                            "area": int(two.sum()), "bbox": [5, 5, 50, 30], "iscrowd": 0},
+                           {"id": 2, "image_id": 1, "category_id": 7, "segmentation": polys,
+                            "area": 350.0, "bbox": [5, 5, 50, 30], "iscrowd": 0}]}
+    (tmp_path / "ann.json").write_text(json.dumps(doc))
+    export_yolo_seg(tmp_path / "ann.json", tmp_path, tmp_path / "out")
+    rows = read_labels(tmp_path / "out/labels/train/im.txt")
+    assert len(rows) == 2 and {c for c, _ in rows} == {0}  # one line per instance, parts joined
+    for _, xy in rows:
+        back = polygons_to_mask([(xy * [w, h]).reshape(-1).tolist()], h, w)
+        assert (back & two).sum() / (back | two).sum() > 0.8
+    assert mask_to_polygon(np.zeros((h, w), bool)) is None
+
+
+def test_export_val_split_overwrite_and_cli(tmp_path):
+    js, images = write_dataset(tmp_path / "coco", n_images=4)
+    data_yaml = export_yolo_seg(js, images, tmp_path / "a", val_fraction=0.5, seed=1)
+    data = yaml.safe_load(data_yaml.read_text())
+    assert data["val"] == "images/val"
+    val = sorted(p.name for p in (tmp_path / "a/images/val").rglob("*.*"))
+    train = sorted(p.name for p in (tmp_path / "a/images/train").rglob("*.*"))
+    assert len(val) == 2 and len(train) == 2 and not set(val) & set(train)
+    assert len(list((tmp_path / "a/labels/val").rglob("*.txt"))) == 2
+    with pytest.raises(XPasteError, match="overwrite"):
+        export_yolo_seg(js, images, tmp_path / "a")
+    export_yolo_seg(js, images, tmp_path / "a", overwrite=True)
+    assert not (tmp_path / "a/images/val").exists()
+
+    result = CliRunner().invoke(app, ["export-yolo", "--dataset", str(js), "--images", str(images),
+                                      "--out", str(tmp_path / "b"), "--val-fraction", "0.5", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "b/images/val").rglob("*.*")) == val  # same seed, same split
+    assert "data.yaml" in result.output
+
+
+# ----------------------------------------------------------------------------- transform on a labels dict
+def labels_dict(h=96, w=128, normalized=True, fmt="xywh"):
+    r = np.random.default_rng(0)
+    segs = []
+    for cx, cy, rad in [(30, 30, 12), (90, 60, 15)]:
+        t = np.linspace(0, 2 * np.pi, 1000, endpoint=False)
+        segs.append(np.stack([cx + rad * np.cos(t), cy + rad * np.sin(t)], 1).astype(np.float32))
+    segs = np.stack(segs)
+    boxes = np.concatenate([segs.min(1), segs.max(1)], 1)
+    inst = Instances(boxes.copy(), segs.copy(), None, "xyxy", normalized=False)
+    inst.convert_bbox(fmt)
+    if normalized:
+        inst.normalize(w, h)
+    img = r.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    return {"img": img, "cls": np.array([[0], [2]], np.float32), "instances": inst, "im_file": "x.jpg"}, boxes, segs
+
+
+def test_transform_keeps_format_and_untouched_instances():
+    labels, boxes, segs = labels_dict()
+    img = labels["img"].copy()
+    out = XPasteYOLOTransform(make_pool(), num_paste=0, seed=0)(labels)  # nothing pasted: identity
+    assert np.array_equal(out["img"], img) and out["instances"].normalized
+    assert out["instances"]._bboxes.format == "xywh" and out["cls"].tolist() == [[0], [2]]
+    out["instances"].denormalize(128, 96)
+    out["instances"].convert_bbox("xyxy")
+    np.testing.assert_allclose(out["instances"].bboxes, boxes, atol=1e-4)
+    np.testing.assert_allclose(out["instances"].segments, segs, atol=1e-4)
+
+
+@pytest.mark.parametrize("normalized,fmt", [(True, "xywh"), (False, "xyxy")])
+def test_transform_pastes_valid_instances(normalized, fmt):
+    transform = XPasteYOLOTransform(make_pool(), names=["cup", "cat/dog", "fire_hydrant"], num_paste=6, seed=1)
+    for seed in range(3):
+        labels, _, _ = labels_dict(normalized=normalized, fmt=fmt)
+        before = labels["img"].copy()
+        out = transform(labels)
+        inst = out["instances"]
+        assert inst.normalized == normalized and inst._bboxes.format == fmt
+        n = len(out["cls"])
+        assert out["cls"].dtype == np.float32 and out["cls"].shape == (n, 1) and n > 2
+        assert inst.segments.shape == (n, 1000, 2) and inst.bboxes.shape == (n, 4)
+        assert set(out["cls"].ravel().tolist()) <= {0.0, 1.0, 2.0}
+        inst.denormalize(128, 96)
+        inst.convert_bbox("xyxy")
+        b = inst.bboxes
+        assert (b[:, 0] >= 0).all() and (b[:, 2] <= 128).all() and (b[:, 1] >= 0).all() and (b[:, 3] <= 96).all()
+        assert (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()
+        assert (inst.segments >= 0).all() and (inst.segments[..., 0] <= 128).all()
+        assert not np.array_equal(out["img"], before)
+    assert transform.calls == 3 and transform.pasted > 0
+
+
+def test_unmapped_pool_category_refused():
+    with pytest.raises(ValueError, match="no YOLO class"):
+        XPasteYOLOTransform(make_pool(), names=["cup"])
+
+
+def test_install_into_mosaic_dataset_survives_close_mosaic(tmp_path, no_network):
+    """install_xpaste on a dataset built the way the trainer builds it: mosaic on, then rebuilt without."""
+    from ultralytics.cfg import get_cfg
+    from ultralytics.data.build import build_yolo_dataset
+    from ultralytics.data.utils import check_det_dataset
+
+    from xpaste.integrations.ultralytics import install_xpaste
+
+    js, images = write_dataset(tmp_path / "coco", n_images=4)
+    data = check_det_dataset(str(export_yolo_seg(js, images, tmp_path / "yolo")))
+    cfg = get_cfg(overrides={"task": "segment", "imgsz": 160, "mosaic": 1.0})
+    dataset = build_yolo_dataset(cfg, data["train"], 2, data, mode="train")
+    transform = XPasteYOLOTransform(make_pool(), names=data["names"], num_paste=4, seed=0)
+    install_xpaste(dataset, transform)
+    item = dataset[0]
+    assert transform.calls == 1 and item["img"].shape == (3, 160, 160)  # mosaic output, after Format
+    assert item["masks"].shape[-2:] == (40, 40) and len(item["cls"]) == len(item["bboxes"]) > 0
+    dataset.close_mosaic(hyp=cfg)
+    assert any(t is transform for t in dataset.transforms.transforms)
+    dataset[1]
+    assert transform.calls == 2 and transform.pasted > 0
+    val = build_yolo_dataset(cfg, data["val"], 2, data, mode="val")
+    install_xpaste(val, transform)  # no augmentation, no paste
+    assert not any(t is transform for t in val.transforms.transforms)
+
+
+# ----------------------------------------------------------------------------- real client
+SEEN: list[dict] = []  # what the transform produced during training (workers=0: same process)
+
+
+class CheckedTransform(XPasteYOLOTransform):
+    def __call__(self, labels):
+        out = super().__call__(labels)
+        inst = out["instances"]
+        h, w = out["img"].shape[:2]
+        norm = 1.0 if inst.normalized else np.array([w, h, w, h])
+        b = inst.bboxes / norm
+        SEEN.append({"n": len(out["cls"]), "format": inst._bboxes.format, "size": (h, w),
+                     "cls_ok": bool(((out["cls"] >= 0) & (out["cls"] < 4)).all()),
+                     "boxes_ok": bool(len(b) == 0 or ((b >= -1e-3).all() and (b[:, [0, 2]] <= w + 1e-3).all()
+                                                      and (b[:, [1, 3]] <= h + 1e-3).all())),
+                     "segments_ok": inst.segments.shape[0] == len(b)})
+        return out
+
+
+@pytest.mark.filterwarnings("ignore:`get_trial_id`:UserWarning")  # ultralytics' Ray Tune callback, ray installed
+def test_yolo_seg_trains_with_online_pasting(tmp_path, no_network):
+    from ultralytics import YOLO
+
+    js, images = write_dataset(tmp_path / "coco", n_images=4)
+    data_yaml = export_yolo_seg(js, images, tmp_path / "yolo")
+    transform = CheckedTransform(make_pool(), names=yaml.safe_load(data_yaml.read_text())["names"],
+                                 max_paste=5, seed=0)
+    SEEN.clear()
+    model = YOLO("yolo11n-seg.yaml")
+    model.train(data=str(data_yaml), epochs=1, imgsz=160, batch=2, workers=0, plots=False, device="cpu",
+                project=str(tmp_path / "runs"), name="xp", trainer=xpaste_trainer(transform), verbose=False)
+    trainer = model.trainer
+    assert (Path(trainer.save_dir) / "weights/last.pt").is_file()
+    losses = trainer.tloss.values() if isinstance(trainer.tloss, dict) else trainer.tloss.reshape(-1)
+    assert trainer.epoch == 0 and all(np.isfinite(float(v)) for v in losses)
+    # close_mosaic rebuilt the pipeline for this 1-epoch run: the paste must still be in it.
+    assert any(t is transform for t in trainer.train_loader.dataset.transforms.transforms)
+    assert transform.calls == len(SEEN) >= 4 and transform.pasted > 0
+    assert all(s["cls_ok"] and s["boxes_ok"] and s["segments_ok"] for s in SEEN), SEEN
+    assert no_network == []
