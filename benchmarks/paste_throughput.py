@@ -75,7 +75,7 @@ def paste_table(seconds: float, profile: bool) -> None:
         ("gaussian", dict(blend="gaussian")),
         ("poisson (local seamlessClone)", dict(blend="poisson")),
     ]
-    print(f"\nPaste throughput, one core, 640x640, 8 instances, pool 200 in memory, 10 pastes/image")
+    print("\nPaste throughput, one core, 640x640, 8 instances, pool 200 in memory, 10 pastes/image")
     print(f"{'configuration':<48} {'images/s':>9} {'ms/image':>9}")
     for name, kwargs in configs:
         cp = CopyPaste(pool, num_paste=10, seed=0, **kwargs)

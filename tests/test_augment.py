@@ -6,7 +6,6 @@ import json
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 from coco_fixtures import write_dataset
 

@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from coco_fixtures import write_dataset
 from test_score import make_tiny_open_clip

@@ -25,6 +25,7 @@ import numpy as np
 
 from xpaste.core.sample import Sample
 from xpaste.core.targets import Targets
+from xpaste.integrations.workers import reseed_for_worker
 from xpaste.ops.masks import masks_to_rles, polygons_to_mask, rle_decode, tight_boxes
 
 XYXY_ABS, XYWH_ABS = 0, 1  # detectron2.structures.BoxMode values (an IntEnum, so plain ints compare equal)
@@ -196,20 +197,6 @@ def copy_paste_kwargs_from_cfg(cfg) -> dict[str, Any]:
     return kwargs
 
 
-def _worker_seed(base_seed: int | None) -> tuple[tuple, int] | None:
-    """(key, seed) for the current DataLoader worker, or None in the main process.
-
-    Forked workers inherit the same Generator state, so without this every worker pastes the same objects.
-    """
-    import torch.utils.data
-
-    info = torch.utils.data.get_worker_info()
-    if info is None:
-        return None
-    entropy = [int(info.seed)] + ([int(base_seed)] if base_seed is not None else [])
-    return (os.getpid(), info.id, info.seed), int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
-
-
 def make_xpaste_mapper(cfg, is_train: bool = True, pool=None, category_map: Mapping[int, int] | None = None,
                        **copy_paste_kwargs):
     """A `detectron2.data.DatasetMapper` that pastes pool instances while training (plain mapper otherwise).
@@ -271,10 +258,7 @@ def _mapper_class():
 
         def _transform_annotations(self, dataset_dict, transforms, image_shape):
             # DatasetMapper.__call__ has already put the augmented image in dataset_dict["image"] (CHW).
-            worker = _worker_seed(self._base_seed)
-            if worker is not None and worker[0] != self._worker_key:
-                self._worker_key = worker[0]
-                self.copy_paste.reseed(worker[1])
+            self._worker_key = reseed_for_worker(self.copy_paste, self._base_seed, self._worker_key)
             if not self.use_keypoint:  # as DatasetMapper does; pasted objects could not have keypoints
                 for anno in dataset_dict["annotations"]:
                     anno.pop("keypoints", None)

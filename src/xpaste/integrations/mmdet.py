@@ -34,6 +34,7 @@ import numpy as np
 
 from xpaste.core.sample import Sample
 from xpaste.core.targets import Targets
+from xpaste.integrations.workers import reseed_for_worker
 from xpaste.ops.masks import polygons_to_mask, tight_boxes
 
 try:  # mmcv (or mmcv-lite) gives the base class mmengine pipelines expect; the helpers work without it.
@@ -109,20 +110,6 @@ def label_map_from_classes(classes: Sequence[str], pool_categories: Mapping[int,
     return {int(cid): index[name] for cid, name in pool_categories.items() if name in index}
 
 
-def _worker_seed(base_seed: int | None) -> tuple[tuple, int] | None:
-    """(key, seed) for the current DataLoader worker, or None in the main process.
-
-    Forked workers inherit the same Generator state, so without this every worker pastes the same objects.
-    """
-    import torch.utils.data
-
-    info = torch.utils.data.get_worker_info()
-    if info is None:
-        return None
-    entropy = [int(info.seed)] + ([int(base_seed)] if base_seed is not None else [])
-    return (os.getpid(), info.id, info.seed), int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
-
-
 # ----------------------------------------------------------------------------- the transform
 class XPasteCopyPaste(_Base):
     """Paste pool instances into mmdet 3.x results (see the module docstring).
@@ -168,10 +155,7 @@ class XPasteCopyPaste(_Base):
     def _paster(self):
         if self._copy_paste is None or (isinstance(self.pool, str) and self._owner_pid != os.getpid()):
             self._build()
-        worker = _worker_seed(self.copy_paste_kwargs.get("seed"))
-        if worker is not None and worker[0] != self._worker_key:
-            self._worker_key = worker[0]
-            self._copy_paste.reseed(worker[1])
+        self._worker_key = reseed_for_worker(self._copy_paste, self.copy_paste_kwargs.get("seed"), self._worker_key)
         return self._copy_paste
 
     def transform(self, results: dict) -> dict:

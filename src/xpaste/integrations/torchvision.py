@@ -15,7 +15,6 @@ yields them and returns the same structure: the image as it came (tv_tensors.Ima
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -28,6 +27,7 @@ from torchvision.transforms.v2 import functional as F
 
 from xpaste.core.sample import Sample
 from xpaste.core.targets import Targets
+from xpaste.integrations.workers import reseed_for_worker
 from xpaste.paste.transform import CopyPaste
 
 _AXIS_ALIGNED = (tv_tensors.BoundingBoxFormat.XYXY, tv_tensors.BoundingBoxFormat.XYWH,
@@ -61,17 +61,7 @@ class XPasteCopyPaste(v2.Transform):
 
     # ------------------------------------------------------------------ randomness per worker
     def _reseed_for_worker(self) -> None:
-        info = torch.utils.data.get_worker_info()
-        if info is None:
-            return
-        # The key changes when a new worker process (new epoch without persistent workers) gets a copy.
-        key = (os.getpid(), info.id, info.seed)
-        if key == self._worker_key:
-            return
-        entropy = [int(info.seed)] + ([int(self._base_seed)] if self._base_seed is not None else [])
-        seed = int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
-        self.copy_paste.reseed(seed)
-        self._worker_key = key
+        self._worker_key = reseed_for_worker(self.copy_paste, self._base_seed, self._worker_key)
 
     # ------------------------------------------------------------------ forward
     def forward(self, *inputs: Any) -> tuple[Any, dict]:

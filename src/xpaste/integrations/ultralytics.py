@@ -29,7 +29,6 @@ from typing import Any, Mapping
 
 import cv2
 import numpy as np
-import torch.utils.data
 import yaml
 from ultralytics.data.augment import Compose, Format, LetterBox, RandomPerspective
 from ultralytics.data.converter import merge_multi_segment
@@ -41,6 +40,7 @@ from xpaste.core.sample import Sample
 from xpaste.core.targets import Targets
 from xpaste.data.coco import decode_annotation_mask, load_coco
 from xpaste.errors import XPasteError
+from xpaste.integrations.workers import reseed_for_worker
 from xpaste.io import resolve_inside
 from xpaste.paste.transform import CopyPaste
 
@@ -203,15 +203,8 @@ class XPasteYOLOTransform:
         return f"XPasteYOLOTransform({self.copy_paste!r})"
 
     def _reseed_for_worker(self) -> None:
-        # As in the torchvision adapter: each DataLoader worker draws its own pastes, reproducibly per seed.
-        info = torch.utils.data.get_worker_info()
-        if info is None:
-            return
-        key = (os.getpid(), info.id, info.seed)
-        if key != self._worker_key:
-            entropy = [int(info.seed)] + ([int(self._base_seed)] if self._base_seed is not None else [])
-            self.copy_paste.reseed(int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]))
-            self._worker_key = key
+        # As in the other adapters: each DataLoader worker draws its own pastes, reproducibly per seed.
+        self._worker_key = reseed_for_worker(self.copy_paste, self._base_seed, self._worker_key)
 
     def __call__(self, labels: dict) -> dict:
         img = labels["img"]
