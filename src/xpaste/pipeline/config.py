@@ -18,6 +18,14 @@ DEFAULTS: dict[str, Any] = {
     "ray_address": None,  # for engine: ray; None starts a local Ray instance
     "shard_size": 32,  # work items per shard; a shard is the unit of resume
     "device": None,  # None: cuda when available
+    "ray": {  # engine: ray (docs/ray.md); null: the XPASTE_RAY_* environment variable, else Ray's default
+        "actors": None,  # default: one per GPU, else one per CPU
+        "gpus_per_actor": None,  # fractions let several actors share a GPU
+        "cpus_per_actor": None,
+        "num_cpus": None,  # resources of a local Ray started when no ray_address is given
+        "num_gpus": None,
+        "object_store_memory": None,
+    },
     "categories": {
         "source": None,  # COCO/LVIS json, a text file (one name per line), or "cat,dog,..."
         "select": None,  # optional subset: list of names or ids

@@ -8,7 +8,7 @@ row travels back to the driver. Because a shard file's existence is the done mar
 resumes from the shards on disk; a shard that keeps failing is retried in the actor, then recorded in
 `<stage>/failed-shard-XXXXXX.json` and reported at the end, never dropped silently.
 
-Environment variables (read by the driver; the CLI has no flags for them):
+Settings come from the config's `ray:` section (`--set ray.actors=4`), else from these environment variables:
 - XPASTE_RAY_NUM_CPUS, XPASTE_RAY_NUM_GPUS, XPASTE_RAY_OBJECT_STORE (bytes, or with a K/M/G suffix),
   XPASTE_RAY_TEMP_DIR: resources of the local instance started when no address is given.
 - XPASTE_RAY_ACTORS, XPASTE_RAY_GPUS_PER_ACTOR (fractional: several actors share a GPU),
@@ -16,6 +16,7 @@ Environment variables (read by the driver; the CLI has no flags for them):
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
@@ -25,6 +26,7 @@ from pathlib import Path
 from xpaste.errors import XPasteError, missing_extra
 
 log = logging.getLogger("xpaste.ray")
+DEAD_ACTOR_RETRIES = 3  # resubmissions of a shard whose actor process died (not exceptions: see max_retries)
 
 
 def failed_path(stage_dir: Path, index: int) -> Path:
@@ -52,7 +54,15 @@ def _env_number(name: str, cast=float):
     return cast(value)
 
 
-def connect(ray_address: str | None = None):
+def _setting(options: dict | None, key: str, env: str, cast=float):
+    """A Ray setting: the config's `ray.<key>` when set, else the environment variable, else None."""
+    value = (options or {}).get(key)
+    if value is not None:
+        return cast(value)
+    return _env_number(env, cast)
+
+
+def connect(ray_address: str | None = None, options: dict | None = None):
     """Use an initialised Ray as is; else connect to `ray_address` (or $RAY_ADDRESS, as under `ray job
     submit`); else start a new local instance. A started Ray stays up for the rest of the process (the
     next stage of `xpaste run` reuses it; Ray shuts it down at exit)."""
@@ -65,9 +75,9 @@ def connect(ray_address: str | None = None):
         ray.init(address=address, logging_level=logging.WARNING)
     else:
         # "local": a fresh instance even if another one runs on this machine (resources are ours to set)
-        ray.init(address="local", num_cpus=_env_number("XPASTE_RAY_NUM_CPUS", int),
-                 num_gpus=_env_number("XPASTE_RAY_NUM_GPUS", int),
-                 object_store_memory=_env_number("XPASTE_RAY_OBJECT_STORE", int),
+        ray.init(address="local", num_cpus=_setting(options, "num_cpus", "XPASTE_RAY_NUM_CPUS", int),
+                 num_gpus=_setting(options, "num_gpus", "XPASTE_RAY_NUM_GPUS", int),
+                 object_store_memory=_setting(options, "object_store_memory", "XPASTE_RAY_OBJECT_STORE", int),
                  _temp_dir=os.environ.get("XPASTE_RAY_TEMP_DIR") or None, **quiet)
     return ray
 
@@ -75,8 +85,13 @@ def connect(ray_address: str | None = None):
 class ShardWorker:
     """A Ray Data actor: builds the stage's models once, then processes and writes whole shards."""
 
-    def __init__(self, stage, shards, max_retries: int = 2):
+    def __init__(self, stage, shards, max_retries: int = 2, cwd: str | None = None):
         import ray
+
+        if cwd and os.path.isdir(cwd):
+            # relative paths in the config (model folders, rembg files) mean the driver's directory; on a
+            # cluster that needs a shared filesystem mounted at the same path (docs/ray.md)
+            os.chdir(cwd)
 
         # The driver passes the shard lists once through the object store (a ref nested in the
         # constructor kwargs is not resolved by Ray Data, hence the explicit get).
@@ -91,7 +106,14 @@ class ShardWorker:
         elif device is None:
             # no GPU reserved for this actor: do not grab one that belongs to another actor
             stage.config["device"] = "cpu"
-        stage.prepare()
+        # A constructor that raises makes Ray Data restart the actor forever: keep the error and answer
+        # every shard with it instead, so the driver can stop and raise it as the local engine would.
+        self.setup_error: bytes | None = None
+        try:
+            stage.prepare()
+        except Exception as e:  # noqa: BLE001 - re-raised on the driver
+            log.error("%s: model set-up failed: %r", stage.name, e)
+            self.setup_error = _pickle_error(e)
 
     def _process(self, k: int) -> tuple[str, str]:
         from xpaste.io import write_json_atomic
@@ -116,11 +138,16 @@ class ShardWorker:
         return "failed", errors[-1].strip().splitlines()[-1]
 
     def __call__(self, batch: dict) -> dict:
-        out = {"shard": [], "status": [], "items": [], "seconds": [], "error": []}
+        out = {"shard": [], "status": [], "items": [], "seconds": [], "error": [], "exception": []}
         for k in batch["shard"]:
             k = int(k)
             start = time.perf_counter()
-            status, error = self._process(k)
+            if self.setup_error is not None:
+                out["exception"].append(self.setup_error)
+                status, error = "setup-failed", ""
+            else:
+                out["exception"].append(b"")
+                status, error = self._process(k)
             out["shard"].append(k)
             out["status"].append(status)
             out["items"].append(len(self.shards[k]))
@@ -129,30 +156,25 @@ class ShardWorker:
         return out
 
 
+def _pickle_error(exc: Exception) -> bytes:
+    import pickle
+
+    try:
+        data = pickle.dumps(exc)
+        pickle.loads(data)
+        return data
+    except Exception:  # noqa: BLE001 - an exception that does not round-trip: keep its text
+        return pickle.dumps(RuntimeError("".join(traceback.format_exception(exc)).strip()))
+
+
 def _is_model_stage(stage) -> bool:
     return bool(getattr(stage, "_model_attrs", ()))
 
 
-def _user_error(exc: BaseException) -> XPasteError | None:
-    """An XPasteError raised inside an actor (e.g. a model that cannot be loaded), unwrapped from Ray's
-    exception wrappers so the CLI prints it as one line, as with the local engine."""
-    seen = set()
-    todo = [exc]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, XPasteError):
-            return XPasteError(getattr(e, "message", str(e)), getattr(e, "path", None), getattr(e, "hint", None))
-        todo += [getattr(e, "cause", None), e.__cause__, e.__context__]
-    return None
-
-
 def run_on_ray(stage, shards: list[list[dict]], todo: list[int], ray_address: str | None = None,
                progress=True, actors: int | None = None, gpus_per_actor: float | None = None,
-               max_retries: int = 2) -> dict:
-    """Process shards `todo` of `stage` on Ray; returns {'done': [...], 'failed': [...]} or raises an
+               max_retries: int = 2, options: dict | None = None) -> dict:
+    """Process shards `todo` of `stage` on Ray; returns {'done': [...], 'failed': [], timings} or raises an
     XPasteError naming the shards that failed after `max_retries` retries (their tracebacks are in
     `<stage>/failed-shard-*.json`; the other shards are written, so a rerun redoes only the failed ones)."""
     from tqdm import tqdm
@@ -160,19 +182,20 @@ def run_on_ray(stage, shards: list[list[dict]], todo: list[int], ray_address: st
     total = sum(len(s) for s in shards)
     initial = total - sum(len(shards[k]) for k in todo)
     if not todo:
-        return {"done": [], "failed": []}
-    ray = connect(ray_address)
+        return {"done": [], "failed": [], "actors": 0, "wall_s": 0.0, "startup_s": 0.0, "first_shard_s": 0.0,
+                "shard_s": 0.0}
+    ray = connect(ray_address, options)
     from ray.data import ActorPoolStrategy, DataContext
 
     resources = ray.cluster_resources()
     if gpus_per_actor is None:
-        gpus_per_actor = _env_number("XPASTE_RAY_GPUS_PER_ACTOR")
+        gpus_per_actor = _setting(options, "gpus_per_actor", "XPASTE_RAY_GPUS_PER_ACTOR")
     if gpus_per_actor is None:
         wants_gpu = _is_model_stage(stage) and str(stage.config.get("device") or "cuda").startswith("cuda")
         gpus_per_actor = 1.0 if wants_gpu and resources.get("GPU", 0) >= 1 else 0.0
-    cpus_per_actor = _env_number("XPASTE_RAY_CPUS_PER_ACTOR") or 1.0
+    cpus_per_actor = _setting(options, "cpus_per_actor", "XPASTE_RAY_CPUS_PER_ACTOR") or 1.0
     if actors is None:
-        actors = _env_number("XPASTE_RAY_ACTORS", int)
+        actors = _setting(options, "actors", "XPASTE_RAY_ACTORS", int)
     if actors is None:
         # one actor per GPU (or per GPU fraction); without GPUs one per `cpus_per_actor` CPUs
         actors = (int(resources.get("GPU", 0) / gpus_per_actor) if gpus_per_actor
@@ -184,27 +207,45 @@ def run_on_ray(stage, shards: list[list[dict]], todo: list[int], ray_address: st
            "MKL_CBWR": os.environ.get("MKL_CBWR", "COMPATIBLE")}
     context = DataContext.get_current()
     context.enable_progress_bars = False  # our own bar counts items, as the local engine's does
+    # Ray Data's per-execution INFO lines (and its notice that its bars are off) would interleave with the
+    # bar; they are still written to the Ray session's logs/ray-data folder
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     shards_ref = ray.put({k: shards[k] for k in todo})
+    shipped = copy.copy(stage)  # a model-less copy (Stage.__getstate__) whose run folder is absolute
+    shipped.run_dir = Path(stage.run_dir).resolve()
     dataset = ray.data.from_items([{"shard": k} for k in todo], override_num_blocks=len(todo))
     results = dataset.map_batches(
-        ShardWorker, fn_constructor_kwargs={"stage": stage, "shards": shards_ref, "max_retries": max_retries},
+        ShardWorker, fn_constructor_kwargs={"stage": shipped, "shards": shards_ref, "max_retries": max_retries,
+                                           "cwd": os.getcwd()},
         # one shard in flight per actor: shards are long, so queueing more only unbalances the tail
         compute=ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1),
-        batch_size=1, num_cpus=cpus_per_actor, num_gpus=gpus_per_actor, runtime_env={"env_vars": env})
-    done, failed = [], []
+        batch_size=1, num_cpus=cpus_per_actor, num_gpus=gpus_per_actor, runtime_env={"env_vars": env},
+        # a dead actor (node lost, OOM kill) is restarted and its shard resubmitted, but not forever: a shard
+        # that kills its process every time would otherwise hang the stage (Ray Data's default is -1)
+        max_restarts=-1, max_task_retries=DEAD_ACTOR_RETRIES)
+    done, failed, busy, first, first_work = [], [], 0.0, None, 0.0
+    start = time.perf_counter()
     with tqdm(total=total, initial=initial, desc=f"{stage.name} (ray, {actors} actors)", unit="item",
               disable=not progress) as bar:
         try:
             for row in results.iter_rows():
+                if row["status"] == "setup-failed":  # e.g. a model that cannot be loaded: as the local engine
+                    import pickle
+
+                    raise pickle.loads(row["exception"])
                 (done if row["status"] == "done" else failed).append(int(row["shard"]))
+                busy += float(row["seconds"])
+                if first is None:  # pool start-up and model building: time to the first shard minus its work
+                    first_work = float(row["seconds"])
+                    first = time.perf_counter() - start - first_work
                 if row["status"] != "done":
                     log.error("%s shard %d failed: %s", stage.name, int(row["shard"]), row["error"])
                 bar.update(int(row["items"]))
-        except Exception as e:
-            user = _user_error(e)
-            if user is not None:
-                raise user from None
-            raise
+        except ray.exceptions.RayError as e:  # Ray itself gave up (actor died too often, node lost, ...)
+            line = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+            raise XPasteError(f"the Ray pipeline of stage '{stage.name}' stopped: {line}", stage.stage_dir,
+                              "finished shards are kept: rerun to resume (details in the Ray logs)") from e
     if failed:
         failed.sort()
         names = ", ".join(str(k) for k in failed[:20]) + (" ..." if len(failed) > 20 else "")
@@ -212,4 +253,6 @@ def run_on_ray(stage, shards: list[list[dict]], todo: list[int], ray_address: st
                           f"attempts: {names}", failed_path(stage.stage_dir, failed[0]),
                           "see the tracebacks in failed-shard-*.json; the other shards are written: "
                           "rerun to retry them")
-    return {"done": sorted(done), "failed": []}
+    # timings for benchmarks/ray_overhead.py: in-actor shard seconds vs wall time shows the engine's cost
+    return {"done": sorted(done), "failed": [], "actors": actors, "wall_s": time.perf_counter() - start,
+            "startup_s": first or 0.0, "first_shard_s": first_work, "shard_s": busy}

@@ -119,7 +119,7 @@ def run_stage(stage: Stage, engine: str = "local", progress: bool = True, fresh:
     if engine == "ray":
         from xpaste.pipeline.engines import run_on_ray
 
-        run_on_ray(stage, shards, todo, ray_address=ray_address, progress=progress)
+        run_on_ray(stage, shards, todo, ray_address=ray_address, progress=progress, options=stage.config.get("ray"))
     else:
         done = sum(len(shards[k]) for k in range(len(shards)) if k not in set(todo))
         with tqdm(total=len(items), initial=done, desc=stage.name, unit="item", disable=not progress) as bar:
