@@ -98,8 +98,14 @@ def blend_gaussian(image: np.ndarray, src: np.ndarray, mask: np.ndarray, x0: int
 
 
 def blend_poisson(image: np.ndarray, src: np.ndarray, mask: np.ndarray, x0: int, y0: int) -> None:
-    """Poisson (seamless) cloning solved on the object's neighbourhood only, not on the whole canvas."""
+    """Poisson (seamless) cloning solved on the object's neighbourhood only, not on the whole canvas.
+
+    Objects too thin to have an interior (under 3 px across) or too sparse for OpenCV's solver are pasted
+    hard instead: they have no gradients worth blending."""
     h, w = mask.shape
+    if min(h, w) < 3:
+        blend_hard(image[y0 : y0 + h, x0 : x0 + w], src, mask)
+        return
     margin = 4
     ex0, ey0, ex1, ey1 = _expanded(x0, y0, x0 + w, y0 + h, margin, *image.shape[:2])
     dst = image[ey0:ey1, ex0:ex1]
@@ -112,7 +118,11 @@ def blend_poisson(image: np.ndarray, src: np.ndarray, mask: np.ndarray, x0: int,
     mask_pad[oy : oy + h, ox : ox + w] = mask.astype(np.uint8) * 255
     bx, by, bw, bh = cv2.boundingRect(mask_pad)
     center = (bx + bw // 2, by + bh // 2)  # keeps the object exactly where it was placed
-    out = cv2.seamlessClone(src_pad, dst_pad, mask_pad, center, cv2.NORMAL_CLONE)
+    try:
+        out = cv2.seamlessClone(src_pad, dst_pad, mask_pad, center, cv2.NORMAL_CLONE)
+    except cv2.error:  # OpenCV's solver fails on some very sparse masks (a few scattered pixels)
+        blend_hard(image[y0 : y0 + h, x0 : x0 + w], src, mask)
+        return
     dst[...] = out[margin : margin + dst.shape[0], margin : margin + dst.shape[1]]
 
 

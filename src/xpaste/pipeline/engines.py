@@ -17,6 +17,7 @@ Settings come from the config's `ray:` section (`--set ray.actors=4`), else from
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import time
@@ -108,12 +109,12 @@ class ShardWorker:
             stage.config["device"] = "cpu"
         # A constructor that raises makes Ray Data restart the actor forever: keep the error and answer
         # every shard with it instead, so the driver can stop and raise it as the local engine would.
-        self.setup_error: bytes | None = None
+        self.setup_error: str | None = None
         try:
             stage.prepare()
         except Exception as e:  # noqa: BLE001 - re-raised on the driver
             log.error("%s: model set-up failed: %r", stage.name, e)
-            self.setup_error = _pickle_error(e)
+            self.setup_error = _error_payload(e)
 
     def _process(self, k: int) -> tuple[str, str]:
         from xpaste.io import write_json_atomic
@@ -146,7 +147,7 @@ class ShardWorker:
                 out["exception"].append(self.setup_error)
                 status, error = "setup-failed", ""
             else:
-                out["exception"].append(b"")
+                out["exception"].append("")
                 status, error = self._process(k)
             out["shard"].append(k)
             out["status"].append(status)
@@ -156,15 +157,24 @@ class ShardWorker:
         return out
 
 
-def _pickle_error(exc: Exception) -> bytes:
-    import pickle
+def _error_payload(exc: Exception) -> str:
+    """A set-up error as json text for the driver (no pickling: only text crosses back)."""
+    payload = {"type": type(exc).__name__, "message": str(exc),
+               "traceback": "".join(traceback.format_exception(exc)).strip()}
+    if isinstance(exc, XPasteError):
+        payload.update(message=exc.message, path=exc.path, hint=exc.hint, xpaste=True)
+    return json.dumps(payload)
 
-    try:
-        data = pickle.dumps(exc)
-        pickle.loads(data)
-        return data
-    except Exception:  # noqa: BLE001 - an exception that does not round-trip: keep its text
-        return pickle.dumps(RuntimeError("".join(traceback.format_exception(exc)).strip()))
+
+def _raise_payload(text: str, stage_name: str) -> None:
+    """Re-raise an actor's set-up error on the driver, as the local engine would have raised it."""
+    payload = json.loads(text)
+    if payload.get("xpaste"):
+        raise XPasteError(payload["message"], payload.get("path"), payload.get("hint"))
+    if payload["type"] in ("ImportError", "ModuleNotFoundError"):
+        raise ImportError(payload["message"])
+    raise RuntimeError(f"stage '{stage_name}' could not set up its models in a Ray actor: "
+                       f"{payload['type']}: {payload['message']}\n{payload['traceback']}")
 
 
 def _is_model_stage(stage) -> bool:
@@ -231,9 +241,7 @@ def run_on_ray(stage, shards: list[list[dict]], todo: list[int], ray_address: st
         try:
             for row in results.iter_rows():
                 if row["status"] == "setup-failed":  # e.g. a model that cannot be loaded: as the local engine
-                    import pickle
-
-                    raise pickle.loads(row["exception"])
+                    _raise_payload(row["exception"], stage.name)
                 (done if row["status"] == "done" else failed).append(int(row["shard"]))
                 busy += float(row["seconds"])
                 if first is None:  # pool start-up and model building: time to the first shard minus its work
