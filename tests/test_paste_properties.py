@@ -138,3 +138,16 @@ def test_fully_hidden_original_is_dropped(seed):
     out = CopyPaste(pool, num_paste=1).apply(sample, plan)
     assert len(out.targets) == 1 and out.targets.extra["pasted"].all()
     assert out.targets.boxes.tolist() == [[0, 0, 40, 40]]
+
+
+def test_poisson_survives_tiny_and_sparse_objects():
+    """Regression (found by fuzzing): OpenCV's seamlessClone fails on 1 px or scattered masks."""
+    from xpaste.paste.plan import PasteOp, PastePlan
+
+    sparse = np.zeros((7, 7, 4), np.uint8)
+    sparse[0, 0] = sparse[6, 6] = 255
+    pool = InstancePool.from_arrays([np.full((1, 1, 4), 255, np.uint8), sparse], [1, 2])
+    sample = make_sample(np.random.default_rng(0), 30, 30, 2)
+    plan = PastePlan(30, 30, (PasteOp(0, 1, 5, 5, 1, 1), PasteOp(1, 2, 15, 15, 7, 7)), "poisson")
+    out = CopyPaste(pool, num_paste=0).apply(sample, plan)
+    assert out.targets.extra["pasted"].sum() == 2
