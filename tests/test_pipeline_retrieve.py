@@ -124,3 +124,36 @@ def test_labelled_folder_without_clip(tmp_path):
     pool = InstancePool.open(tmp_path / "run" / "pool")
     assert pool.counts() == {1: 2, 2: 1}
     assert all(np.isnan(v) for v in pool.records().column("clip_score").to_pylist())
+
+
+def test_divergen_filter_against_real_instances(clip_model, tmp_path):
+    """build_pool.real_pool: a kept cut-out far from its category's real instances is dropped; categories
+    without real instances are left alone."""
+    from xpaste.pool.store import InstancePool as Pool
+
+    folder = tmp_path / "collection"
+    for name, seeds in (("cup", (1, 2)), ("red ball", (3,))):
+        (folder / name).mkdir(parents=True)
+        for s in seeds:
+            (folder / name / f"{s}.png").write_bytes(disc_png(s))
+    real = tmp_path / "real"
+    with Pool.create(real, [{"id": 1, "name": "cup"}, {"id": 2, "name": "red ball"}]) as pool:
+        rgba = np.zeros((20, 20, 4), np.uint8)
+        rgba[..., 0], rgba[5:15, 5:15, 3] = 200, 255
+        pool.add(rgba, 1, source="gt")  # real instances for "cup" only
+    args = ["--run", str(tmp_path / "run"), "--device", "cpu"]
+    assert main(["retrieve", *args, "--categories", "cup,red ball", "--folder", str(folder),
+                 "--set", "retrieve.labelled=true"]) == 0
+    assert main(["segment", *args, "--segmenter", "grabcut"]) == 0
+    assert main(["score", *args, "--clip", f"local-dir:{clip_model}"]) == 0
+    decisions = {}
+    for threshold in (-1.0, 1.01):  # cosine is in [-1, 1]: nothing / everything is too far
+        out = tmp_path / f"pool{threshold}"
+        assert main(["build-pool", *args, "--d", "1000", "--area-min", "0", "--area-max", "1", "--out", str(out),
+                     "--real-pool", str(real), "--set", f"build_pool.real_min_similarity={threshold}",
+                     "--set", "build_pool.dedup=null"]) == 0
+        table = pq.read_table(tmp_path / "run" / "build_pool" / "decisions.parquet").to_pylist()
+        decisions[threshold] = {(r["category_id"], r["decision"]) for r in table}
+        assert all(np.isfinite(r["real_similarity"]) for r in table if r["category_id"] == 1)
+    assert decisions[-1.0] == {(1, "kept"), (2, "kept")}
+    assert decisions[1.01] == {(1, "far from real instances"), (2, "kept")}

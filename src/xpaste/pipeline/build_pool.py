@@ -101,7 +101,12 @@ def _real_similarity_filter(decisions: list[dict], config: dict) -> None:
     from xpaste.score import composite_on_white
     from xpaste.score.clip import ClipScorer
 
-    b, s = config["build_pool"], config["score"]
+    b, s = config["build_pool"], dict(config["score"])
+    recorded = Path(config["run_dir"]) / "score" / "stage.json"
+    if recorded.exists():  # the real instances must be embedded by the model that scored the cut-outs
+        from xpaste.io import read_json
+
+        s.update({k: v for k, v in read_json(recorded)["fingerprint"].items() if k in ("clip", "pretrained")})
     real = InstancePool.open(b["real_pool"])
     scorer = ClipScorer(s["clip"], s["pretrained"], device=config["device"], batch_size=int(s["batch_size"]))
     for cat_id in sorted({d["category_id"] for d in decisions if d["decision"] == "kept"}):
