@@ -179,3 +179,29 @@ def test_failing_shard_is_retried_recorded_and_reported(ray_cluster, tmp_path):
     with pytest.raises(XPasteError, match="cannot load the model"):
         run_stage(broken, engine="ray", progress=False)
     assert not list(broken.stage_dir.glob("shard-*")) and not list(broken.stage_dir.glob("failed-*"))
+
+
+def test_augment_on_ray_equals_local_and_resumes_across_engines(ray_cluster, dataset, tmp_path):  # noqa: F811
+    import hashlib
+
+    ann, images = dataset
+    pool = tmp_path / "pool"
+    assert main(["pool", "import-coco", str(ann), "--images", str(images), "--out", str(pool), "--min-area", "100"]) == 0
+    args = ["augment", "--dataset", str(ann), "--images", str(images), "--pool", str(pool), "--copies", "3",
+            "--seed", "4", "--max-paste", "6"]
+
+    def digest(folder: Path) -> dict:
+        return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "augment_log.json"}
+
+    assert main([*args, "--out", str(tmp_path / "local")]) == 0
+    assert main([*args, "--out", str(tmp_path / "ray"), "--engine", "ray"]) == 0
+    assert digest(tmp_path / "ray") == digest(tmp_path / "local")
+    # half done locally, finished on Ray: still the same bytes
+    mixed = tmp_path / "mixed"
+    assert main([*args, "--out", str(mixed)]) == 0
+    (mixed / "annotations.json").unlink()
+    for part in sorted((mixed / ".parts").glob("*.json"))[::2]:
+        part.unlink()
+    assert main([*args, "--out", str(mixed), "--engine", "ray"]) == 0
+    assert digest(mixed) == digest(tmp_path / "local")

@@ -139,7 +139,8 @@ def _check_config(out: Path, config: dict) -> None:
 def augment_dataset(dataset_path: str | os.PathLike, images_dir: str | os.PathLike, pool_path: str | os.PathLike,
                     out_dir: str | os.PathLike, copies: int = 1, seed: int = 0, workers: int = 1,
                     scale_prior: str = "dataset", image_format: str = "auto", progress: bool = True,
-                    max_images: int | None = None, **paste_kwargs: Any) -> AugmentReport:
+                    max_images: int | None = None, engine: str = "local", ray_address: str | None = None,
+                    **paste_kwargs: Any) -> AugmentReport:
     """Write OUT/images/ and OUT/annotations.json; see the module docstring for determinism and resume."""
     from tqdm import tqdm
 
@@ -152,6 +153,8 @@ def augment_dataset(dataset_path: str | os.PathLike, images_dir: str | os.PathLi
         raise TypeError(f"unknown paste options: {sorted(unknown_keys)}")
     if copies < 1 or workers < 1:
         raise XPasteError("--copies and --workers must be at least 1")
+    if engine not in ("local", "ray"):
+        raise XPasteError(f"engine must be 'local' or 'ray', got {engine!r}")
     out = Path(out_dir)
     dataset = load_coco(dataset_path)
     pool = InstancePool.open(pool_path)
@@ -182,7 +185,18 @@ def augment_dataset(dataset_path: str | os.PathLike, images_dir: str | os.PathLi
     report = AugmentReport(out=str(out))
     init_args = (dataset, images_dir, pool_path, out, seed, copies, paste_kwargs, prior, image_format)
     bar = tqdm(total=len(tasks), desc="augment", unit="img", disable=not progress)
-    if workers == 1:
+    if engine == "ray":
+        from xpaste.augment_ray import run_tasks_on_ray
+
+        # actors load the dataset from its path and need absolute paths (they start in another folder)
+        ray_args = (str(Path(dataset_path).resolve()), str(Path(images_dir).resolve()),
+                    str(Path(pool_path).resolve()), str(out.resolve()), *init_args[4:])
+        parts = out / PARTS
+        todo = [t for t in tasks if not (parts / f"{output_image_id(*t, copies)}.json").exists()]
+        report.images_resumed = len(tasks) - len(todo)
+        bar.update(report.images_resumed)
+        results = run_tasks_on_ray(todo, ray_args, ray_address)
+    elif workers == 1:
         _init_worker(*init_args)
         results = map(_run_task, tasks)
     else:
@@ -201,7 +215,7 @@ def augment_dataset(dataset_path: str | os.PathLike, images_dir: str | os.PathLi
                 bar.write(f"xpaste: skipped {result['file']}: {result['why']}", file=sys.stderr)
     finally:
         bar.close()
-        if workers > 1:
+        if workers > 1 and engine == "local":
             executor.terminate()
     _STATE.clear()
 

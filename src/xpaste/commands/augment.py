@@ -29,13 +29,16 @@ def augment_cmd(
     flip_prob: float = typer.Option(0.5, "--flip-prob"),
     image_format: str = typer.Option("auto", "--image-format", help="auto (png stays png, else jpg) | png"),
     max_images: Optional[int] = typer.Option(None, "--max-images", help="only the first N images (a subset run)"),
+    engine: str = typer.Option("local", "--engine", help="local | ray (tasks on Ray actors; same output)"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address (engine ray)"),
 ) -> None:
     """Paste pool instances into every image, K times, and write images plus a COCO/LVIS json (RLE masks)."""
     from xpaste.augment import augment_dataset
 
     report = augment_dataset(
         dataset, images, pool, out, copies=copies, seed=seed, workers=workers, scale_prior=scale_prior,
-        image_format=image_format, max_images=max_images, max_paste=max_paste, num_paste=num_paste,
+        image_format=image_format, max_images=max_images, engine=engine, ray_address=ray_address,
+        max_paste=max_paste, num_paste=num_paste,
         sampling=sampling, blend=blend,
         max_rotation=max_rotation, color_jitter=color_jitter, flip_prob=flip_prob,
     )
