@@ -45,8 +45,8 @@ def main() -> None:
     parser.add_argument("--shard-size", type=int, default=16)
     args = parser.parse_args()
 
-    from test_score import make_tiny_open_clip
-    from test_segment import export_tiny_u2net
+    from tiny_models import make_tiny_open_clip
+    from tiny_models import export_tiny_u2net
     from tiny_models import build_tiny_sd
 
     from xpaste.generate.diffusers_t2i import DiffusersGenerator

@@ -33,8 +33,8 @@ CATEGORIES = ["cup", "cat", "dog", "bird"]
 
 
 def build_models(folder: Path) -> dict:
-    from test_score import make_tiny_open_clip
-    from test_segment import export_tiny_u2net, make_tiny_clipseg
+    from tiny_models import make_tiny_open_clip
+    from tiny_models import export_tiny_u2net, make_tiny_clipseg
     from tiny_models import build_tiny_sd
 
     for sub in ("sd", "clip", "clipseg"):

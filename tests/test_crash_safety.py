@@ -56,6 +56,10 @@ def assert_complete_files(folder: Path) -> None:
 
 
 def test_augment_killed_repeatedly_resumes_to_identical_output(tmp_path):
+    augment_kill_cycle(tmp_path, KILLS, seed=0)
+
+
+def augment_kill_cycle(tmp_path: Path, kills: int, seed: int) -> None:
     ann, images = write_dataset(tmp_path / "data", n_images=16, size=(240, 320))
     pool = tmp_path / "pool"
     assert main(["pool", "import-coco", str(ann), "--images", str(images), "--out", str(pool), "--min-area", "100"]) == 0
@@ -65,16 +69,16 @@ def test_augment_killed_repeatedly_resumes_to_identical_output(tmp_path):
     expected = digest(tmp_path / "reference")
 
     out = tmp_path / "killed"
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     mid_run = 0
-    for _ in range(KILLS):
+    for _ in range(kills):
         target = int(rng.integers(1, 47))
         parts = out / ".parts"
         mid_run += kill_when([*args, "--out", str(out), "--workers", str(int(rng.integers(1, 3)))],
                              lambda: parts.exists() and sum(1 for _ in parts.glob("*.json")) >= target)
         assert_complete_files(out)
         assert not (out / "annotations.json").exists() or json.loads((out / "annotations.json").read_text())
-    assert mid_run >= 2, "the kills never landed in the middle of a run"
+    assert mid_run >= min(2, kills), "the kills never landed in the middle of a run"
     assert main([*args, "--out", str(out)]) == 0
     assert digest(out) == expected
     doc = json.loads((out / "annotations.json").read_text())
@@ -119,6 +123,10 @@ def pool_rows(pool: Path) -> list[tuple]:
 
 
 def test_build_pool_killed_repeatedly_resumes_to_the_same_pool(tmp_path):
+    build_pool_kill_cycle(tmp_path, KILLS, seed=2)
+
+
+def build_pool_kill_cycle(tmp_path: Path, kills: int, seed: int) -> None:
     fake_run(tmp_path / "reference")
     args = ["--d", "1000", "--area-min", "0", "--area-max", "1", "--dedup", "0.999", "--set", "build_pool.flush_every=4"]
     assert main(["build-pool", "--run", str(tmp_path / "reference"), *args]) == 0
@@ -127,9 +135,9 @@ def test_build_pool_killed_repeatedly_resumes_to_the_same_pool(tmp_path):
 
     run = tmp_path / "killed"
     fake_run(run)
-    rng = np.random.default_rng(2)
+    rng = np.random.default_rng(seed)
     mid_run, shards_seen = 0, 0
-    for _ in range(KILLS):
+    for _ in range(kills):
         target = int(rng.integers(1, len(expected)))
         instances = run / "pool" / "instances"
         mid_run += kill_when(["build-pool", "--run", str(run), *args],
@@ -140,7 +148,7 @@ def test_build_pool_killed_repeatedly_resumes_to_the_same_pool(tmp_path):
             assert all((run / "pool" / p).is_file() for p in pool.paths)
             assert len(set(pool.instance_ids.tolist())) == len(pool)
             shards_seen = max(shards_seen, len(list((run / "pool" / "index").glob("*.parquet"))))
-    assert mid_run >= 2, "the kills never landed in the middle of a run"
+    assert mid_run >= min(2, kills), "the kills never landed in the middle of a run"
     assert shards_seen >= 1, "no kill happened after an index flush"
     assert main(["build-pool", "--run", str(run), *args]) == 0
     assert pool_rows(run / "pool") == expected  # same rows in the same order

@@ -3,6 +3,7 @@ decoder and the paste plan must fail only with their documented errors, never cr
 from __future__ import annotations
 
 import copy
+import os
 
 import numpy as np
 from conftest import make_cutout, make_sample
@@ -16,7 +17,9 @@ from xpaste.paste.plan import PasteOp, PastePlan
 from xpaste.paste.transform import CopyPaste
 from xpaste.pool.store import InstancePool
 
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# 300 examples per property in `make test`; the soak run (tests/test_soak.py) raises it through the env.
+FUZZ = settings(max_examples=int(os.environ.get("XPASTE_FUZZ_EXAMPLES", "300")), deadline=None,
+                suppress_health_check=[HealthCheck.too_slow])
 
 json_scalars = st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=True) | st.text(max_size=8)
 json_values = st.recursive(json_scalars, lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=6), kids, max_size=4), max_leaves=12)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 from coco_fixtures import write_dataset
-from test_score import make_tiny_open_clip
-from test_segment import export_tiny_u2net, make_tiny_clipseg
+from tiny_models import make_tiny_open_clip
+from tiny_models import export_tiny_u2net, make_tiny_clipseg
 from tiny_models import build_tiny_sd
 
 from xpaste.cli import main

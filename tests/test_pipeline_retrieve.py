@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
-from test_score import make_tiny_open_clip
+from tiny_models import make_tiny_open_clip
 
 from xpaste.cli import main
 from xpaste.pool.store import InstancePool

@@ -159,7 +159,7 @@ def test_rank_folder_scores_filters_ties_and_skips(colour_folder):
 
 
 def test_rank_folder_with_tiny_open_clip(colour_folder, tmp_path_factory):
-    from test_score import make_tiny_open_clip
+    from tiny_models import make_tiny_open_clip
 
     from xpaste.score import prompt_for
     from xpaste.score.clip import ClipScorer

@@ -1,40 +1,15 @@
 """CLIP scoring with a tiny offline open_clip model, and the numpy Stage-3 filters."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
 
+from tiny_models import make_tiny_open_clip  # noqa: F401 - also used by other tests
+
 from xpaste.errors import XPasteError
 from xpaste.score import composite_on_white, prompt_for
 from xpaste.score.filters import adaptive_threshold, best_per_image, dedup_by_embedding, select_instances
-
-TINY_CLIP = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
-    # the default SimpleTokenizer emits ids up to 49407, so the vocab keeps CLIP's size
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
-}
-
-
-def make_tiny_open_clip(folder) -> str:
-    """Register a tiny open_clip config, build it with random weights and save it as a local-dir: folder."""
-    import open_clip
-    import safetensors.torch
-    import torch
-
-    config_path = folder / "xpaste-tiny-clip.json"  # open_clip registers a config under the file stem
-    config_path.write_text(json.dumps(TINY_CLIP))
-    open_clip.add_model_config(config_path)
-    torch.manual_seed(0)
-    model = open_clip.create_model("xpaste-tiny-clip", pretrained=None)
-    out = folder / "model"
-    out.mkdir()
-    (out / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP, "preprocess_cfg": {}}))
-    safetensors.torch.save_file(model.state_dict(), str(out / "open_clip_model.safetensors"))
-    return str(out)
-
 
 @pytest.fixture(scope="session")
 def scorer(tmp_path_factory):

@@ -4,12 +4,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import warnings
 
 import numpy as np
 import pytest
 
 from xpaste.errors import XPasteError
+from tiny_models import export_tiny_u2net, make_tiny_clipseg  # noqa: F401 - also used by other tests
+
 from xpaste.segment import SEGMENTERS, Segmenter, binarize, build_segmenter, parse_spec
 
 SIZES = [(48, 64), (70, 40)]  # (H, W): a batch of two different sizes
@@ -94,44 +95,6 @@ def test_grabcut_rejects_bad_input():
 
 # --- CLIPSeg ---------------------------------------------------------------------------------------
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP byte -> printable character table (no longer exported by transformers 5)."""
-    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
-def make_tiny_clipseg(folder: str) -> str:
-    """Save a random tiny CLIPSeg model + processor (byte-level vocab, 64-px images) into folder."""
-    import torch
-    from transformers import (CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, CLIPTokenizer,
-                              ViTImageProcessor)
-
-    chars = list(_bytes_to_unicode().values())
-    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
-    vocab = {t: i for i, t in enumerate(tokens)}
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
-    processor = CLIPSegProcessor(image_processor=ViTImageProcessor(size={"height": 64, "width": 64}),
-                                 tokenizer=tokenizer)
-    bos, eos = vocab["<|startoftext|>"], vocab["<|endoftext|>"]
-    config = CLIPSegConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=77, bos_token_id=bos, eos_token_id=eos,
-                         pad_token_id=eos),
-        vision_config=dict(image_size=64, patch_size=8, hidden_size=32, intermediate_size=37,
-                           num_hidden_layers=2, num_attention_heads=4),
-        projection_dim=32, reduce_dim=16, extract_layers=[0, 1])
-    torch.manual_seed(0)
-    CLIPSegForImageSegmentation(config).eval().save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="session")
 def tiny_clipseg(tmp_path_factory) -> str:
     return make_tiny_clipseg(str(tmp_path_factory.mktemp("clipseg")))
@@ -161,28 +124,6 @@ def test_clipseg_missing_model_names_it():
 
 
 # --- rembg -----------------------------------------------------------------------------------------
-
-def export_tiny_u2net(path: str) -> str:
-    """Export a random conv net with U2-Net's interface (1x3x320x320 -> 1x1x320x320 in (0, 1))."""
-    import torch
-
-    class Tiny(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = torch.nn.Conv2d(3, 1, 3, padding=1)
-
-        def forward(self, x):
-            return torch.sigmoid(self.conv(x))
-
-    torch.manual_seed(0)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with warnings.catch_warnings():
-        # The legacy exporter warns it is deprecated; the dynamo exporter needs onnxscript.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(Tiny().eval(), (torch.zeros(1, 3, 320, 320),), path, dynamo=False,
-                          input_names=["input"], output_names=["output"])
-    return path
-
 
 @pytest.fixture(scope="session")
 def tiny_u2net(tmp_path_factory) -> str:

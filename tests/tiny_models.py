@@ -1,11 +1,15 @@
 """Tiny random models built offline from configs (the diffusers test-suite pattern), saved into folders.
 
-Shared by the generator unit tests and the end-to-end pipeline tests: `build_tiny_sd(folder)` writes a
-Stable Diffusion pipeline that `AutoPipelineForText2Image.from_pretrained(folder)` loads with no network.
+Shared by the unit tests, the end-to-end pipeline tests and the benchmarks: `build_tiny_sd(folder)` writes a
+Stable Diffusion pipeline that `AutoPipelineForText2Image.from_pretrained(folder)` loads with no network;
+`make_tiny_clipseg`, `export_tiny_u2net` (an ONNX model with U2-Net's interface, for rembg) and
+`make_tiny_open_clip` (an open_clip `local-dir:` folder) do the same for the segmenters and the scorer.
 """
 from __future__ import annotations
 
+import json
 import os
+import warnings
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -63,3 +67,74 @@ def build_tiny_sd(folder: str | os.PathLike) -> str:
                                    requires_safety_checker=False)
     pipe.save_pretrained(folder)
     return folder
+
+
+def make_tiny_clipseg(folder: str) -> str:
+    """Save a random tiny CLIPSeg model + processor (byte-level vocab, 64-px images) into folder."""
+    import torch
+    from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, ViTImageProcessor
+
+    tokenizer = tiny_clip_tokenizer()
+    vocab = tokenizer.get_vocab()
+    processor = CLIPSegProcessor(image_processor=ViTImageProcessor(size={"height": 64, "width": 64}),
+                                 tokenizer=tokenizer)
+    bos, eos = vocab["<|startoftext|>"], vocab["<|endoftext|>"]
+    config = CLIPSegConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=77, bos_token_id=bos, eos_token_id=eos,
+                         pad_token_id=eos),
+        vision_config=dict(image_size=64, patch_size=8, hidden_size=32, intermediate_size=37,
+                           num_hidden_layers=2, num_attention_heads=4),
+        projection_dim=32, reduce_dim=16, extract_layers=[0, 1])
+    torch.manual_seed(0)
+    CLIPSegForImageSegmentation(config).eval().save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def export_tiny_u2net(path: str) -> str:
+    """Export a random conv net with U2-Net's interface (1x3x320x320 -> 1x1x320x320 in (0, 1))."""
+    import torch
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 1, 3, padding=1)
+
+        def forward(self, x):
+            return torch.sigmoid(self.conv(x))
+
+    torch.manual_seed(0)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with warnings.catch_warnings():
+        # The legacy exporter warns it is deprecated; the dynamo exporter needs onnxscript.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Tiny().eval(), (torch.zeros(1, 3, 320, 320),), path, dynamo=False,
+                          input_names=["input"], output_names=["output"])
+    return path
+
+
+TINY_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
+    # the default SimpleTokenizer emits ids up to 49407, so the vocab keeps CLIP's size
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
+
+def make_tiny_open_clip(folder) -> str:
+    """Register a tiny open_clip config, build it with random weights and save it as a local-dir: folder."""
+    import open_clip
+    import safetensors.torch
+    import torch
+
+    config_path = folder / "xpaste-tiny-clip.json"  # open_clip registers a config under the file stem
+    config_path.write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(config_path)
+    torch.manual_seed(0)
+    model = open_clip.create_model("xpaste-tiny-clip", pretrained=None)
+    out = folder / "model"
+    out.mkdir()
+    (out / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP, "preprocess_cfg": {}}))
+    safetensors.torch.save_file(model.state_dict(), str(out / "open_clip_model.safetensors"))
+    return str(out)
