@@ -4,9 +4,9 @@
 """
 from __future__ import annotations
 
-import importlib
 
-from xpaste.errors import XPasteError, missing_extra
+from xpaste.errors import XPasteError
+from xpaste.registry import load_backend
 from xpaste.generate.prompts import (BACKGROUND_PROMPTS, DEFAULT_TEMPLATES, DEFINITION_TEMPLATES, image_seed,
                                      load_prompt_file, prompt_for, render_prompt)
 
@@ -25,14 +25,7 @@ def generator_class(name: str = "diffusers"):
     key = name.strip().lower()
     if key not in GENERATORS:
         raise XPasteError(f"unknown generator {name!r}", hint=f"choose one of {', '.join(sorted(GENERATORS))}")
-    module_name, class_name = GENERATORS[key].split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name and not e.name.startswith("xpaste"):
-            raise missing_extra(e.name, _EXTRAS[key]) from e
-        raise
-    return getattr(module, class_name)
+    return load_backend(GENERATORS[key], _EXTRAS[key])
 
 
 def build_generator(name: str = "diffusers", **kwargs):

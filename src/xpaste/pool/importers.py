@@ -26,6 +26,15 @@ class ImportReport:
     crowd: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (what, why)
 
+    def add(self, pool: InstancePool, rgba: np.ndarray, category_id: int, **fields) -> None:
+        """Add one cut-out, count it, and flush the index every FLUSH_EVERY rows."""
+        if pool.add(rgba, category_id, **fields) is None:
+            self.duplicates += 1
+        else:
+            self.added += 1
+        if pool.pending_count >= FLUSH_EVERY:
+            pool.flush()
+
     def summary(self) -> str:
         return (f"added {self.added}, duplicates {self.duplicates}, too small {self.too_small}, "
                 f"crowd {self.crowd}, skipped {len(self.skipped)}")
@@ -72,14 +81,8 @@ def import_coco(dataset_path: str | os.PathLike, images_dir: str | os.PathLike, 
                     report.too_small += 1
                     continue
                 rgba = cutout_from_mask(sample.image, t.masks[i])
-                added = pool.add(rgba, int(t.labels[i]), crop=False, source="gt", area_frac=area / image_area,
-                                 image_id=int(image["id"]), ann_id=int(t.extra["ann_id"][i]))
-                if added is None:
-                    report.duplicates += 1
-                else:
-                    report.added += 1
-                if pool.pending_count >= FLUSH_EVERY:
-                    pool.flush()
+                report.add(pool, rgba, int(t.labels[i]), crop=False, source="gt", area_frac=area / image_area,
+                           image_id=int(image["id"]), ann_id=int(t.extra["ann_id"][i]))
     return report
 
 
@@ -156,14 +159,7 @@ def import_xpaste(json_path: str | os.PathLike, out: str | os.PathLike, root: st
                 continue
             mask = largest_component(mask)
             rgba[..., 3] = np.where(mask, rgba[..., 3], 0)
-            added = pool.add(rgba, cid, source="xpaste", model="", prompt="", segmenter="",
-                             original_path=text)
-            if added is None:
-                report.duplicates += 1
-            else:
-                report.added += 1
-            if pool.pending_count >= FLUSH_EVERY:
-                pool.flush()
+            report.add(pool, rgba, cid, source="xpaste", model="", prompt="", segmenter="", original_path=text)
     return report
 
 

@@ -5,9 +5,9 @@ rembg are never imported by `import xpaste.segment`.
 """
 from __future__ import annotations
 
-import importlib
 
-from xpaste.errors import XPasteError, missing_extra
+from xpaste.errors import XPasteError
+from xpaste.registry import load_backend
 from xpaste.segment.base import BINARY_THRESHOLD, Segmenter, binarize
 
 #: name -> "module:Class"; the optional part after ":" in a spec is the backend's first argument.
@@ -39,12 +39,5 @@ def build_segmenter(spec: str, **kwargs) -> Segmenter:
     The arg is passed as the backend's first positional argument; kwargs go to its constructor.
     """
     name, arg = parse_spec(spec)
-    module_name, class_name = SEGMENTERS[name].split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name and not e.name.startswith("xpaste"):
-            raise missing_extra(e.name, _EXTRAS[name]) from e
-        raise
-    cls = getattr(module, class_name)
+    cls = load_backend(SEGMENTERS[name], _EXTRAS[name])
     return cls(arg, **kwargs) if arg is not None else cls(**kwargs)
