@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.xpaste-installed
 DEMO_OUT ?= demo_out
 
-.PHONY: demo test test-fast bench install clean
+.PHONY: demo test test-fast soak bench install clean
 
 install: $(STAMP)
 
@@ -25,6 +25,9 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -x -m "not slow"
+
+soak: $(STAMP)  # long kill/fuzz runs (minutes), not part of `make test`
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m slow tests/test_soak.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/paste_throughput.py
