@@ -13,9 +13,19 @@ from typing import Any, Iterator
 from xpaste.errors import XPasteError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `final`; rename it onto `final` only if the block succeeds."""
+    """Yield a temporary path beside `final`; rename it onto `final` only if the block succeeds.
+
+    The final file gets the permissions a plain `open(final, "w")` would give (0666 less the umask), not
+    mkstemp's private 0600, so outputs on a shared cluster stay readable as the user's umask says.
+    """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
@@ -23,6 +33,8 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():
+            os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, final)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -79,3 +91,30 @@ def resolve_inside(root: str | os.PathLike, relative: str | os.PathLike, what: s
     if candidate != root and root not in candidate.parents:
         raise XPasteError(f"{what} {rel!r} points outside {root}", root, "paths in data must be relative")
     return candidate
+
+
+@contextmanager
+def exclusive_lock(folder: str | os.PathLike, what: str = "folder") -> Iterator[Path]:
+    """Hold an exclusive, non-blocking advisory lock on `folder` (file `folder/.xpaste.lock`, fcntl.flock).
+
+    A second writer (another process, or another open in this one) is refused at once with an XPasteError
+    naming the folder; the lock is released when the block ends or the process dies (the kernel drops it),
+    so a killed run never leaves a stale lock behind.
+    """
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock_path = folder / ".xpaste.lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise XPasteError(f"another xpaste process is writing this {what}", folder,
+                          "wait for it to finish, or use another output folder") from None
+    try:
+        yield lock_path
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
