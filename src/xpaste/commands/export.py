@@ -23,7 +23,7 @@ def export_yolo_cmd(
     from xpaste.errors import XPasteError
 
     try:
-        from xpaste.integrations.ultralytics import export_yolo_seg
+        from xpaste.integrations.yolo_export import export_yolo_seg
     except ModuleNotFoundError as e:
         if e.name and e.name.split(".")[0] == "ultralytics":  # the AGPL extra is optional: say how to get it
             raise XPasteError("ultralytics is not installed", hint="pip install 'xpaste[ultralytics]'") from None

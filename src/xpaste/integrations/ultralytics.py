@@ -1,4 +1,4 @@
-"""X-Paste for ultralytics YOLO-seg: a training-time paste transform and a COCO -> YOLO-seg exporter.
+"""X-Paste for ultralytics YOLO-seg: a training-time paste transform (the exporter is in `yolo_export`).
 
 ultralytics is AGPL-3.0, so this module is an optional extra (`pip install 'xpaste[ultralytics]'`) and is
 never imported by `xpaste/__init__.py`.
@@ -14,144 +14,28 @@ RandomPerspective, the analogue of the large-scale jitter X-Paste pastes after),
 treat pasted and original objects alike. `install_xpaste(dataset, transform)` does the same for a dataset
 built by your own trainer; it also survives `close_mosaic`, which rebuilds the pipeline.
 
-Polygons: ultralytics labels hold one polygon per instance. A mask that is in several parts (an occluded
-object, a multi-part annotation) becomes one polygon by joining the parts with thin zero-width bridges, as
-ultralytics' own COCO converter does (`merge_multi_segment`); holes are not represented (external contours
-only), so a hole is filled. Mask pixel (x, y) is taken to cover [x, x+1) x [y, y+1): contour points are
-written at pixel centres (+0.5), which ultralytics' int-truncating `fillPoly` maps back to the same pixels.
+Polygons of pasted / occluded instances come from `xpaste.integrations.yolo_export.mask_to_polygon` (one
+polygon per instance; see there). `export_yolo_seg` and `mask_to_polygon` stay importable from here.
 """
 from __future__ import annotations
 
-import os
-import shutil
-from pathlib import Path
 from typing import Any, Mapping
 
 import cv2
 import numpy as np
-import yaml
 from ultralytics.data.augment import Compose, Format, LetterBox, RandomPerspective
-from ultralytics.data.converter import merge_multi_segment
 from ultralytics.models.yolo.segment import SegmentationTrainer
 from ultralytics.utils.instance import Instances
 from ultralytics.utils.ops import resample_segments
 
 from xpaste.core.sample import Sample
 from xpaste.core.targets import Targets
-from xpaste.data.coco import decode_annotation_mask, load_coco
-from xpaste.errors import XPasteError
 from xpaste.integrations.workers import reseed_for_worker
-from xpaste.io import resolve_inside
+from xpaste.integrations.yolo_export import export_yolo_seg, mask_to_polygon  # noqa: F401  (re-exported)
 from xpaste.paste.transform import CopyPaste
 
 SEGMENT_POINTS = 1000  # ultralytics resamples every polygon to this many points (YOLODataset.update_labels_info)
 _SRC = "_xpaste_source_index"  # input row of each output instance, -1 = pasted
-
-
-# ----------------------------------------------------------------------------- masks <-> polygons
-def mask_to_polygon(mask: np.ndarray, min_points: int = 1) -> np.ndarray | None:
-    """One (M, 2) float32 pixel-coordinate polygon for a bool mask, or None when it has no usable contour.
-
-    Every external contour with at least `min_points` points is kept; several parts are joined the way
-    ultralytics' `merge_multi_segment` joins multi-polygon COCO annotations.
-    """
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    parts = [c.reshape(-1, 2).astype(np.float32) + 0.5 for c in contours if len(c) >= min_points]
-    if not parts:
-        return None
-    if len(parts) == 1:
-        return parts[0]
-    return np.concatenate(merge_multi_segment([p.reshape(-1).tolist() for p in parts]), axis=0).astype(np.float32)
-
-
-def _coco_polygon(ann: dict, height: int, width: int) -> np.ndarray | None:
-    """The polygon of one COCO annotation: its own polygons when it has them, else contours of its RLE mask."""
-    seg = ann.get("segmentation")
-    if isinstance(seg, list) and seg:
-        parts = [p for p in seg if isinstance(p, list) and len(p) >= 6]
-        if parts:
-            if len(parts) == 1:
-                return np.asarray(parts[0], np.float32).reshape(-1, 2)
-            return np.concatenate(merge_multi_segment(parts), axis=0).astype(np.float32)
-    mask = decode_annotation_mask(ann, height, width)  # raises ValueError for a malformed segmentation
-    return mask_to_polygon(mask, min_points=3) if mask.any() else None
-
-
-# ----------------------------------------------------------------------------- exporter
-def _place(src: Path, dst: Path) -> None:
-    """Hard-link the image (no copy of a large dataset); copy when linking is impossible (other device)."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.exists() or dst.is_symlink():
-        dst.unlink()
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
-def export_yolo_seg(dataset_json: str | os.PathLike, images_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                    split: str = "train", val_fraction: float = 0.0, seed: int = 0,
-                    overwrite: bool = False) -> Path:
-    """Write a COCO / LVIS dataset (e.g. `xpaste augment` output) in the YOLO-seg layout; returns data.yaml.
-
-    out/images/<split>/<file_name> (hard links, or copies), out/labels/<split>/<stem>.txt with one line
-    `class x1 y1 x2 y2 ...` per instance (coordinates normalised to [0, 1]), and out/data.yaml. Classes are
-    0..K-1 in category-id order (`names` keeps the category names). Crowd annotations are skipped, as YOLO has
-    no ignore regions; images without instances get an empty label file (background images). With
-    `val_fraction` > 0 a seeded random share of the images goes to images/val, else `val` points at `split`.
-    """
-    dataset = load_coco(dataset_json)
-    out = Path(out_dir)
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    for sub in ("images", "labels"):
-        if (out / sub).exists() and any((out / sub).iterdir()):
-            if not overwrite:
-                raise XPasteError(f"{sub}/ already exists and is not empty", out,
-                                  "pick a new --out or pass --overwrite (stale labels and ultralytics' .cache "
-                                  "files would otherwise mix with the new export)")
-            shutil.rmtree(out / sub)
-    cat_ids = sorted(int(c["id"]) for c in dataset.categories)
-    class_of = {c: i for i, c in enumerate(cat_ids)}
-    names = {i: str(dataset.category_by_id[c]["name"]) for i, c in enumerate(cat_ids)}
-
-    images = list(dataset.images)
-    splits = [split] * len(images)
-    n_val = int(round(val_fraction * len(images)))
-    if n_val:
-        for i in np.random.default_rng(seed).permutation(len(images))[:n_val]:
-            splits[int(i)] = "val"
-    skipped = 0
-    for info, part in zip(images, splits):
-        h, w = int(info["height"]), int(info["width"])
-        src = resolve_inside(images_dir, info["file_name"], "file_name")
-        if not src.is_file():
-            raise XPasteError("image file not found", src)
-        rel = Path(info["file_name"])
-        _place(src, out / "images" / part / rel)
-        lines = []
-        for ann in dataset.annotations_for(info["id"]):
-            if ann.get("iscrowd", 0):
-                continue
-            try:
-                poly = _coco_polygon(ann, h, w)
-            except ValueError:
-                poly = None
-            if poly is None:
-                skipped += 1
-                continue
-            xy = np.clip(poly / np.array([w, h], np.float32), 0.0, 1.0).reshape(-1)
-            lines.append(" ".join([str(class_of[int(ann["category_id"])])] + [f"{v:.6f}" for v in xy]))
-        label = (out / "labels" / part / rel).with_suffix(".txt")
-        label.parent.mkdir(parents=True, exist_ok=True)
-        label.write_text("\n".join(lines) + ("\n" if lines else ""))
-    data = {"path": str(out.resolve()), "train": f"images/{split}",
-            "val": "images/val" if n_val else f"images/{split}", "names": names}
-    yaml_path = out / "data.yaml"
-    yaml_path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
-    if skipped:
-        print(f"export-yolo: skipped {skipped} annotations without a usable polygon")
-    return yaml_path
 
 
 # ----------------------------------------------------------------------------- online transform
