@@ -1,7 +1,20 @@
-"""Entry point of the `xpaste` command: loads the command modules and turns user errors into one line."""
+"""Entry point of the `xpaste` command: loads the command modules and ends every fault in one line.
+
+How a run ends (the same for every command):
+- success: exit 0;
+- `XPasteError` (a problem the user can fix): one line `xpaste: error: <path>: <message> (hint: ...)`, exit 2;
+- an OS fault writing or reading files (errno ENOSPC, EDQUOT, EROFS, EACCES, EPERM, EMFILE, ENFILE): one line
+  naming the path and what to do, exit 2 (atomic writes leave nothing half-written, so rerunning resumes);
+- Ctrl-C (SIGINT, `KeyboardInterrupt`): `xpaste: interrupted` on stderr, exit 130 (128 + SIGINT, the shell
+  convention), no traceback;
+- usage errors (unknown flag, missing argument): click's message, exit 2;
+- `--debug` (anywhere on the command line) re-raises instead, with the full traceback.
+"""
 from __future__ import annotations
 
+import errno
 import importlib
+import logging
 import sys
 
 # Command modules register themselves on the shared app when imported. A module missing here simply
@@ -16,6 +29,22 @@ COMMAND_MODULES = [
     "xpaste.commands.export",
 ]
 
+#: errno -> what the user can do about it. These are faults of the environment, not bugs: one line, exit 2.
+OS_FAULT_HINTS = {
+    errno.ENOSPC: "the disk is full: free some space or write to another folder, then rerun to resume",
+    errno.EDQUOT: "the disk quota is exhausted: free some space or write elsewhere, then rerun to resume",
+    errno.EROFS: "the file system is read-only: choose a writable output folder",
+    errno.EACCES: "permission denied: check the folder's owner and mode, or choose another folder",
+    errno.EPERM: "operation not permitted: check the folder's owner and mode, or choose another folder",
+    errno.EMFILE: "too many open files: raise the limit (ulimit -n) or use fewer workers",
+    errno.ENFILE: "the system's open-file table is full: use fewer workers or retry later",
+}
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+
+log = logging.getLogger(__name__)
+
 
 def build_app():
     from xpaste.commands.app import app
@@ -25,37 +54,123 @@ def build_app():
     return app
 
 
+def configure_logging(verbosity: int = 0) -> None:
+    """-1 (--quiet): warnings and errors only, no progress bars; 0: info; 1 (--verbose): debug.
+
+    Messages go to stderr as `xpaste: message`. Progress bars are tqdm's; --quiet turns them off through
+    tqdm's documented `TQDM_DISABLE` environment variable (inherited by worker processes too).
+    """
+    import os
+
+    level = {-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG)
+    root = logging.getLogger("xpaste")
+    if not any(getattr(h, "_xpaste", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("xpaste: %(message)s" if verbosity < 1 else
+                                               "xpaste: %(name)s: %(message)s"))
+        handler._xpaste = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+        root.propagate = False
+    root.setLevel(level)
+    if verbosity < 0:
+        os.environ["TQDM_DISABLE"] = "1"
+
+
+def os_fault(exc: BaseException) -> OSError | None:
+    """The OSError of a known environment fault behind `exc` (itself, or a cause/context), else None.
+
+    Libraries that wrap the C library's error (pyarrow) may leave `errno` unset: the strerror text of the
+    known kinds in the message identifies them then.
+    """
+    import os
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError):
+            if exc.errno in OS_FAULT_HINTS:
+                return exc
+            text = str(exc)
+            for code in OS_FAULT_HINTS:
+                if os.strerror(code) in text:
+                    return OSError(code, os.strerror(code), exc.filename)
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def os_fault_line(e: OSError) -> str:
+    """`path: No space left on device (hint: ...)`, the path being the file the fault happened on."""
+    import os
+
+    where = e.filename if e.filename is not None else "(file not named by the system)"
+    text = f"{os.fsdecode(where) if isinstance(where, bytes) else where}: {e.strerror or os.strerror(e.errno)}"
+    return f"{text} (hint: {OS_FAULT_HINTS[e.errno]})"
+
+
+def _invoke(app, args: list[str]) -> int:
+    """Run the command line through click directly, so every exception reaches `main` (typer's own main
+    turns Ctrl-C into a return value of 130 that was easy to lose)."""
+    import typer
+    import typer.main
+
+    command = typer.main.get_command(app)
+    try:
+        with command.make_context("xpaste", list(args)) as ctx:
+            command.invoke(ctx)
+    except typer.Exit as e:  # --help, ctx.exit(n), typer.Exit(n) from a command
+        return int(e.exit_code)
+    except typer.Abort:  # raised for EOF at a prompt
+        print("xpaste: aborted", file=sys.stderr)
+        return 1
+    except typer.TyperException as e:  # usage errors (click's, vendored by typer): its message, exit 2
+        show = getattr(e, "show", None)
+        if show is not None:
+            show()
+        else:
+            print(f"xpaste: error: {e.format_message()}", file=sys.stderr)
+        return int(getattr(e, "exit_code", EXIT_ERROR))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run `xpaste ARGS`; returns the exit status (see the module docstring for how faults end)."""
     from xpaste.pipeline.determinism import set_env_defaults
 
     set_env_defaults()  # before any command imports torch
     from xpaste.commands.app import STATE
     from xpaste.errors import XPasteError
 
-    app = build_app()
     args = list(sys.argv[1:] if argv is None else argv)
+    STATE["debug"] = "--debug" in args
     try:
-        app(args=args, prog_name="xpaste", standalone_mode=False)
+        return _invoke(build_app(), args)
+    except KeyboardInterrupt:
+        if STATE["debug"]:
+            raise
+        print("\nxpaste: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except XPasteError as e:
-        if STATE["debug"] or "--debug" in args:
+        if STATE["debug"]:
             raise
         print(f"xpaste: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("xpaste: interrupted", file=sys.stderr)
-        return 130
-    except SystemExit as e:
-        return int(e.code or 0)
-    except Exception as e:  # click usage errors and the like
-        import click
+        return EXIT_ERROR
+    except SystemExit as e:  # sys.exit inside a command (argparse-style helpers)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BrokenPipeError:  # `xpaste stats x.json | head`: the reader went away; nothing to report
+        import os
 
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            return e.exit_code
-        if isinstance(e, click.exceptions.Abort):
-            return 1
-        raise
-    return 0
+        sys.stderr.flush()
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError:
+            pass
+        return 1
+    except Exception as e:  # noqa: BLE001 - only environment faults end here; everything else is re-raised
+        fault = os_fault(e)
+        if fault is None or STATE["debug"]:
+            raise
+        print(f"xpaste: error: {os_fault_line(fault)}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The typer application every command module registers on."""
+"""The typer application every command module registers on, and the global flags (--debug, --quiet, --verbose)."""
 from __future__ import annotations
 
 import typer
@@ -13,9 +13,18 @@ app = typer.Typer(
 pool_app = typer.Typer(help="Create, import and inspect instance pools.", no_args_is_help=True)
 app.add_typer(pool_app, name="pool")
 
-STATE = {"debug": False}
+#: Global flags of this invocation, set by the root callback before any command runs.
+STATE = {"debug": False, "verbosity": 0}
 
 
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors; no progress bars."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug messages from every module."),
+) -> None:
+    from xpaste.cli import configure_logging
+
     STATE["debug"] = debug
+    STATE["verbosity"] = -1 if quiet else (1 if verbose else 0)
+    configure_logging(STATE["verbosity"])
