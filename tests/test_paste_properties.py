@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xpaste.ops.masks import tight_box
-from xpaste.paste.functional import MASK_THRESHOLD, transform_cutout
+from xpaste.paste.functional import transform_cutout
 from xpaste.paste.transform import CopyPaste
 from xpaste.pool.store import InstancePool
 
@@ -24,12 +24,15 @@ def build(seed: int, height: int, width: int, n: int, pool_size: int = 12):
     return sample, pool
 
 
-def naive_reference(sample, plan, pool, tol=10.0, min_area=300):
-    """Full-canvas masks per object, exactly as the reference code does it (slow, obviously right)."""
+def naive_reference(sample, plan, pool, tol=10.0, min_area=300, alpha_threshold=0):
+    """Full-canvas masks per object, exactly as the reference code does it (slow, obviously right):
+    the pasted mask is alpha > 0 after resizing; after each paste every mask it covered is cleared under it
+    (whatever its box says), and such an object is dropped unless its new tight box moved <= tol px on every
+    side from its box before this paste or more than min_area pixels remain."""
     h, w = sample.height, sample.width
     image = sample.image.copy()
     masks = [m.copy() for m in sample.targets.masks]
-    before = [tight_box(m) for m in masks]
+    boxes = [tuple(float(v) for v in (tight_box(m) if m.any() else b)) for m, b in zip(masks, sample.targets.boxes)]
     labels = list(sample.targets.labels)
     pasted = [False] * len(masks)
     for op in plan.ops:
@@ -44,25 +47,31 @@ def naive_reference(sample, plan, pool, tol=10.0, min_area=300):
                 continue
             xs = np.arange(left, left + ow)
             ok = (xs >= 0) & (xs < w)
-            full[y, xs[ok]] = obj[yy, ok, 3] >= MASK_THRESHOLD
+            full[y, xs[ok]] = obj[yy, ok, 3] > alpha_threshold
             rgb[y, xs[ok]] = obj[yy, ok, :3]
         if not full.any():
             continue
         image[full] = rgb[full]
-        masks = [m & ~full for m in masks]
+        survivors = []
+        for i, m in enumerate(masks):
+            if not (m & full).any():
+                survivors.append(i)
+                continue
+            m = m & ~full
+            box = tight_box(m)
+            if box is None:
+                continue
+            moved = np.abs(np.array(box, float) - np.array(boxes[i]))
+            if (moved <= tol).all() or m.sum() > min_area:
+                masks[i], boxes[i] = m, tuple(float(v) for v in box)
+                survivors.append(i)
+        masks, boxes = [masks[i] for i in survivors], [boxes[i] for i in survivors]
+        labels, pasted = [labels[i] for i in survivors], [pasted[i] for i in survivors]
         masks.append(full)
-        before.append(tight_box(full))
+        boxes.append(tuple(float(v) for v in tight_box(full)))
         labels.append(op.category_id)
         pasted.append(True)
-    keep = []
-    for i, m in enumerate(masks):
-        box = tight_box(m)
-        if box is None:
-            continue
-        moved = np.abs(np.array(box) - np.array(before[i]))
-        if box == before[i] or (moved <= tol).all() or m.sum() > min_area:
-            keep.append(i)
-    return image, [masks[i] for i in keep], [labels[i] for i in keep], [pasted[i] for i in keep]
+    return image, masks, labels, pasted, boxes
 
 
 @SETTINGS
@@ -73,7 +82,7 @@ def test_paste_matches_naive_reference_and_invariants(seed, height, width, n, nu
     sample, pool = build(seed, height, width, n)
     snapshot = sample.copy()
     cp = CopyPaste(pool, num_paste=num, max_rotation=rotation, color_jitter=jitter,
-                   uniform_scale=(0.1, 0.6), max_scale=0.9, min_visible_area=30)
+                   uniform_scale=(0.1, 0.6), max_scale=0.9, min_visible_area=30, scale_prior={})
     plan = cp.make_plan(sample, np.random.default_rng(seed))
     out = cp.apply(sample, plan)
     t = out.targets
@@ -97,7 +106,7 @@ def test_paste_matches_naive_reference_and_invariants(seed, height, width, n, nu
     assert (t.extra["instance_id"][pasted] != "").all()
 
     # exactly what the slow full-canvas reference produces (hard blending)
-    ref_image, ref_masks, ref_labels, ref_pasted = naive_reference(sample, plan, pool, 10.0, 30)
+    ref_image, ref_masks, ref_labels, ref_pasted, _ = naive_reference(sample, plan, pool, 10.0, 30)
     assert np.array_equal(out.image, ref_image)
     assert len(ref_masks) == len(t)
     assert np.array_equal(np.array(ref_labels, np.int64).reshape(-1), t.labels)
@@ -113,7 +122,8 @@ def test_same_seed_same_output_every_blend(seed, blend, sampling):
     sample, pool = build(seed, 64, 80, 3)
     outs = []
     for _ in range(2):
-        cp = CopyPaste(pool, max_paste=8, blend=blend, sampling=sampling, seed=seed, uniform_scale=(0.1, 0.5))
+        cp = CopyPaste(pool, max_paste=8, blend=blend, sampling=sampling, seed=seed, uniform_scale=(0.1, 0.5),
+                       scale_prior={})
         outs.append(cp(sample))
     a, b = outs
     assert np.array_equal(a.image, b.image)
@@ -135,7 +145,7 @@ def test_fully_hidden_original_is_dropped(seed):
     from xpaste.paste.plan import PasteOp, PastePlan
 
     plan = PastePlan(40, 40, (PasteOp(0, 1, 20, 20, 40, 40),))
-    out = CopyPaste(pool, num_paste=1).apply(sample, plan)
+    out = CopyPaste(pool, num_paste=1, scale_prior={}).apply(sample, plan)
     assert len(out.targets) == 1 and out.targets.extra["pasted"].all()
     assert out.targets.boxes.tolist() == [[0, 0, 40, 40]]
 
@@ -149,5 +159,81 @@ def test_poisson_survives_tiny_and_sparse_objects():
     pool = InstancePool.from_arrays([np.full((1, 1, 4), 255, np.uint8), sparse], [1, 2])
     sample = make_sample(np.random.default_rng(0), 30, 30, 2)
     plan = PastePlan(30, 30, (PasteOp(0, 1, 5, 5, 1, 1), PasteOp(1, 2, 15, 15, 7, 7)), "poisson")
-    out = CopyPaste(pool, num_paste=0).apply(sample, plan)
+    out = CopyPaste(pool, num_paste=0, scale_prior={}).apply(sample, plan)
     assert out.targets.extra["pasted"].sum() == 2
+
+
+def _shrink_boxes(sample, r):
+    """The same sample with input boxes that do not enclose their masks (json boxes, resized masks)."""
+    from xpaste.core.sample import Sample
+    from xpaste.core.targets import Targets
+
+    t = sample.targets
+    boxes = t.boxes.copy()
+    if len(boxes):
+        boxes[:, :2] += r.integers(0, 3, size=(len(boxes), 2))
+        boxes[:, 2:] -= r.integers(0, 3, size=(len(boxes), 2))
+        boxes[:, 2:] = np.maximum(boxes[:, 2:], boxes[:, :2] + 1)
+    return Sample(sample.image, Targets(boxes, t.masks, t.labels, dict(t.extra)), dict(sample.meta))
+
+
+@SETTINGS
+@given(seed=st.integers(0, 10**6), height=st.integers(8, 100), width=st.integers(8, 100),
+       n=st.integers(1, 6), num=st.integers(1, 10), threshold=st.sampled_from([0, 127]))
+def test_occlusion_ignores_wrong_input_boxes(seed, height, width, n, num, threshold):
+    """Input boxes 0-2 px short of their masks: pasted pixels are still cleared from every earlier mask,
+    and every output box is the tight box of its mask (against the naive reference)."""
+    r = np.random.default_rng(seed)
+    sample, pool = build(seed, height, width, n)
+    sample = _shrink_boxes(sample, r)
+    cp = CopyPaste(pool, num_paste=num, uniform_scale=(0.1, 0.6), max_scale=0.9, min_visible_area=30,
+                   alpha_threshold=threshold, scale_prior={})
+    plan = cp.make_plan(sample, np.random.default_rng(seed))
+    out = cp.apply(sample, plan)
+    t = out.targets
+    ref_image, ref_masks, ref_labels, ref_pasted, ref_boxes = naive_reference(sample, plan, pool, 10.0, 30,
+                                                                              threshold)
+    assert np.array_equal(out.image, ref_image)
+    assert len(ref_masks) == len(t)
+    for i, (a, b) in enumerate(zip(ref_masks, t.masks)):
+        assert np.array_equal(a, b)
+        assert tuple(float(v) for v in t.boxes[i]) == ref_boxes[i]
+    pasted = t.extra["pasted"]
+    for j in np.flatnonzero(pasted):
+        for i in range(j):
+            assert not (t.masks[i] & t.masks[j]).any()
+
+
+def test_box_one_pixel_short_keeps_1564_px():
+    """Case tv_box_smaller_than_mask at the core: box 1 px short of a 40x40 mask, a 20x20 paste at 44..63."""
+    from xpaste.core.sample import Sample
+    from xpaste.core.targets import Targets
+    from xpaste.paste.plan import PasteOp, PastePlan
+
+    mask = np.zeros((1, 64, 64), bool)
+    mask[0, 10:50, 10:50] = True
+    sample = Sample(np.zeros((64, 64, 3), np.uint8),
+                    Targets(np.array([[10, 10, 49, 49]], np.float32), mask, np.array([2])))
+    pool = InstancePool.from_arrays([np.full((20, 20, 4), 255, np.uint8)], [1])
+    out = CopyPaste(pool, scale_prior={}).apply(sample, PastePlan(64, 64, (PasteOp(0, 1, 54, 54, 20, 20),)))
+    m = out.targets.masks
+    assert int(m[0].sum()) == 40 * 40 - 6 * 6 and not (m[0] & m[1]).any()
+    assert out.targets.boxes.tolist() == [[10, 10, 50, 50], [44, 44, 64, 64]]
+
+
+def test_drop_rule_is_checked_after_each_paste():
+    """Two pastes each erode a 30x30 object's box by 8 px (<= 10 each, 16 in all): per-paste checking keeps
+    it (as the reference does); a single check against the original box would drop it."""
+    from xpaste.core.sample import Sample
+    from xpaste.core.targets import Targets
+    from xpaste.paste.plan import PasteOp, PastePlan
+
+    mask = np.zeros((1, 100, 100), bool)
+    mask[0, 10:40, 10:40] = True
+    sample = Sample(np.zeros((100, 100, 3), np.uint8),
+                    Targets(np.array([[10, 10, 40, 40]], np.float32), mask, np.array([1])))
+    pool = InstancePool.from_arrays([np.full((40, 8, 4), 255, np.uint8)], [1])
+    plan = PastePlan(100, 100, (PasteOp(0, 1, 36, 25, 8, 40), PasteOp(0, 1, 28, 25, 8, 40)))
+    out = CopyPaste(pool, min_visible_area=10**6, scale_prior={}).apply(sample, plan)
+    assert out.targets.extra["pasted"].tolist() == [False, True, True]
+    assert out.targets.boxes[0].tolist() == [10, 10, 24, 40]

@@ -73,8 +73,11 @@ def category_stats(dataset) -> list[dict[str, Any]]:
     """One row per category, in dataset order: id, name, instances, images, frequency, scale_mean, scale_std.
 
     Crowd annotations are left out of every count: they are regions of many objects, not instances.
+    Pasted annotations (`"pasted": true`, as `xpaste augment` writes them) are left out too: the prior and
+    the frequency groups describe the original training set (method.md, Stage 4).
     """
-    cats, imgs, anns = dataset.categories, dataset.images, dataset.annotations
+    cats, imgs = dataset.categories, dataset.images
+    anns = [a for a in dataset.annotations if not a.get("pasted", False)]
     n_cat, n_img, n_ann = len(cats), len(imgs), len(anns)
     cat_ids = np.fromiter((c["id"] for c in cats), np.int64, count=n_cat)
     img_ids = np.fromiter((i["id"] for i in imgs), np.int64, count=n_img)
@@ -150,3 +153,40 @@ def load_stats(path: str | os.PathLike) -> list[dict]:
         if mean is not None and type(mean) not in (int, float):
             raise XPasteError(f"category id {row['id']}: scale_mean must be a number or null", path)
     return rows
+
+
+def resolve_scale_prior(spec: Any) -> dict[int, tuple[float, float]]:
+    """The per-category scale prior {category id: (mean, std)} of sqrt(box area / image area), from:
+
+    - `None` or `{}`: no prior (an empty dict);
+    - a mapping {id: (mean, std)} (validated: finite mean in (0, 1], finite std >= 0);
+    - a path to `xpaste stats` output;
+    - a path to a COCO/LVIS json: measured on its original annotations (crowd and pasted ones left out).
+
+    Raises XPasteError (one line naming the file) for unreadable files or malformed values.
+    """
+    if spec is None:
+        return {}
+    if isinstance(spec, (str, os.PathLike)):
+        obj = read_json(spec)
+        if isinstance(obj, dict) and obj.get("format") == STATS_FORMAT:
+            return scale_prior_from_stats(load_stats(spec))
+        if isinstance(obj, dict) and "annotations" in obj and "images" in obj:
+            from xpaste.data.coco import load_coco
+
+            return scale_prior_from_stats(category_stats(load_coco(spec)))
+        raise XPasteError("not an `xpaste stats` file nor a COCO/LVIS json", spec,
+                          "pass the training set's annotation json or `xpaste stats` output")
+    if not hasattr(spec, "items"):
+        raise XPasteError(f"scale_prior must be a mapping, a stats file or a dataset json, got {type(spec).__name__}")
+    out = {}
+    for key, value in spec.items():
+        try:
+            mean, std = (float(v) for v in value)
+            key = int(key)
+        except (TypeError, ValueError):
+            raise XPasteError(f"scale_prior[{key!r}] must be a (mean, std) pair of numbers, got {value!r}") from None
+        if not (math.isfinite(mean) and 0 < mean <= 1 and math.isfinite(std) and std >= 0):
+            raise XPasteError(f"scale_prior[{key}] = ({mean}, {std}): mean must be in (0, 1] and std >= 0")
+        out[key] = (mean, std)
+    return out

@@ -14,7 +14,7 @@ from xpaste.core.sample import Sample
 from xpaste.core.targets import Targets
 from xpaste.paste.plan import PastePlan
 
-MASK_THRESHOLD = 128  # alpha >= 128 is object, as the reference binarises at > 128 of 0-255
+MASK_THRESHOLD = 128  # colour jitter measures the visible part of a cut-out as alpha >= 128
 
 
 # ----------------------------------------------------------------------------- cut-out transforms
@@ -138,39 +138,41 @@ def _default_fill(dtype: np.dtype, n: int) -> np.ndarray:
     return np.full(n, "", dtype=object)
 
 
-def _outer_box(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Integer boxes that contain the float boxes, clipped to the canvas."""
-    out = np.empty((len(boxes), 4), np.int64)
-    out[:, 0] = np.clip(np.floor(boxes[:, 0]), 0, width)
-    out[:, 1] = np.clip(np.floor(boxes[:, 1]), 0, height)
-    out[:, 2] = np.clip(np.ceil(boxes[:, 2]), 0, width)
-    out[:, 3] = np.clip(np.ceil(boxes[:, 3]), 0, height)
-    return out
-
-
 def apply_plan(sample: Sample, plan: PastePlan, pool, box_tolerance: float = 10.0,
-               min_visible_area: int = 300) -> Sample:
+               min_visible_area: int = 300, alpha_threshold: int = 0) -> Sample:
     """Paste the plan's objects into a copy of `sample`; `pool` gives `rgba(row)` and `instance_ids`.
 
-    Later objects occlude earlier ones (originals first). An occluded instance is kept only when its
-    mask is not empty and either its box moved by at most `box_tolerance` px on every side or more than
-    `min_visible_area` pixels remain (the reference rule). Boxes of changed instances are recomputed from
-    their masks. The input sample is never modified.
+    The pasted object's mask is alpha > `alpha_threshold` after resizing (method.md Stage 4: the reference
+    uses alpha > 0). Later objects occlude earlier ones (originals first): every existing mask is cleared
+    wherever pasted pixels land, whatever its box says. After each paste, every object it covered gets its
+    box recomputed from its mask and is dropped unless the mask is not empty and either the box moved by at
+    most `box_tolerance` px on every side or more than `min_visible_area` pixels remain (the reference
+    rule, applied per paste). A cut-out the pool cannot read (`XPasteError` from `pool.rgba`) is skipped
+    and listed in the output's `meta["skipped_pastes"]` as (pool row, reason); the other objects are pasted.
+    The input sample is never modified.
     """
+    from xpaste.errors import XPasteError
+
     height, width = sample.height, sample.width
     if (plan.canvas_height, plan.canvas_width) != (height, width):
         raise ValueError(f"plan drawn for {plan.canvas_height}x{plan.canvas_width}, sample is {height}x{width}")
     image = sample.image.copy()
     pieces = []  # (x0, y0, mask, pool_row, category_id, instance_id)
+    skipped = []
     for op in plan.ops:
-        obj = transform_cutout(pool.rgba(op.pool_row), op.width, op.height, op.flip, op.angle, op.color)
+        try:
+            rgba = pool.rgba(op.pool_row)
+        except XPasteError as e:
+            skipped.append((int(op.pool_row), e.message))
+            continue
+        obj = transform_cutout(rgba, op.width, op.height, op.flip, op.angle, op.color)
         h, w = obj.shape[:2]
         left, top = op.center_x - w // 2, op.center_y - h // 2
         x0, y0, x1, y1 = max(left, 0), max(top, 0), min(left + w, width), min(top + h, height)
         if x1 <= x0 or y1 <= y0:
             continue
         src = obj[y0 - top : y1 - top, x0 - left : x1 - left]
-        mask = src[..., 3] >= MASK_THRESHOLD
+        mask = src[..., 3] > alpha_threshold
         rows = np.flatnonzero(mask.any(axis=1))
         if len(rows) == 0:
             continue
@@ -189,7 +191,16 @@ def apply_plan(sample: Sample, plan: PastePlan, pool, box_tolerance: float = 10.
             blend_poisson(image, src, mask, x0, y0)
         pieces.append((x0, y0, mask, op.pool_row, op.category_id, str(pool.instance_ids[op.pool_row])))
 
-    return _occlude(sample, image, pieces, box_tolerance, min_visible_area)
+    out = _occlude(sample, image, pieces, box_tolerance, min_visible_area)
+    if skipped:
+        out.meta["skipped_pastes"] = list(sample.meta.get("skipped_pastes", [])) + skipped
+    return out
+
+
+def _mask_extent(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Tight integer box (x0, y0, x1, y1), exclusive ends, of a contiguous (H, W) bool mask; None if empty."""
+    x, y, w, h = cv2.boundingRect(mask.view(np.uint8))
+    return None if w == 0 else (x, y, x + w, y + h)
 
 
 def _occlude(sample: Sample, image: np.ndarray, pieces: list, box_tolerance: float,
@@ -200,44 +211,48 @@ def _occlude(sample: Sample, image: np.ndarray, pieces: list, box_tolerance: flo
     total = n + p
     masks = np.zeros((total, height, width), bool)  # calloc: untouched pages cost nothing
     masks[:n] = t.masks
-    extent = np.empty((total, 4), np.int64)  # integer boxes containing each current mask
-    extent[:n] = _outer_box(t.boxes, height, width)
-    old_boxes = np.empty((total, 4), np.float64)
-    old_boxes[:n] = t.boxes
-    touched = np.zeros(total, bool)
+    # Where each current mask really lies, measured on the mask: an input box may not enclose its mask
+    # (json boxes, resized masks), and occlusion must clear every pasted pixel all the same.
+    # Every output box is the tight box of its mask, so an original's box is measured on its mask too (an
+    # original with an empty mask keeps its box and is never occluded).
+    extent = np.zeros((total, 4), np.int64)
+    alive = np.ones(total, bool)
+    boxes = np.empty((total, 4), np.float64)
+    boxes[:n] = t.boxes
+    for i in range(n):
+        e = _mask_extent(masks[i])
+        if e is not None:
+            extent[i] = boxes[i] = e
     for j, (x0, y0, mask, *_) in enumerate(pieces):
         k = n + j
         x1, y1 = x0 + mask.shape[1], y0 + mask.shape[0]
         e = extent[:k]
-        hit = np.flatnonzero((e[:, 0] < x1) & (e[:, 2] > x0) & (e[:, 1] < y1) & (e[:, 3] > y0))
-        if len(hit):
-            keep = ~mask
-            for i in hit:
-                ix0, iy0 = max(x0, e[i, 0]), max(y0, e[i, 1])
-                ix1, iy1 = min(x1, e[i, 2]), min(y1, e[i, 3])
-                masks[i, iy0:iy1, ix0:ix1] &= keep[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0]
-            touched[hit] = True
+        hit = np.flatnonzero(alive[:k] & (e[:, 0] < x1) & (e[:, 2] > x0) & (e[:, 1] < y1) & (e[:, 3] > y0))
+        keep_px = ~mask
+        for i in hit:
+            ex0, ey0, ex1, ey1 = extent[i]
+            ix0, iy0, ix1, iy1 = max(x0, ex0), max(y0, ey0), min(x1, ex1), min(y1, ey1)
+            masks[i, iy0:iy1, ix0:ix1] &= keep_px[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0]
+            # The drop rule, after this paste, against the box before it (method.md Stage 4).
+            crop = masks[i, ey0:ey1, ex0:ex1]
+            rows = np.flatnonzero(crop.any(axis=1))
+            if len(rows) == 0:
+                alive[i] = False
+                continue
+            cols = np.flatnonzero(crop.any(axis=0))
+            new = np.array([ex0 + cols[0], ey0 + rows[0], ex0 + cols[-1] + 1, ey0 + rows[-1] + 1], np.int64)
+            area = int(np.count_nonzero(crop[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]))
+            still_in_place = bool(np.all(np.abs(new - boxes[i]) <= box_tolerance))
+            if not (still_in_place or area > min_visible_area):
+                alive[i] = False
+                continue
+            boxes[i] = new
+            extent[i] = new
         masks[k, y0:y1, x0:x1] = mask
         extent[k] = (x0, y0, x1, y1)
-        old_boxes[k] = (x0, y0, x1, y1)
+        boxes[k] = (x0, y0, x1, y1)
 
-    boxes = old_boxes.astype(np.float32)
-    keep = np.ones(total, bool)
-    for i in np.flatnonzero(touched):
-        ex0, ey0, ex1, ey1 = extent[i]
-        crop = masks[i, ey0:ey1, ex0:ex1]
-        rows = np.flatnonzero(crop.any(axis=1))
-        if len(rows) == 0:
-            keep[i] = False
-            continue
-        cols = np.flatnonzero(crop.any(axis=0))
-        new = np.array([ex0 + cols[0], ey0 + rows[0], ex0 + cols[-1] + 1, ey0 + rows[-1] + 1], np.float64)
-        area = int(np.count_nonzero(crop[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]))
-        still_in_place = bool(np.all(np.abs(new - old_boxes[i]) <= box_tolerance))
-        keep[i] = still_in_place or area > min_visible_area
-        boxes[i] = new
-
-    kept = np.flatnonzero(keep)
+    kept = np.flatnonzero(alive)
     if len(kept) < total:  # compact in place: only rows after the first dropped one move
         for dst, src in enumerate(kept):
             if dst != src:
@@ -257,5 +272,5 @@ def _occlude(sample: Sample, image: np.ndarray, pieces: list, box_tolerance: flo
     pasted_ids = np.array([pc[5] for pc in pieces], dtype=object)
     extra["instance_id"] = np.concatenate([original_ids, pasted_ids])[kept]
     extra["pool_row"] = np.concatenate([t.extra.get("pool_row", np.full(n, -1, np.int64)), pool_rows])[kept]
-    targets = Targets(boxes[kept], masks, labels, extra)
+    targets = Targets(boxes[kept].astype(np.float32), masks, labels, extra)
     return Sample(image, targets, dict(sample.meta))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-BLEND_MODES = ("hard", "alpha", "gaussian", "poisson")
+from xpaste.paste.config import BLEND_MODES
 
 
 @dataclass(frozen=True)
