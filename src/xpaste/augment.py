@@ -144,7 +144,7 @@ def augment_dataset(dataset_path: str | os.PathLike, images_dir: str | os.PathLi
     """Write OUT/images/ and OUT/annotations.json; see the module docstring for determinism and resume."""
     from tqdm import tqdm
 
-    from xpaste.data.coco import dataset_to_json, load_coco
+    from xpaste.data.coco import check_masks_present, dataset_to_json, load_coco
     from xpaste.data.stats import category_stats, load_stats, scale_prior_from_stats
     from xpaste.pool.store import InstancePool
 
@@ -157,6 +157,7 @@ def augment_dataset(dataset_path: str | os.PathLike, images_dir: str | os.PathLi
         raise XPasteError(f"engine must be 'local' or 'ray', got {engine!r}")
     out = Path(out_dir)
     dataset = load_coco(dataset_path)
+    check_masks_present(dataset)  # box-only annotations: refused up front, in one line
     pool = InstancePool.open(pool_path)
     known = {int(c["id"]): c["name"] for c in dataset.categories}
     missing = sorted(set(pool.counts()) - set(known))

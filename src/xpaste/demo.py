@@ -44,10 +44,9 @@ def _skimage_data_dir() -> Path:
 
 
 def _load_rgb(path: Path, max_side: int) -> np.ndarray:
-    from PIL import Image
+    from xpaste.imageio import read_rgb
 
-    with Image.open(path) as im:
-        return _load_rgb_array(np.array(im.convert("RGB")), max_side)
+    return _load_rgb_array(read_rgb(path), max_side)
 
 
 def _load_rgb_array(rgb: np.ndarray, max_side: int) -> np.ndarray:
@@ -120,6 +119,7 @@ def write_preview(augmented: Path, out_png: Path, max_images: int = 12, tile: in
     import cv2
     from PIL import Image
 
+    from xpaste.imageio import read_rgb
     from xpaste.ops.masks import rle_decode
 
     doc = json.loads((augmented / "annotations.json").read_text())
@@ -128,7 +128,7 @@ def write_preview(augmented: Path, out_png: Path, max_images: int = 12, tile: in
         by_image.setdefault(a["image_id"], []).append(a)
     tiles = []
     for img in doc["images"][:max_images]:
-        rgb = np.array(Image.open(augmented / "images" / img["file_name"]).convert("RGB"))
+        rgb = read_rgb(augmented / "images" / img["file_name"])
         for a in by_image.get(img["id"], []):
             mask = rle_decode(a["segmentation"]).astype(np.uint8)
             contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)

@@ -7,8 +7,10 @@ LVIS-sized file has 1.27M annotations and decoding them all up front would take 
 """
 from __future__ import annotations
 
+import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -19,7 +21,9 @@ import numpy as np
 from xpaste.core.sample import Sample
 from xpaste.core.targets import Targets
 from xpaste.errors import XPasteError
-from xpaste.io import read_json, resolve_inside, write_json_atomic
+from xpaste.imageio import exif_orientation
+from xpaste.imageio import read_rgb as read_image_rgb  # the package's one image reader (EXIF applied)
+from xpaste.io import resolve_inside, write_json_atomic
 from xpaste.ops.masks import polygons_to_mask, rle_decode, rle_encode, tight_box
 
 _LISTS = ("images", "annotations", "categories")
@@ -79,9 +83,57 @@ class CocoDataset:
 
 
 # ----------------------------------------------------------------------------------------------- validation
+# Ids must fit a signed 64-bit integer: pycocotools, lvis, numpy (int64 `ann_id` columns), Parquet and
+# torch all store them so; a larger json integer would overflow or be silently cast to float there.
+ID_MIN, ID_MAX = -(2**63), 2**63 - 1
+
+
 def _is_int(v: Any) -> bool:
     # json gives bool for true/false and float for 1.0; neither is a valid id.
     return type(v) is int
+
+
+def _is_id(v: Any) -> bool:
+    return type(v) is int and ID_MIN <= v <= ID_MAX
+
+
+class _NonStandardToken(ValueError):
+    def __init__(self, token: str):
+        super().__init__(token)
+        self.token = token
+
+
+def _refuse_constant(token: str):
+    raise _NonStandardToken(token)
+
+
+_TOKEN_AT = re.compile(rb"[\[:,]\s*(-?Infinity|NaN)\b")
+
+
+def read_json_finite(path: str | os.PathLike) -> Any:
+    """Parse a json file, refusing the NaN / Infinity / -Infinity tokens Python's json accepts by default.
+
+    Standard JSON (RFC 8259) has no such numbers; Python writes them for float('nan') unless allow_nan=False,
+    and a value read back as NaN later breaks writing (`allow_nan=False`) or comparisons. Uses json's
+    `parse_constant` hook, which costs nothing on files without the tokens. Raises XPasteError naming the file
+    (and the token with its line) for a missing file, malformed json or such a token.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise XPasteError("file not found", path) from None
+    except IsADirectoryError:
+        raise XPasteError("expected a json file, got a folder", path) from None
+    try:
+        return json.loads(data, parse_constant=_refuse_constant)
+    except _NonStandardToken as e:
+        m = _TOKEN_AT.search(data)
+        where = f" (line {data.count(10, 0, m.start(1)) + 1})" if m else ""  # 10: b"\n"
+        raise XPasteError(f"the json contains the non-standard number {e.token}{where}", path,
+                          "standard JSON has no NaN/Infinity: write null or a finite number instead") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise XPasteError(f"malformed json: {e}", path) from None
 
 
 def _check_records(records: list, kind: str, required: dict[str, str], path) -> None:
@@ -95,11 +147,12 @@ def _check_records(records: list, kind: str, required: dict[str, str], path) -> 
             if key not in rec:
                 raise XPasteError(f"{kind} #{i} (id={rid}) has no {key!r}", path)
             value = rec[key]
-            ok = _is_int(value) if typ in ("int", "posint") else isinstance(value, str)
+            ok = _is_id(value) if typ in ("int", "posint") else isinstance(value, str)
             if ok and typ == "posint":
                 ok = value > 0
             if not ok:
-                want = {"int": "an integer", "posint": "a positive integer", "str": "a string"}[typ]
+                want = {"int": "an integer in the signed 64-bit range", "posint": "a positive integer",
+                        "str": "a string"}[typ]
                 raise XPasteError(f"{kind} #{i} (id={rid}) has {key!r}={value!r}, expected {want}", path)
         if rec["id"] in seen:
             raise XPasteError(f"duplicate {kind} id {rec['id']}", path)
@@ -112,6 +165,7 @@ def _check_annotations(anns: list, image_ids: set, category_ids: set, path) -> N
     try:
         columns = [[a[k] for a in anns] for k in keys]
         fast_ok = all(all(type(v) is int for v in col) for col in columns)
+        fast_ok = fast_ok and all(ID_MIN <= min(col) and max(col) <= ID_MAX for col in columns if col)
     except (KeyError, TypeError):
         fast_ok = False
     if not fast_ok:
@@ -121,10 +175,10 @@ def _check_annotations(anns: list, image_ids: set, category_ids: set, path) -> N
             for k in keys:
                 if k not in ann:
                     raise XPasteError(f"annotation #{i} (id={ann.get('id', '?')}) has no {k!r}", path)
-                if not _is_int(ann[k]):
+                if not _is_id(ann[k]):
                     raise XPasteError(
-                        f"annotation #{i} (id={ann.get('id', '?')}) has {k!r}={ann[k]!r}, expected an integer",
-                        path)
+                        f"annotation #{i} (id={ann.get('id', '?')}) has {k!r}={ann[k]!r}, expected an integer"
+                        " in the signed 64-bit range", path)
         raise AssertionError("unreachable: fast path failed but no bad annotation found")
     ann_ids, img_col, cat_col = columns
     if len(set(ann_ids)) != len(ann_ids):
@@ -163,8 +217,13 @@ def _validate(obj: Any, path) -> None:
 
 
 def load_coco(path: str | os.PathLike) -> CocoDataset:
-    """Read and validate a COCO / LVIS instances json."""
-    return CocoDataset.from_json(read_json(path), path)
+    """Read and validate a COCO / LVIS instances json.
+
+    Refused with one XPasteError line naming the file: malformed json, NaN/Infinity tokens anywhere, missing
+    lists, ids that are not integers in the signed 64-bit range, duplicate ids, annotations referring to
+    unknown image or category ids, images without file_name/height/width.
+    """
+    return CocoDataset.from_json(read_json_finite(path), path)
 
 
 def dataset_to_json(dataset: CocoDataset) -> dict:
@@ -208,13 +267,71 @@ def _compressed_counts(counts: str, ann_id) -> list[int]:
     return out
 
 
+# Why an annotation was not converted to an instance: the fixed vocabulary of `skipped_annotations` entries,
+# which are (annotation id, "<reason>: <detail>") pairs.
+NO_MASK = "no_mask"  # segmentation absent, null, [] or {} (a detection-style annotation: box only)
+DEGENERATE_POLYGON = "degenerate_polygon"  # no polygon part with an even number >= 6 of coordinates
+INVALID_SEGMENTATION = "invalid_segmentation"  # wrong types, bad coordinates, malformed RLE
+SIZE_MISMATCH = "size_mismatch"  # RLE size differs from the image's height/width
+OUT_OF_IMAGE = "out_of_image"  # the polygon lies entirely outside the image
+EMPTY_MASK = "empty_mask"  # decodes to no pixel (zero-area polygon, all-zero RLE)
+SKIP_REASONS = (NO_MASK, DEGENERATE_POLYGON, INVALID_SEGMENTATION, SIZE_MISMATCH, OUT_OF_IMAGE, EMPTY_MASK)
+
+
+class AnnotationError(ValueError):
+    """A segmentation that cannot become a mask; `reason` is one of SKIP_REASONS, str() names the annotation."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def skip_reason(why: str) -> str:
+    """The reason code of a `skipped_annotations` entry's text ("<reason>: <detail>")."""
+    code = str(why).split(":", 1)[0].strip()
+    return code if code in SKIP_REASONS else INVALID_SEGMENTATION
+
+
+def count_skipped_by_reason(skipped) -> dict[str, int]:
+    """{reason: count} of an iterable of (annotation, why) pairs as `load_sample` lists them.
+
+    Keys are SKIP_REASONS codes in that fixed order; only reasons that occur are present.
+    """
+    counts = dict.fromkeys(SKIP_REASONS, 0)
+    for _, why in skipped:
+        counts[skip_reason(why)] += 1
+    return {k: v for k, v in counts.items() if v}
+
+
+def has_mask(ann: dict) -> bool:
+    """False for a box-only annotation: `segmentation` absent, null, [] or {}."""
+    seg = ann.get("segmentation")
+    return not (seg is None or (isinstance(seg, (list, dict)) and not seg))
+
+
+def check_masks_present(dataset: CocoDataset) -> None:
+    """Refuse, in one XPasteError line, a dataset with annotations that have a box but no mask.
+
+    Copy-paste occludes and re-boxes instance masks; a box-only annotation cannot be occluded correctly, and
+    inventing a mask (e.g. the filled box) would silently change the labels. Raises XPasteError naming the
+    file, the count and the first such annotation id.
+    """
+    maskless = [a for a in dataset.annotations if not has_mask(a)]
+    if maskless:
+        first = maskless[0]
+        raise XPasteError(
+            f"{len(maskless)} of {len(dataset.annotations)} annotations have no mask (segmentation absent or "
+            f"empty; a box only), e.g. annotation id {first.get('id')} on image id {first.get('image_id')}",
+            dataset.path, "copy-paste needs instance masks: add polygons or RLE (e.g. from a box-prompted "
+            "segmenter) or remove these annotations")
+
+
 def _decode_rle(seg: dict, height: int, width: int, ann_id) -> np.ndarray:
     size, counts = seg.get("size"), seg.get("counts")
     if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_int(v) for v in size)):
         raise ValueError(f"annotation {ann_id}: RLE 'size' must be [height, width], got {size!r}")
     if tuple(size) != (height, width):
-        raise ValueError(
-            f"annotation {ann_id}: RLE size {list(size)} differs from the image size [{height}, {width}]")
+        raise AnnotationError(SIZE_MISMATCH, f"annotation {ann_id}: RLE size {list(size)} differs from the image size [{height}, {width}]")
     if isinstance(counts, list):
         if not all(_is_int(v) and v >= 0 for v in counts):
             raise ValueError(f"annotation {ann_id}: uncompressed RLE counts must be non-negative integers")
@@ -232,39 +349,72 @@ def _decode_rle(seg: dict, height: int, width: int, ann_id) -> np.ndarray:
     return rle_decode({"size": [height, width], "counts": counts})
 
 
-def _decode_polygons(seg: list, height: int, width: int, ann_id) -> np.ndarray:
+def _decode_polygons(seg: list, height: int, width: int, ann_id) -> tuple[np.ndarray, list[int]]:
+    """The mask of the usable polygon parts and the indices of the parts dropped.
+
+    Parts with an odd number or fewer than 6 coordinates are dropped, as detectron2's COCO loader does
+    (`load_coco_json`: "filter out invalid polygons (< 3 points)"); pycocotools rasterises a part with
+    fewer than 3 points to no pixel, so the mask is the one pycocotools draws for the whole annotation.
+    """
     # pycocotools reads a 4-number "polygon" as a box and allocates memory proportional to the polygon's
     # perimeter, so malformed or absurdly distant coordinates are rejected before rasterising.
     limit = 8 * max(height, width) + 64
+    kept, dropped = [], []
     for j, poly in enumerate(seg):
         if not isinstance(poly, (list, tuple)):
-            raise ValueError(f"annotation {ann_id}: polygon {j} is a {type(poly).__name__}, expected a list")
-        if len(poly) < 6 or len(poly) % 2:
-            raise ValueError(f"annotation {ann_id}: polygon {j} has {len(poly)} coordinates "
-                             f"(needs an even number, at least 6 = 3 points)")
+            raise AnnotationError(INVALID_SEGMENTATION,
+                                  f"annotation {ann_id}: polygon {j} is a {type(poly).__name__}, expected a list")
         for v in poly:
             if type(v) not in (int, float) or not math.isfinite(v) or abs(v) > limit:
-                raise ValueError(f"annotation {ann_id}: polygon {j} has an invalid coordinate {v!r}")
-    return polygons_to_mask(seg, height, width)
+                raise AnnotationError(INVALID_SEGMENTATION,
+                                      f"annotation {ann_id}: polygon {j} has an invalid coordinate {v!r}")
+        (kept if len(poly) >= 6 and len(poly) % 2 == 0 else dropped).append(j)
+    if not kept:
+        lengths = [len(p) for p in seg]
+        raise AnnotationError(DEGENERATE_POLYGON, f"annotation {ann_id}: no usable polygon (each needs an even "
+                              f"number of coordinates, at least 6 = 3 points; got {lengths})")
+    return polygons_to_mask([seg[j] for j in kept], height, width), dropped
+
+
+def _decode(ann: dict, height: int, width: int) -> tuple[np.ndarray, list[int]]:
+    ann_id = ann.get("id", "?")
+    if not has_mask(ann):
+        raise AnnotationError(NO_MASK, f"annotation {ann_id}: no segmentation (a box only)")
+    seg = ann["segmentation"]
+    try:
+        if isinstance(seg, list):
+            mask, dropped = _decode_polygons(seg, height, width, ann_id)
+        elif isinstance(seg, dict):
+            mask, dropped = _decode_rle(seg, height, width, ann_id), []
+        else:
+            raise ValueError(f"annotation {ann_id}: segmentation is a {type(seg).__name__}, expected list or dict")
+    except AnnotationError:
+        raise
+    except ValueError as e:
+        raise AnnotationError(INVALID_SEGMENTATION, str(e)) from None
+    return np.ascontiguousarray(mask, dtype=bool), dropped
 
 
 def decode_annotation_mask(ann: dict, height: int, width: int) -> np.ndarray:
     """The (height, width) bool mask of a COCO annotation (polygons, uncompressed or compressed RLE).
 
-    Raises ValueError naming the annotation id when the segmentation is missing or malformed; a bbox is
-    never used as a substitute because that would silently turn a broken mask into a wrong one.
+    Polygon parts with fewer than 3 points or an odd number of coordinates are left out (see
+    `_decode_polygons`); the mask may be empty (the caller decides). Raises AnnotationError (a ValueError
+    with a `reason` from SKIP_REASONS) naming the annotation id when there is no segmentation or no usable
+    one; a bbox is never used as a substitute because that would silently turn a missing mask into a wrong one.
     """
-    ann_id = ann.get("id", "?")
+    return _decode(ann, height, width)[0]
+
+
+def _empty_reason(ann: dict, height: int, width: int) -> str:
+    """OUT_OF_IMAGE when every polygon point lies outside the image on one side, else EMPTY_MASK."""
     seg = ann.get("segmentation")
-    if seg is None or (isinstance(seg, (list, dict)) and not seg):
-        raise ValueError(f"annotation {ann_id}: no segmentation")
     if isinstance(seg, list):
-        mask = _decode_polygons(seg, height, width, ann_id)
-    elif isinstance(seg, dict):
-        mask = _decode_rle(seg, height, width, ann_id)
-    else:
-        raise ValueError(f"annotation {ann_id}: segmentation is a {type(seg).__name__}, expected list or dict")
-    return np.ascontiguousarray(mask, dtype=bool)
+        xs = [v for p in seg for v in p[0::2]]
+        ys = [v for p in seg for v in p[1::2]]
+        if xs and (max(xs) <= 0 or min(xs) >= width or max(ys) <= 0 or min(ys) >= height):
+            return OUT_OF_IMAGE
+    return EMPTY_MASK
 
 
 def annotation_from_mask(mask: np.ndarray, category_id: int, ann_id: int, image_id: int,
@@ -295,54 +445,26 @@ def annotation_from_mask(mask: np.ndarray, category_id: int, ann_id: int, image_
     return ann
 
 
-# ------------------------------------------------------------------------------------------------- images
-def _pil_to_rgb(im) -> np.ndarray:
-    mode = im.mode
-    if mode.startswith("I;16") or mode == "I":
-        # 16-bit grayscale: convert("L") would clip at 255 rather than scale, so scale 0..65535 to 0..255
-        # with rounding ((2v + 257) // 514 == round(v / 257)).
-        a = np.clip(np.asarray(im).astype(np.int64), 0, 65535)
-        gray = ((2 * a + 257) // 514).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    if mode == "F":
-        raise ValueError("floating-point images (mode F) have no defined 8-bit range")
-    if mode != "RGB":
-        # Covers 1, L, LA, P, PA, RGBA (alpha dropped), CMYK, YCbCr, LAB, HSV.
-        im = im.convert("RGB")
-    return np.array(im, dtype=np.uint8)  # a writable copy: samples are edited in place by transforms
-
-
-def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file into (H, W, 3) uint8 RGB.
-
-    EXIF orientation is deliberately not applied: COCO's height/width describe the stored pixel array.
-    """
-    import warnings
-
-    from PIL import Image
-
-    path = Path(path)
-    if not path.is_file():
-        raise XPasteError("image file not found", path)
-    try:
-        with warnings.catch_warnings():
-            # Palette images with byte transparency warn on conversion; the alpha is dropped anyway.
-            warnings.simplefilter("ignore", UserWarning)
-            with Image.open(path) as im:
-                im.load()  # force a full decode here, so truncated files fail inside this try
-                arr = _pil_to_rgb(im)
-    except MemoryError:
-        raise
-    except Exception as e:  # PIL raises OSError, SyntaxError, EOFError, struct.error ... on corrupt files
-        raise XPasteError(f"cannot decode image: {type(e).__name__}: {e}", path) from None
-    if arr.ndim != 3 or arr.shape[2] != 3:
-        raise XPasteError(f"cannot decode image: unexpected pixel array shape {arr.shape}", path)
-    return arr
-
-
 # ------------------------------------------------------------------------------------------------ samples
+def _size_hint(path: Path, image: np.ndarray, h: int, w: int) -> str:
+    orientation = exif_orientation(path)
+    if orientation in (5, 6, 7, 8) and image.shape[:2] == (w, h):
+        return (f"the file's EXIF orientation {orientation} turns it by 90 degrees on display; xpaste, like "
+                "detectron2, ultralytics and OpenCV, reads the displayed image: the json's width/height (and "
+                "annotations) must describe the image as displayed")
+    return "the json's width/height must match the image as displayed (EXIF orientation applied)"
+
+
 def load_sample(dataset: CocoDataset, image_id: int, images_dir: str | os.PathLike) -> Sample:
-    """Read one image and its instances. Broken or empty annotations are skipped and listed in meta."""
+    """Read one image (as displayed: EXIF orientation applied) and its instances.
+
+    Returns a Sample: image (H, W, 3) uint8 RGB, targets (boxes XYXY float32 tight to the masks, masks
+    (N, H, W) bool, labels int64 category ids, extra iscrowd bool / ann_id int64), meta with
+    `skipped_annotations`: [(annotation id, "<reason>: <detail>")] for every annotation of the image not
+    converted (reasons: SKIP_REASONS; count them with `count_skipped_by_reason`), and
+    `trimmed_annotations`: [(annotation id, detail)] for annotations kept without some degenerate polygon parts.
+    Raises XPasteError naming the file when the image is missing, unreadable, or not the json's size.
+    """
     info = dataset.image_by_id.get(image_id)
     if info is None:
         raise XPasteError(f"image id {image_id!r} is not in the dataset", dataset.path)
@@ -351,20 +473,24 @@ def load_sample(dataset: CocoDataset, image_id: int, images_dir: str | os.PathLi
     image = read_image_rgb(path)
     h, w = int(info["height"]), int(info["width"])
     if image.shape[:2] != (h, w):
-        raise XPasteError(
-            f"image is {image.shape[1]}x{image.shape[0]} (WxH) but the dataset says {w}x{h}", path,
-            "the json's width/height must match the stored pixels (EXIF rotation is not applied)")
+        raise XPasteError(f"image is {image.shape[1]}x{image.shape[0]} (WxH, as displayed) but the dataset says "
+                          f"{w}x{h}", path, _size_hint(path, image, h, w))
 
-    masks, labels, crowd, ann_ids, skipped = [], [], [], [], []
+    masks, labels, crowd, ann_ids, skipped, trimmed = [], [], [], [], [], []
     for ann in dataset.annotations_for(image_id):
         try:
-            mask = decode_annotation_mask(ann, h, w)
-        except ValueError as e:
-            skipped.append((ann["id"], str(e)))
+            mask, dropped = _decode(ann, h, w)
+        except AnnotationError as e:
+            skipped.append((ann["id"], f"{e.reason}: {e}"))
             continue
         if not mask.any():
-            skipped.append((ann["id"], "empty mask"))
+            reason = _empty_reason(ann, h, w)
+            where = "lies outside the image" if reason == OUT_OF_IMAGE else "covers no pixel"
+            skipped.append((ann["id"], f"{reason}: annotation {ann['id']}: the mask {where}"))
             continue
+        if dropped:
+            trimmed.append((ann["id"], f"{DEGENERATE_POLYGON}: polygon part(s) {dropped} with fewer than 3 points "
+                                       "or an odd number of coordinates left out"))
         masks.append(mask)
         labels.append(ann["category_id"])
         crowd.append(bool(ann.get("iscrowd", 0)))
@@ -378,5 +504,5 @@ def load_sample(dataset: CocoDataset, image_id: int, images_dir: str | os.PathLi
     else:
         targets = Targets.empty(h, w, dict(EXTRA_DTYPES))
     meta = {"image_id": image_id, "file_name": file_name, "height": h, "width": w, "path": str(path),
-            "skipped_annotations": skipped}
+            "skipped_annotations": skipped, "trimmed_annotations": trimmed}
     return Sample(image, targets, meta)

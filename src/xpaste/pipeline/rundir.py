@@ -74,9 +74,9 @@ def save_png(run_dir: Path, rel: str, array: np.ndarray) -> None:
 
 
 def load_rgb(run_dir: Path, rel: str) -> np.ndarray:
-    from xpaste.data.coco import read_image_rgb
+    from xpaste.imageio import read_rgb
 
-    return read_image_rgb(resolve_inside(run_dir, rel, "image path"))
+    return read_rgb(resolve_inside(run_dir, rel, "image path"))
 
 
 def load_mask(run_dir: Path, rel: str) -> np.ndarray:

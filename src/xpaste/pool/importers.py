@@ -87,21 +87,14 @@ def import_coco(dataset_path: str | os.PathLike, images_dir: str | os.PathLike, 
 
 
 def _read_rgba(path: Path, mask_path: Path | None) -> np.ndarray:
-    from PIL import Image
+    from xpaste.imageio import read_gray, read_rgba  # the package's one reader (EXIF applied, one-line errors)
 
-    try:
-        with Image.open(path) as im:
-            rgba = np.array(im.convert("RGBA"))
-        if mask_path is not None:
-            with Image.open(mask_path) as im:
-                alpha = np.array(im.convert("L"))
-            if alpha.shape != rgba.shape[:2]:
-                raise XPasteError(f"mask is {alpha.shape} but image is {rgba.shape[:2]}", mask_path)
-            rgba[..., 3] = alpha
-    except XPasteError:
-        raise
-    except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
-        raise XPasteError(f"cannot read image: {e}", path) from None
+    rgba = read_rgba(path)
+    if mask_path is not None:
+        alpha = read_gray(mask_path)
+        if alpha.shape != rgba.shape[:2]:
+            raise XPasteError(f"mask is {alpha.shape} but image is {rgba.shape[:2]}", mask_path)
+        rgba[..., 3] = alpha
     return rgba
 
 

@@ -167,12 +167,12 @@ def _figure(img: str, caption: str, title: str = "", cls: str = "") -> str:
 
 def _candidate_thumb(run: Path, d: dict) -> np.ndarray | None:
     """The rejected candidate as the pool would have cut it out; the whole image when there is no mask."""
-    from xpaste.data.coco import read_image_rgb
+    from xpaste.imageio import read_rgb
     from xpaste.pipeline.build_pool import cutout
     from xpaste.pipeline.rundir import load_mask
 
     try:
-        rgb = read_image_rgb(resolve_inside(run, d["path"], "image path"))
+        rgb = read_rgb(resolve_inside(run, d["path"], "image path"))
     except (XPasteError, KeyError, TypeError):
         return None
     rgba = None
@@ -350,7 +350,8 @@ def _coverage(inp: _Inputs, assets: Assets, max_categories: int) -> str:
 
 
 def _gallery(inp: _Inputs, assets: Assets, limit: int) -> str:
-    from xpaste.data.coco import decode_annotation_mask, read_image_rgb
+    from xpaste.data.coco import decode_annotation_mask
+    from xpaste.imageio import read_rgb
 
     if inp.aug is None:
         return '<p class="missing">No augmented folder given: no gallery.</p>'
@@ -361,7 +362,7 @@ def _gallery(inp: _Inputs, assets: Assets, limit: int) -> str:
     figs, failed = [], 0
     for im in images[:limit]:
         try:
-            rgb = read_image_rgb(resolve_inside(inp.augmented / "images", im["file_name"], "image file name"))
+            rgb = read_rgb(resolve_inside(inp.augmented / "images", im["file_name"], "image file name"))
         except (XPasteError, KeyError):
             failed += 1
             continue

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Protocol, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps
 
 from xpaste.errors import XPasteError
 from xpaste.io import resolve_inside
@@ -92,16 +91,9 @@ def list_images(source: str | os.PathLike) -> list[Path]:
 
 def load_rgb(path: str | os.PathLike) -> np.ndarray:
     """Decode an image file to (H, W, 3) uint8 RGB: EXIF rotation applied, transparency put on white."""
-    if os.path.getsize(path) == 0:
-        raise ValueError("empty file")
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)  # phone photos store the rotation in EXIF; CLIP needs it upright
-        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-            # Transparent product shots: a white backdrop is what the background filter should see.
-            im = im.convert("RGBA")
-            white = Image.new("RGBA", im.size, (255, 255, 255, 255))
-            im = Image.alpha_composite(white, im)
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    from xpaste.imageio import read_rgb  # the package's one reader; white: what the background filter sees
+
+    return read_rgb(path, background=(255, 255, 255))
 
 
 def rank_folder(paths: Sequence[str | os.PathLike], category_texts: Sequence[str], scorer: ImageTextEmbedder,
