@@ -23,11 +23,12 @@ def export_yolo_cmd(
     from xpaste.errors import XPasteError
 
     try:
-        from xpaste.integrations.yolo_export import export_yolo_seg
+        import ultralytics.data.utils  # noqa: F401  (yolo_export imports it lazily: fail here, in one line)
     except ModuleNotFoundError as e:
         if e.name and e.name.split(".")[0] == "ultralytics":  # the AGPL extra is optional: say how to get it
             raise XPasteError("ultralytics is not installed", hint="pip install 'xpaste[ultralytics]'") from None
         raise
+    from xpaste.integrations.yolo_export import export_yolo_seg
     if not 0.0 <= val_fraction < 1.0:
         raise typer.BadParameter("must be in [0, 1)", param_hint="--val-fraction")
     data_yaml = export_yolo_seg(dataset, images, out, split=split, val_fraction=val_fraction, seed=seed,

@@ -1,54 +1,206 @@
-"""COCO / LVIS -> ultralytics YOLO-seg export: layout, labels and the mask -> polygon conversion.
+"""COCO / LVIS -> ultralytics YOLO-seg export: layout, label paths and the exact mask -> polygon conversion.
 
 ultralytics is AGPL-3.0, so this module is an optional extra (`pip install 'xpaste[ultralytics]'`) and is
-never imported by `xpaste/__init__.py`.
+never imported by `xpaste/__init__.py` (checked against ultralytics 8.4.190).
+
+Rules, each taken from ultralytics itself:
+
+* Label paths: ultralytics finds an image's label with `ultralytics.data.utils.img2label_paths`, which replaces
+  the LAST `/images/` component of the image path with `/labels/` and the extension with `.txt`. The exporter
+  calls that very function on the path it writes each image to, so a `file_name` such as "images/a.png" or
+  "x/images/b.jpg" gets its label exactly where ultralytics will look (here: next to the image, in a
+  `labels/` sibling of the inner `images/` folder). Two images whose label paths coincide ("a.png" and "a.jpg"
+  in one folder, the same file_name twice) and images ultralytics never lists (an extension outside
+  `IMG_FORMATS`, a hidden file or folder, which its `**/*.*` glob skips) are refused in one line before
+  anything is written.
+* Polygons: ultralytics rasterises a label with `polygon2mask` (coordinates truncated to int, `cv2.fillPoly`,
+  even-odd rule, polygon edges drawn). Mask pixel (x, y) covers [x, x+1) x [y, y+1), so contour points are
+  written at pixel centres (+0.5), which truncation maps back to the same pixels. Every annotation is first
+  rasterised the pycocotools way (`decode_annotation_mask`) and the polygon is traced from that mask, so polygon,
+  compressed-RLE and uncompressed-RLE sources all export to the pixels pycocotools gives them.
+* One polygon per instance: outer contours and hole contours (`cv2.RETR_CCOMP`) are joined into one polygon by
+  zero-width bridges, each walked there and back (ultralytics' own COCO converter joins parts the same way,
+  `merge_multi_segment`). Under the even-odd rule a bridge changes no parity, so holes stay holes; the only
+  error is the pixels a bridge crosses (none for a hole, whose bridge runs through the object; a short line
+  for separate parts: bridges form a minimum spanning tree in Chebyshev distance, the pixel length of a line).
+* Thin objects stay: a 1-pixel line traces to a 2-point contour, written as the 3-point polygon (p0, p1, p0),
+  a single pixel as (p, p, p); a label row needs >= 3 points (ultralytics refuses a file mixing 5-column rows).
 """
 from __future__ import annotations
 
 import os
+import posixpath
 import shutil
+from collections import Counter
 from pathlib import Path
 
-import cv2
 import numpy as np
 import yaml
-from ultralytics.data.converter import merge_multi_segment
 
 from xpaste.data.coco import decode_annotation_mask, load_coco
 from xpaste.errors import XPasteError
 from xpaste.io import resolve_inside
 
+_BLOCK = 4_000_000  # point pairs per distance block in _closest (bounds its memory to ~100 MB)
 
-# ----------------------------------------------------------------------------- masks <-> polygons
-def mask_to_polygon(mask: np.ndarray, min_points: int = 1) -> np.ndarray | None:
-    """One (M, 2) float32 pixel-coordinate polygon for a bool mask, or None when it has no usable contour.
 
-    Every external contour with at least `min_points` points is kept; several parts are joined the way
-    ultralytics' `merge_multi_segment` joins multi-polygon COCO annotations.
+# ----------------------------------------------------------------------------- masks -> one polygon
+def _closest(a: np.ndarray, b: np.ndarray) -> tuple[int, int, int]:
+    """(i, j, d) with a[i], b[j] the closest pair in Chebyshev distance d = max(|dx|, |dy|) (int (N, 2), (M, 2))."""
+    best = (0, 0, np.iinfo(np.int64).max)
+    step = max(1, _BLOCK // len(b))
+    for s in range(0, len(a), step):
+        d = np.abs(a[s:s + step, None, :] - b[None, :, :]).max(axis=2)
+        i, j = np.unravel_index(int(d.argmin()), d.shape)
+        if d[i, j] < best[2]:
+            best = (s + int(i), int(j), int(d[i, j]))
+    return best
+
+
+def _box_gap(p: np.ndarray, q: np.ndarray) -> int:
+    """A lower bound of the Chebyshev distance between two boxes (x1, y1, x2, y2)."""
+    return int(max(0, q[0] - p[2], p[0] - q[2], q[1] - p[3], p[1] - q[3]))
+
+
+def _spanning_tree(parts: list[np.ndarray]) -> tuple[int, dict[int, list[tuple[int, int]]], dict[int, int]]:
+    """Prim's minimum spanning tree over contours: (root, children {k: [(point index, child)]}, entry point)."""
+    boxes = [np.concatenate([p.min(axis=0), p.max(axis=0)]) for p in parts]
+    root = max(range(len(parts)), key=lambda k: (boxes[k][2] - boxes[k][0]) * (boxes[k][3] - boxes[k][1]))
+    children: dict[int, list[tuple[int, int]]] = {k: [] for k in range(len(parts))}
+    entry = {root: 0}
+    best: dict[int, tuple[int, int, int, int]] = {}  # k -> (distance, parent, parent point, k's point)
+    newest = root
+    todo = set(range(len(parts))) - {root}
+    while todo:
+        for q in todo:  # only the contour attached last can bring q closer
+            if q in best and _box_gap(boxes[newest], boxes[q]) >= best[q][0]:
+                continue
+            i, j, d = _closest(parts[newest], parts[q])
+            if q not in best or d < best[q][0]:
+                best[q] = (d, newest, i, j)
+        k = min(todo, key=lambda q: best[q][0])
+        _, parent, i, j = best.pop(k)
+        children[parent].append((i, k))
+        entry[k] = j
+        todo.discard(k)
+        newest = k
+    return root, children, entry
+
+
+def mask_to_polygon(mask: np.ndarray) -> np.ndarray | None:
+    """One (M, 2) float32 polygon (x, y pixel coordinates, M >= 3) for an (H, W) bool mask; None if it is empty.
+
+    Outer and hole contours are bridged into one polygon (module docstring), so that ultralytics'
+    `polygon2mask` of the result covers every mask pixel, no hole pixel, and otherwise only the pixels the
+    bridges between separate parts cross. Never returns None for a non-empty mask.
     """
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    parts = [c.reshape(-1, 2).astype(np.float32) + 0.5 for c in contours if len(c) >= min_points]
+    import cv2
+
+    m = np.ascontiguousarray(np.asarray(mask, dtype=bool), dtype=np.uint8)
+    if m.ndim != 2:
+        raise ValueError(f"mask must be 2-D, got shape {m.shape}")
+    contours, _ = cv2.findContours(m, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    parts = [c.reshape(-1, 2).astype(np.int64) for c in contours if len(c)]
     if not parts:
         return None
-    if len(parts) == 1:
-        return parts[0]
-    return np.concatenate(merge_multi_segment([p.reshape(-1).tolist() for p in parts]), axis=0).astype(np.float32)
+    root, children, entry = _spanning_tree(parts)
+    at = [{} for _ in parts]  # contour -> {point index: [children bridged there]}
+    for k, kids in children.items():
+        for i, c in kids:
+            at[k].setdefault(i, []).append(c)
+    # Walk each contour once from its entry point; at a point with children, go over each bridge, walk the
+    # child, and come back to the point. Explicit stack of (contour, step, next child at this step).
+    out: list[np.ndarray] = []
+    stack = [(root, 0, 0)]
+    while stack:
+        k, s, c = stack.pop()
+        pts, e = parts[k], entry[k]
+        if s == len(pts):
+            out.append(pts[e])  # closed: back at the entry point, to return over the bridge
+            continue
+        idx = (e + s) % len(pts)
+        out.append(pts[idx])  # the point itself, or the return to it from child c - 1
+        kids = at[k].get(idx, ())
+        if c < len(kids):
+            stack.append((k, s, c + 1))
+            stack.append((kids[c], 0, 0))
+        else:
+            stack.append((k, s + 1, 0))
+    poly = np.asarray(out, np.float32) + 0.5
+    if len(poly) < 3:
+        poly = poly[[0, -1, 0]]  # a point or a 1-pixel line: (p, p, p) or (p0, p1, p0)
+    return poly
 
 
-def _coco_polygon(ann: dict, height: int, width: int) -> np.ndarray | None:
-    """The polygon of one COCO annotation: its own polygons when it has them, else contours of its RLE mask."""
-    seg = ann.get("segmentation")
-    if isinstance(seg, list) and seg:
-        parts = [p for p in seg if isinstance(p, list) and len(p) >= 6]
-        if parts:
-            if len(parts) == 1:
-                return np.asarray(parts[0], np.float32).reshape(-1, 2)
-            return np.concatenate(merge_multi_segment(parts), axis=0).astype(np.float32)
-    mask = decode_annotation_mask(ann, height, width)  # raises ValueError for a malformed segmentation
-    return mask_to_polygon(mask, min_points=3) if mask.any() else None
+def annotation_polygon(ann: dict, height: int, width: int) -> np.ndarray:
+    """The polygon of one COCO annotation: its pycocotools mask, traced by `mask_to_polygon`.
+
+    Raises ValueError when the segmentation is missing or malformed (`decode_annotation_mask`) or rasterises
+    to no pixel.
+    """
+    poly = mask_to_polygon(decode_annotation_mask(ann, height, width))
+    if poly is None:
+        raise ValueError(f"annotation {ann.get('id', '?')}: its mask is empty")
+    return poly
 
 
-# ----------------------------------------------------------------------------- exporter
+# ----------------------------------------------------------------------------- layout
+def _relative_name(file_name: object) -> str:
+    """`file_name` normalised to a relative posix path ultralytics will list, or an XPasteError."""
+    from ultralytics.data.utils import IMG_FORMATS
+
+    if not isinstance(file_name, str) or not file_name:
+        raise XPasteError(f"image file_name {file_name!r} is not a path")
+    rel = posixpath.normpath(file_name.replace("\\", "/"))
+    parts = rel.split("/")
+    if rel.startswith("/") or parts[0] == "..":
+        raise XPasteError(f"image file_name {file_name!r} points outside the images folder",
+                          hint="file_name must be relative to --images")
+    if any(p.startswith(".") for p in parts):
+        raise XPasteError(f"image file_name {file_name!r} has a hidden file or folder, which ultralytics' image "
+                          "search (glob **/*.*) never lists", hint="rename it in the dataset and on disk")
+    if parts[-1].rpartition(".")[2].lower() not in IMG_FORMATS or "." not in parts[-1]:
+        raise XPasteError(f"image file_name {file_name!r}: ultralytics only reads the extensions "
+                          f"{', '.join(sorted(IMG_FORMATS))}", hint="convert the image, e.g. to .png")
+    return rel
+
+
+def plan_layout(file_names: list, splits: list[str], out_dir: str | os.PathLike) -> list[tuple[Path, Path]]:
+    """(image path, label path) under `out_dir` for each image, as ultralytics will pair them.
+
+    The image goes to out/images/<split>/<file_name>; its label is what ultralytics' own `img2label_paths`
+    gives for that path. Raises XPasteError, before anything is written, for a file_name ultralytics would not
+    list (`_relative_name`) and when two images would share an image or label file.
+    """
+    from ultralytics.data.utils import img2label_paths
+
+    base = Path(out_dir).resolve()  # data.yaml's `path`: ultralytics lists the images under it
+    images = [base / "images" / split / _relative_name(name) for name, split in zip(file_names, splits)]
+    labels = [Path(p) for p in img2label_paths([str(p) for p in images])]
+    owner: dict[Path, str] = {}
+    for name, image, label in zip(file_names, images, labels):
+        for path in (image, label):
+            if path in owner:
+                raise XPasteError(f"images {owner[path]!r} and {name!r} would share the file "
+                                  f"{path.relative_to(base)} in the YOLO layout", base,
+                                  "ultralytics pairs an image with <name without extension>.txt: give one of "
+                                  "them another name")
+            owner[path] = name
+    return list(zip(images, labels))
+
+
+def _duplicate_rows(lines: list[str]) -> int:
+    """How many label rows ultralytics' `verify_image_label` drops as duplicates (same class and box)."""
+    if len(lines) < 2:
+        return 0
+    from ultralytics.utils.ops import segments2boxes
+
+    rows = [line.split() for line in lines]
+    classes = np.array([r[0] for r in rows], np.float32).reshape(-1, 1)
+    boxes = segments2boxes([np.array(r[1:], np.float32).reshape(-1, 2) for r in rows])
+    return len(rows) - len(np.unique(np.concatenate([classes, boxes], 1), axis=0))
+
+
 def _place(src: Path, dst: Path) -> None:
     """Hard-link the image (no copy of a large dataset); copy when linking is impossible (other device)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -60,28 +212,29 @@ def _place(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
+# ----------------------------------------------------------------------------- exporter
 def export_yolo_seg(dataset_json: str | os.PathLike, images_dir: str | os.PathLike, out_dir: str | os.PathLike,
                     split: str = "train", val_fraction: float = 0.0, seed: int = 0,
                     overwrite: bool = False) -> Path:
     """Write a COCO / LVIS dataset (e.g. `xpaste augment` output) in the YOLO-seg layout; returns data.yaml.
 
-    out/images/<split>/<file_name> (hard links, or copies), out/labels/<split>/<stem>.txt with one line
-    `class x1 y1 x2 y2 ...` per instance (coordinates normalised to [0, 1]), and out/data.yaml. Classes are
-    0..K-1 in category-id order (`names` keeps the category names). Crowd annotations are skipped, as YOLO has
-    no ignore regions; images without instances get an empty label file (background images). With
-    `val_fraction` > 0 a seeded random share of the images goes to images/val, else `val` points at `split`.
+    out/images/<split>/<file_name> (hard links, or copies), one label file per image where ultralytics'
+    `img2label_paths` looks for it (`plan_layout`), with one line `class x1 y1 x2 y2 ...` per instance
+    (coordinates normalised by the image's width / height to [0, 1], 6 decimals; polygon from
+    `annotation_polygon`), and out/data.yaml. Classes are 0..K-1 in category-id order (`names` keeps the category
+    names). Crowd annotations are skipped (YOLO has no ignore regions), as are annotations without a usable
+    mask; each skip is counted by reason in the printed summary. Images without instances get an empty label
+    file (background images). With `val_fraction` in (0, 1) a seeded random share of the images goes to
+    images/val, else `val` points at `split`. Raises ValueError for a bad `val_fraction` and XPasteError (before
+    writing anything) for an image ultralytics could not pair with its label, a missing image, or a non-empty
+    images/ or labels/ without `overwrite`.
     """
     dataset = load_coco(dataset_json)
     out = Path(out_dir)
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    for sub in ("images", "labels"):
-        if (out / sub).exists() and any((out / sub).iterdir()):
-            if not overwrite:
-                raise XPasteError(f"{sub}/ already exists and is not empty", out,
-                                  "pick a new --out or pass --overwrite (stale labels and ultralytics' .cache "
-                                  "files would otherwise mix with the new export)")
-            shutil.rmtree(out / sub)
+    if not split or "/" in split or "\\" in split or split.startswith(".") or split == "val" and val_fraction:
+        raise XPasteError(f"split name {split!r} is not usable", hint="a plain folder name other than 'val'")
     cat_ids = sorted(int(c["id"]) for c in dataset.categories)
     class_of = {c: i for i, c in enumerate(cat_ids)}
     names = {i: str(dataset.category_by_id[c]["name"]) for i, c in enumerate(cat_ids)}
@@ -92,34 +245,54 @@ def export_yolo_seg(dataset_json: str | os.PathLike, images_dir: str | os.PathLi
     if n_val:
         for i in np.random.default_rng(seed).permutation(len(images))[:n_val]:
             splits[int(i)] = "val"
-    skipped = 0
-    for info, part in zip(images, splits):
-        h, w = int(info["height"]), int(info["width"])
+    layout = plan_layout([info["file_name"] for info in images], splits, out)
+    sources = []
+    for info in images:
         src = resolve_inside(images_dir, info["file_name"], "file_name")
         if not src.is_file():
             raise XPasteError("image file not found", src)
-        rel = Path(info["file_name"])
-        _place(src, out / "images" / part / rel)
+        sources.append(src)
+    for sub in ("images", "labels"):
+        if (out / sub).exists() and any((out / sub).iterdir()):
+            if not overwrite:
+                raise XPasteError(f"{sub}/ already exists and is not empty", out,
+                                  "pick a new --out or pass --overwrite (stale labels and ultralytics' .cache "
+                                  "files would otherwise mix with the new export)")
+            shutil.rmtree(out / sub)
+
+    skipped: Counter = Counter()
+    written = merged = 0
+    for info, src, (image, label) in zip(images, sources, layout):
+        h, w = int(info["height"]), int(info["width"])
+        _place(src, image)
         lines = []
         for ann in dataset.annotations_for(info["id"]):
             if ann.get("iscrowd", 0):
+                skipped["crowd region (YOLO has no ignore regions)"] += 1
                 continue
             try:
-                poly = _coco_polygon(ann, h, w)
-            except ValueError:
-                poly = None
-            if poly is None:
-                skipped += 1
+                poly = annotation_polygon(ann, h, w)
+            except ValueError as e:
+                reason = str(e).split(": ", 1)[-1]
+                skipped["empty mask" if "empty" in reason else "no usable segmentation" if "no segmentation"
+                        in reason else "malformed segmentation"] += 1
                 continue
             xy = np.clip(poly / np.array([w, h], np.float32), 0.0, 1.0).reshape(-1)
             lines.append(" ".join([str(class_of[int(ann["category_id"])])] + [f"{v:.6f}" for v in xy]))
-        label = (out / "labels" / part / rel).with_suffix(".txt")
         label.parent.mkdir(parents=True, exist_ok=True)
         label.write_text("\n".join(lines) + ("\n" if lines else ""))
+        written += len(lines)
+        merged += _duplicate_rows(lines)
     data = {"path": str(out.resolve()), "train": f"images/{split}",
             "val": "images/val" if n_val else f"images/{split}", "names": names}
     yaml_path = out / "data.yaml"
     yaml_path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    summary = f"export-yolo: {len(images)} images, {written} instances written"
     if skipped:
-        print(f"export-yolo: skipped {skipped} annotations without a usable polygon")
+        summary += f"; skipped {sum(skipped.values())} annotations: " + ", ".join(
+            f"{n} {reason}" for reason, n in sorted(skipped.items()))
+    if merged:
+        summary += (f"; note: {merged} instances repeat the class and box of another in their image, and "
+                    "ultralytics keeps only one of each such group (its duplicate-label rule)")
+    print(summary)
     return yaml_path
