@@ -1,10 +1,96 @@
-"""Mask kernels: tight boxes, areas, RLE / polygon conversion, connected components.
+"""Mask kernels: tight boxes, areas, RLE / polygon conversion, connected components, and the pool-building
+rules of X-Paste (soft-mask normalisation, binarisation at > 128, largest component with holes filled).
 
-pycocotools is imported inside the RLE functions so that the numpy-only helpers stay light.
+pycocotools and OpenCV are imported inside the functions that need them so that the numpy-only helpers stay
+light.
 """
 from __future__ import annotations
 
 import numpy as np
+
+#: X-Paste binarises every 0-255 soft mask at > 128 (method.md, Stage 2; the reference code's `mask > 128`).
+BINARY_THRESHOLD = 128
+
+
+def binarize(soft: np.ndarray, threshold: int = BINARY_THRESHOLD) -> np.ndarray:
+    """(H, W) bool foreground of a 0-255 soft mask: `soft > threshold` (128, as X-Paste's reference code).
+
+    The one binarisation of the package (segment stage, scoring composite, cut-outs, report): spelled once so
+    that a mask value of exactly 128 is background everywhere. A bool input is returned as is.
+    """
+    soft = np.asarray(soft)
+    if soft.dtype == bool:
+        return soft
+    return soft > threshold
+
+
+def normalize_soft(soft: np.ndarray) -> np.ndarray:
+    """Min-max normalise one image's soft mask to a (H, W) uint8 map in 0-255 (method.md, Stage 2).
+
+    X-Paste normalises every segmenter's raw output per image, `(x - min) / (max - min) * 255`, before the
+    > 128 binarisation, so that segmenters with different output ranges (logits, probabilities, mattes) are
+    comparable. Any real dtype is accepted; NaN counts as the minimum. A constant map (max == min, e.g. all
+    zeros, or a segmenter that found nothing) has no foreground: it becomes all zeros. Idempotent on maps
+    that already span 0..255.
+    """
+    x = np.asarray(soft, np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"expected an (H, W) soft mask, got shape {x.shape}")
+    finite = np.isfinite(x)
+    if not finite.any():
+        return np.zeros(x.shape, np.uint8)
+    lo, hi = float(x[finite].min()), float(x[finite].max())
+    if hi <= lo:
+        return np.zeros(x.shape, np.uint8)
+    x = np.where(finite, x, lo)
+    return np.clip(np.rint((x - lo) / (hi - lo) * 255.0), 0, 255).astype(np.uint8)
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """(H, W) bool mask with every hole filled: background not 4-connected to the image border becomes
+    foreground (the same rule as `scipy.ndimage.binary_fill_holes` with its default structure)."""
+    import cv2
+
+    mask = np.asarray(mask, bool)
+    h, w = mask.shape
+    outside = np.zeros((h + 2, w + 2), np.uint8)
+    outside[1:-1, 1:-1] = ~mask
+    outside[0, :] = outside[-1, :] = 1
+    outside[:, 0] = outside[:, -1] = 1
+    flood = np.zeros((h + 4, w + 4), np.uint8)  # floodFill's mask is 2 px larger than its image
+    cv2.floodFill(outside, flood, (0, 0), 2, flags=4)
+    return outside[1:-1, 1:-1] != 2
+
+
+def largest_filled_component(mask: np.ndarray) -> np.ndarray:
+    """X-Paste's cut-out region: the largest external contour of a bool mask, filled (method.md, Stage 3).
+
+    The reference code runs `cv2.findContours(mask, RETR_EXTERNAL, ...)`, keeps the contour with the largest
+    `cv2.contourArea` and draws it filled, so the region is one 8-connected component with its holes filled.
+    Here: the 8-connected components, each with holes filled (`fill_holes`), ranked by the contour area of
+    their external contour (ties: the larger filled pixel count, then the first in raster order).
+    Returns an (H, W) bool mask, all False when the input is empty.
+    """
+    import cv2
+
+    mask = np.asarray(mask, bool)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if n <= 1:
+        return np.zeros(mask.shape, bool)
+    best, best_key = None, None
+    for label in range(1, n):
+        x, y, w, h = (int(v) for v in stats[label, :4])
+        component = labels[y : y + h, x : x + w] == label
+        contours, _ = cv2.findContours(component.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        area = max(cv2.contourArea(c) for c in contours)
+        filled = fill_holes(component)
+        key = (area, int(filled.sum()))
+        if best_key is None or key > best_key:
+            best_key, best = key, (x, y, filled)
+    out = np.zeros(mask.shape, bool)
+    x, y, filled = best
+    out[y : y + filled.shape[0], x : x + filled.shape[1]] = filled
+    return out
 
 
 def tight_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:

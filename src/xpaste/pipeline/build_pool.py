@@ -1,83 +1,171 @@
-"""Stage 3: filter scored cut-outs into the instance pool (X-Paste's selection, plus dedup and DiverGen).
+"""Stage 3: filter scored cut-outs into the instance pool, as X-Paste builds it (method.md, Stage 3).
 
-Per candidate image the segmenter with the best CLIP score wins; a per-category adaptive bar
-min(t, max - d) and an area-fraction range filter the winners; the largest connected component is
-cropped to RGBA; near-duplicates (embedding cosine >= dedup) within a category are dropped, best first;
-optionally cut-outs too far from the category's real instances (DiverGen) are dropped. Every decision is
-written to `<run>/build_pool/decisions.parquet` (for the report), and the pool is appended in a fixed
-order, so a killed build resumes to the same pool (the pool deduplicates by content hash).
+Rules, each from method.md (X-Paste's paper and reference code) unless said otherwise:
+- per candidate image, the segmenter whose cut-out has the highest CLIP score wins (an empty mask never wins);
+- per category an adaptive bar `bar_c = min(t, max_score_c - d)`, the max running over EVERY (segmenter, image)
+  score of the category, not only the per-image winners; reference t = 21 (cosine 0.21), d = 1;
+- the winner's binary-mask area fraction must lie in [area_min, area_max] (reference [0.05, 0.95]);
+- the cut-out is the largest external contour of the binary mask (> 128) with its holes filled, cropped to its
+  box, saved as RGBA with alpha 255 on that region (`cutout`);
+- near-duplicate removal by embedding cosine is opt-in (`dedup`, default off: the reference has none);
+- DiverGen's filter (opt-in, or preset `divergen`): keep a cut-out when the mean CLIP image-image cosine to its
+  category's real instances is >= 0.6, generated cut-outs shown on black and real instances as their box padded
+  by 40 px with a blurred background (`xpaste.score.present`).
+
+Every decision is written to `<run>/build_pool/decisions.parquet` (for the report) and the pool is appended in a
+fixed order. Instance ids are content hashes, so a killed build resumes to the same pool AND the same decision
+log: a cut-out an earlier, interrupted attempt already stored keeps its id and counts as added.
 """
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from xpaste.errors import XPasteError
-from xpaste.pipeline.masks import read_candidates
+from xpaste.pipeline.masks import ScoreStage, SegmentStage, read_candidates
 from xpaste.pipeline.rundir import load_mask, load_rgb, resolve_categories
 from xpaste.pipeline.shards import read_stage
 
+log = logging.getLogger(__name__)
 
-def _decisions(run_dir: Path, config: dict) -> list[dict]:
-    from xpaste.pipeline.masks import ScoreStage, SegmentStage
-    from xpaste.score.filters import adaptive_threshold, dedup_by_embedding
+#: Each paper's documented defaults for the pool-building options (`build_pool.preset`). An option left unset
+#: (None) takes its preset's value; a value given in the config or on the command line wins.
+#: - xpaste (method.md Stage 3, X-Paste reference code): t = 21 (100 x cosine 0.21), d = 1, area fraction in
+#:   [0.05, 0.95], no near-duplicate removal, no real-instance filter.
+#: - divergen (DiverGen, Fan et al. CVPR 2024, as summarised in method.md Stage 3): X-Paste's filters plus the
+#:   CLIP image-image filter against real instances, mean cosine >= 0.6 (needs build_pool.real_pool).
+PRESETS: dict[str, dict[str, Any]] = {
+    "xpaste": {"t": 21.0, "d": 1.0, "area_min": 0.05, "area_max": 0.95, "dedup": None,
+               "real_filter": False, "real_min_similarity": 0.6},
+    "divergen": {"t": 21.0, "d": 1.0, "area_min": 0.05, "area_max": 0.95, "dedup": None,
+                 "real_filter": True, "real_min_similarity": 0.6},
+}
+DEFAULT_PRESET = "xpaste"
 
-    b = config["build_pool"]
+#: Decisions a candidate can get, in the order they are checked.
+KEPT, EMPTY, AREA, BAR, DUPLICATE, IDENTICAL, FAR = ("kept", "empty mask", "area out of range", "below CLIP bar",
+                                                     "near duplicate", "identical pixels", "far from real instances")
+
+
+def _section(config: Any, name: str) -> dict:
+    """A config section as a dict, whether the config is nested dicts or (typed) dataclasses."""
+    value = config[name] if isinstance(config, Mapping) else getattr(config, name)
+    if isinstance(value, Mapping):
+        return dict(value)
+    import dataclasses
+
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else dict(vars(value))
+
+
+def _top(config: Any, key: str) -> Any:
+    return config[key] if isinstance(config, Mapping) else getattr(config, key)
+
+
+def apply_preset(options: Mapping, name: str | None = None) -> dict:
+    """The build_pool options with every unset (None) option taken from the preset `name`.
+
+    options: the `build_pool` section (t, d, area_min, area_max, dedup, real_pool, real_min_similarity, ...).
+    name: "xpaste" or "divergen"; None reads options["preset"], itself defaulting to "xpaste".
+    Returns a new dict with `preset` and `real_filter` (bool: the DiverGen filter runs) added.
+    Raises XPasteError for an unknown preset, or for `divergen` without a real_pool.
+    """
+    name = name or options.get("preset") or DEFAULT_PRESET
+    if name not in PRESETS:
+        raise XPasteError(f"unknown build_pool.preset {name!r}", hint=f"choose one of {', '.join(PRESETS)}")
+    out = dict(options)
+    for key, value in PRESETS[name].items():
+        if out.get(key) is None:
+            out[key] = value
+    out["preset"] = name
+    out["real_filter"] = bool(PRESETS[name]["real_filter"] or out.get("real_pool"))
+    if out["real_filter"] and not out.get("real_pool"):
+        raise XPasteError(f"preset {name!r} filters cut-outs against real instances, but build_pool.real_pool "
+                          "is not set", hint="make one with `xpaste pool import-coco DATASET --images DIR --out "
+                          "REAL` and pass --real-pool REAL")
+    if not 0 <= float(out["area_min"]) <= float(out["area_max"]) <= 1:
+        raise XPasteError("build_pool.area_min/area_max must satisfy 0 <= min <= max <= 1")
+    return out
+
+
+def category_bars(scores: list[dict], t: float, d: float) -> dict[int, float]:
+    """Per-category bar min(t, max - d), the max over every finite (segmenter, image) score of the category.
+
+    scores: rows with category_id and clip_score (100 x cosine). Categories without a finite score get t.
+    """
+    best: dict[int, float] = {}
+    for row in scores:
+        s = float(row["clip_score"])
+        if np.isfinite(s):
+            cid = int(row["category_id"])
+            best[cid] = max(best.get(cid, -np.inf), s)
+    cats = {int(r["category_id"]) for r in scores}
+    return {c: float(min(t, best[c] - d)) if c in best else float(t) for c in cats}
+
+
+def _decisions(run_dir: Path, config: Any, b: dict) -> list[dict]:
+    from xpaste.score.filters import dedup_by_embedding
+
     candidates = {r["candidate_id"]: r for r in read_candidates(run_dir)}
     segments = {(r["candidate_id"], r["segmenter"]): r
                 for r in read_stage(run_dir / "segment", SegmentStage.schema(None)).to_pylist()}
-    scores = read_stage(run_dir / "score", ScoreStage.schema(None)).to_pylist()
-    if not scores and config["score"]["clip"] is None:
-        return _unscored_decisions(candidates, segments, config)
+    scores = [r for r in read_stage(run_dir / "score", ScoreStage.schema(None)).to_pylist()
+              if r["candidate_id"] in candidates and (r["candidate_id"], r["segmenter"]) in segments]
+    if not scores and _section(config, "score")["clip"] is None:
+        return _unscored_decisions(candidates, segments, config, b)
     if not scores:
         raise XPasteError("no CLIP scores in this run", run_dir,
                           "run `xpaste score` first, or set score.clip to null to build without CLIP")
+    bars = category_bars(scores, float(b["t"]), float(b["d"]))
     best: dict[str, dict] = {}
-    for row in scores:  # per image, the best-scoring segmenter (ties: the earlier segmenter in the config)
-        if not np.isfinite(row["clip_score"]) or segments[(row["candidate_id"], row["segmenter"])]["area_frac"] <= 0:
-            continue  # an empty mask (a white composite) must never win
+    for row in scores:  # per image, the best-scoring segmenter (ties: the earlier row)
+        if segments[(row["candidate_id"], row["segmenter"])]["area_frac"] <= 0:
+            best.setdefault(row["candidate_id"], None)  # an empty mask (a white composite) never wins
+            continue
         current = best.get(row["candidate_id"])
-        if current is None or row["clip_score"] > current["clip_score"]:
+        finite = np.isfinite(row["clip_score"])
+        if current is None or (finite and not np.isfinite(current["clip_score"])) or \
+                (finite and row["clip_score"] > current["clip_score"]):
             best[row["candidate_id"]] = row
+    lo, hi = float(b["area_min"]), float(b["area_max"])
     decisions = []
-    by_category: dict[int, list[dict]] = {}
     for cid in sorted(best):
         row = best[cid]
+        if row is None:  # every segmenter's mask of this image is empty
+            first = next(r for r in scores if r["candidate_id"] == cid)
+            seg = segments[(cid, first["segmenter"])]
+            decisions.append({**candidates[cid], "segmenter": first["segmenter"], "clip_score": float("nan"),
+                              "area_frac": 0.0, "mask_path": seg["mask_path"], "embedding": None,
+                              "decision": EMPTY, "bar": bars[int(first["category_id"])]})
+            continue
         seg = segments[(cid, row["segmenter"])]
-        d = {**candidates[cid], "segmenter": row["segmenter"], "clip_score": float(row["clip_score"]),
-             "area_frac": float(seg["area_frac"]), "mask_path": seg["mask_path"],
-             "embedding": np.asarray(row["embedding"], np.float32), "decision": "kept", "bar": np.nan}
-        by_category.setdefault(d["category_id"], []).append(d)
-        decisions.append(d)
-    lo, hi = float(b["area_min"]), float(b["area_max"])
-    for cat_id, rows in sorted(by_category.items()):
-        in_range = [r for r in rows if lo <= r["area_frac"] <= hi]
-        bar = adaptive_threshold([r["clip_score"] for r in in_range], float(b["t"]), float(b["d"]))
-        for r in rows:
-            r["bar"] = bar
-            if r["area_frac"] <= 0:
-                r["decision"] = "empty mask"
-            elif not lo <= r["area_frac"] <= hi:
-                r["decision"] = "area out of range"
-            elif r["clip_score"] < bar:
-                r["decision"] = "below CLIP bar"
-        kept = sorted((r for r in rows if r["decision"] == "kept"), key=lambda r: (-r["clip_score"], r["candidate_id"]))
-        if b["dedup"] is not None and len(kept) > 1:
-            keep = dedup_by_embedding(np.stack([r["embedding"] for r in kept]), float(b["dedup"]))
-            for r, k in zip(kept, keep):
-                if not k:
-                    r["decision"] = "near duplicate"
+        score = float(row["clip_score"])
+        bar = bars[int(row["category_id"])]
+        decision = AREA if not lo <= seg["area_frac"] <= hi else (BAR if not score >= bar else KEPT)
+        decisions.append({**candidates[cid], "segmenter": row["segmenter"], "clip_score": score,
+                          "area_frac": float(seg["area_frac"]), "mask_path": seg["mask_path"],
+                          "embedding": np.asarray(row["embedding"], np.float32), "decision": decision, "bar": bar})
+    if b["dedup"] is not None:
+        for cat_id in sorted({d["category_id"] for d in decisions}):
+            kept = sorted((d for d in decisions if d["category_id"] == cat_id and d["decision"] == KEPT),
+                          key=lambda d: (-d["clip_score"], d["candidate_id"]))
+            if len(kept) > 1:
+                keep = dedup_by_embedding(np.stack([d["embedding"] for d in kept]), float(b["dedup"]))
+                for d, k in zip(kept, keep):
+                    if not k:
+                        d["decision"] = DUPLICATE
     return decisions
 
 
-def _unscored_decisions(candidates: dict, segments: dict, config: dict) -> list[dict]:
+def _unscored_decisions(candidates: dict, segments: dict, config: Any, b: dict) -> list[dict]:
     """Without CLIP weights (score.clip: null): per image, the first segmenter in the config whose mask area is
     in range wins; there is no CLIP bar and no embedding dedup. Every record says clip_score NaN."""
-    b = config["build_pool"]
     lo, hi = float(b["area_min"]), float(b["area_max"])
-    order = list(config["segment"]["segmenters"])
+    order = list(_section(config, "segment")["segmenters"])
     by_candidate: dict[str, list[dict]] = {}
     for (cid, _), seg in segments.items():
         by_candidate.setdefault(cid, []).append(seg)
@@ -87,77 +175,174 @@ def _unscored_decisions(candidates: dict, segments: dict, config: dict) -> list[
             continue
         segs = sorted(by_candidate[cid], key=lambda r: order.index(r["segmenter"]) if r["segmenter"] in order else 99)
         chosen = next((r for r in segs if r["area_frac"] > 0 and lo <= r["area_frac"] <= hi), segs[0])
-        decision = "kept" if chosen["area_frac"] > 0 and lo <= chosen["area_frac"] <= hi else (
-            "empty mask" if chosen["area_frac"] <= 0 else "area out of range")
+        decision = KEPT if chosen["area_frac"] > 0 and lo <= chosen["area_frac"] <= hi else (
+            EMPTY if chosen["area_frac"] <= 0 else AREA)
         decisions.append({**candidates[cid], "segmenter": chosen["segmenter"], "clip_score": float("nan"),
                           "area_frac": float(chosen["area_frac"]), "mask_path": chosen["mask_path"],
-                          "embedding": np.zeros(0, np.float32), "decision": decision, "bar": float("nan")})
+                          "embedding": None, "decision": decision, "bar": float("nan")})
     return decisions
 
 
-def _real_similarity_filter(decisions: list[dict], config: dict) -> None:
-    """DiverGen: drop kept cut-outs whose mean cosine to the category's real instances is too low."""
-    from xpaste.pool.store import InstancePool
-    from xpaste.score import composite_on_white
-    from xpaste.score.clip import ClipScorer
+class RealViews:
+    """DiverGen's view of each real instance of a pool (`xpaste.score.real_instance_view`): its box padded by
+    40 px, cut from its source image with a blurred background.
 
-    b, s = config["build_pool"], dict(config["score"])
-    recorded = Path(config["run_dir"]) / "score" / "stage.json"
+    The source image is found for pools made by `xpaste pool import-coco` (pool.json records the dataset and the
+    images folder, each row its image_id and ann_id) and checked against the stored cut-out (category and size);
+    otherwise, e.g. for pools imported from X-Paste json files, only the cut-out itself is there to show (its
+    pixels with a blurred background, no padding): `fallbacks` counts those.
+    """
+
+    def __init__(self, pool: Any):
+        self.pool, self.fallbacks = pool, 0
+        header = getattr(pool, "header", None) or {}
+        cfg = header.get("config") or {}
+        records = pool.records()
+        self.dataset = self.images = None
+        self.keys: list = [None] * len(pool)
+        if cfg.get("import") == "coco" and cfg.get("images") and {"image_id", "ann_id"} <= set(records.column_names):
+            self.images = cfg["images"]
+            self._dataset_path = cfg.get("dataset")
+            self.keys = list(zip(records.column("image_id").to_pylist(), records.column("ann_id").to_pylist()))
+
+    def view(self, row: int) -> np.ndarray:
+        rgba = self.pool.rgba(row)
+        source = self._source(row, rgba)
+        if source is None:
+            from xpaste.score import real_instance_view
+
+            self.fallbacks += 1
+            return real_instance_view(rgba[..., :3], rgba[..., 3] > 0)
+        return source
+
+    def _source(self, row: int, rgba: np.ndarray) -> np.ndarray | None:
+        from xpaste.data.coco import load_coco, load_sample
+        from xpaste.score import real_instance_view
+
+        key = self.keys[row]
+        if key is None or key[0] is None or key[1] is None:
+            return None
+        try:
+            if self.dataset is None:
+                self.dataset = load_coco(self._dataset_path)
+            sample = load_sample(self.dataset, int(key[0]), self.images)
+        except (XPasteError, OSError, TypeError):
+            return None
+        hits = np.flatnonzero(np.asarray(sample.targets.extra["ann_id"]) == int(key[1]))
+        if hits.size != 1:
+            return None
+        mask = sample.targets.masks[hits[0]]
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        same = (int(sample.targets.labels[hits[0]]) == int(self.pool.category_ids[row]) and rows.size
+                and (rows[-1] + 1 - rows[0], cols[-1] + 1 - cols[0]) == rgba.shape[:2])
+        return real_instance_view(sample.image, mask) if same else None
+
+
+def _real_similarity_filter(run_dir: Path, decisions: list[dict], config: Any, b: dict) -> None:
+    """DiverGen: drop kept cut-outs whose mean CLIP cosine to the category's real instances is below
+    b["real_min_similarity"] (0.6). Generated images are shown whole with black outside the binary mask, real
+    instances through `RealViews`; both embedded by the model that scored the cut-outs. Categories without real
+    instances are not filtered. Sets d["real_similarity"] on every compared decision."""
+    from xpaste.pool.store import InstancePool
+    from xpaste.registry import load_backend
+    from xpaste.score import SCORERS, composite_on_black
+
+    s = _section(config, "score")
+    recorded = run_dir / "score" / "stage.json"
     if recorded.exists():  # the real instances must be embedded by the model that scored the cut-outs
         from xpaste.io import read_json
 
         s.update({k: v for k, v in read_json(recorded)["fingerprint"].items() if k in ("clip", "pretrained")})
     real = InstancePool.open(b["real_pool"])
-    scorer = ClipScorer(s["clip"], s["pretrained"], device=config["device"], batch_size=int(s["batch_size"]))
-    for cat_id in sorted({d["category_id"] for d in decisions if d["decision"] == "kept"}):
+    scorer = load_backend(SCORERS["clip"], "clip")(s["clip"], s["pretrained"], device=_top(config, "device"),
+                                                   batch_size=int(s["batch_size"]))
+    views = RealViews(real)
+    threshold = float(b["real_min_similarity"])
+    for cat_id in sorted({d["category_id"] for d in decisions if d["decision"] == KEPT}):
         rows = real.rows_of(cat_id)
         if len(rows) == 0:
             continue  # no real instances to compare with: nothing to say
-        cutouts = [real.rgba(int(r)) for r in rows]
-        ref = scorer.embed_images([composite_on_white(c[..., :3], c[..., 3]) for c in cutouts])
+        ref = scorer.embed_images([views.view(int(r)) for r in rows])
+        shown, kept = [], []
         for d in decisions:
-            if d["category_id"] == cat_id and d["decision"] == "kept":
-                d["real_similarity"] = float(np.mean(ref @ d["embedding"]))
-                if d["real_similarity"] < float(b["real_min_similarity"]):
-                    d["decision"] = "far from real instances"
+            if d["category_id"] == cat_id and d["decision"] == KEPT:
+                try:
+                    shown.append(composite_on_black(load_rgb(run_dir, d["path"]), load_mask(run_dir, d["mask_path"])))
+                    kept.append(d)
+                except (XPasteError, ValueError) as e:
+                    d["decision"] = f"unreadable: {getattr(e, 'message', e)}"
+        for d, emb in zip(kept, scorer.embed_images(shown)):
+            d["real_similarity"] = float(np.mean(ref @ emb))
+            if d["real_similarity"] < threshold:
+                d["decision"] = FAR
+    if views.fallbacks:
+        log.warning("%d real instances were shown without their source image (DiverGen pads the box by 40 px "
+                    "on the real image): make the real pool with `xpaste pool import-coco`", views.fallbacks)
 
 
 def cutout(image: np.ndarray, soft: np.ndarray) -> np.ndarray | None:
-    """RGBA crop of the largest connected component of soft > 128; alpha = soft mask inside it."""
-    from xpaste.ops.masks import largest_component
+    """X-Paste's pool cut-out: the largest external contour of `soft > 128`, holes filled, cropped to its box.
 
-    binary = soft > 128
-    if not binary.any():
+    image: (H, W, 3) uint8 RGB; soft: (H, W) 0-255 soft mask (or bool). Returns (h, w, 4) uint8 RGBA with
+    alpha 255 on the filled region and 0 elsewhere (the reference saves the binary region), or None when the
+    binary mask is empty. Source: method.md Stage 3 (`xpaste.ops.masks.largest_filled_component`).
+    """
+    from xpaste.ops.masks import binarize, largest_filled_component
+
+    region = largest_filled_component(binarize(soft))
+    rows, cols = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))
+    if rows.size == 0:
         return None
-    component = largest_component(binary)
-    rows, cols = np.flatnonzero(component.any(axis=1)), np.flatnonzero(component.any(axis=0))
     y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
     rgba = np.empty((y1 - y0, x1 - x0, 4), np.uint8)
     rgba[..., :3] = image[y0:y1, x0:x1]
-    rgba[..., 3] = np.where(component[y0:y1, x0:x1], soft[y0:y1, x0:x1], 0)
+    rgba[..., 3] = region[y0:y1, x0:x1] * np.uint8(255)
     return rgba
 
 
-def build_pool(run_dir: str | Path, config: dict, progress: bool = True) -> dict:
+def decisions_schema():
+    """The columns of build_pool/decisions.parquet: the candidate's fields, then what build-pool decided."""
+    import pyarrow as pa
+
+    from xpaste.pipeline.acquire import candidate_schema
+
+    extra = [("segmenter", pa.string()), ("clip_score", pa.float64()), ("area_frac", pa.float64()),
+             ("mask_path", pa.string()), ("decision", pa.string()), ("bar", pa.float64()),
+             ("instance_id", pa.string()), ("real_similarity", pa.float64())]
+    return pa.schema(list(candidate_schema()) + [pa.field(n, t) for n, t in extra])
+
+
+def build_pool(run_dir: str | Path, config: Any, progress: bool = True) -> dict:
+    """Filter the run's scored cut-outs into a pool (default RUN/pool) and log every decision.
+
+    config: the pipeline config (nested dicts or dataclasses); its `build_pool` section goes through
+    `apply_preset`. Writes RUN/build_pool/decisions.parquet (`decisions_schema`, one row per candidate) and
+    RUN/build_pool/summary.json. Returns the summary: pool, preset, candidates, added (cut-outs of this build
+    now in the pool, whichever attempt stored them), decisions (count per decision), seconds.
+    Raises XPasteError for missing stage outputs, a bad preset, or a DiverGen filter without a real pool.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
     from tqdm import tqdm
 
+    from xpaste.core.instance import content_hash, crop_to_alpha
     from xpaste.io import write_json_atomic
     from xpaste.pool.store import InstancePool
 
     start = time.perf_counter()
     run_dir = Path(run_dir)
+    b = apply_preset(_section(config, "build_pool"))
     categories = resolve_categories(run_dir, config)
-    decisions = _decisions(run_dir, config)
-    if config["build_pool"]["real_pool"] and config["score"]["clip"] is not None:
-        _real_similarity_filter(decisions, config)
-    out = Path(config["build_pool"]["out"] or run_dir / "pool")
+    decisions = _decisions(run_dir, config, b)
+    if b["real_filter"] and _section(config, "score")["clip"] is not None:
+        _real_similarity_filter(run_dir, decisions, config, b)
+    out = Path(b["out"] or run_dir / "pool")
     pool_cats = [{"id": c.id, "name": c.name} for c in categories]
-    kept = [d for d in decisions if d["decision"] == "kept"]
-    added = 0
-    with InstancePool.create(out, pool_cats, config={"build_pool": config["build_pool"],
-                                                     "score": config["score"]}, exist_ok=True) as pool:
+    kept = [d for d in decisions if d["decision"] == KEPT]
+    stored: set[str] = set()
+    resumed = 0
+    with InstancePool.create(out, pool_cats, config={"build_pool": _section(config, "build_pool"),
+                                                     "score": _section(config, "score")}, exist_ok=True) as pool:
         for d in tqdm(kept, desc="build-pool", unit="inst", disable=not progress):
             try:
                 rgba = cutout(load_rgb(run_dir, d["path"]), load_mask(run_dir, d["mask_path"]))
@@ -165,18 +350,30 @@ def build_pool(run_dir: str | Path, config: dict, progress: bool = True) -> dict
                 d["decision"] = f"unreadable: {e.message}"
                 continue
             if rgba is None:
-                d["decision"] = "empty mask"
+                d["decision"] = EMPTY
                 continue
-            instance_id = pool.add(rgba, d["category_id"], crop=True, source=d["source"], model=d["model"] or "",
-                                   prompt=d["prompt"] or "", seed=int(d["seed"]) if d["seed"] is not None else -1,
-                                   segmenter=d["segmenter"], clip_score=d["clip_score"], area_frac=d["area_frac"],
-                                   candidate_id=d["candidate_id"])
-            d["instance_id"] = instance_id or ""
-            added += instance_id is not None
-            if pool.pending_count >= int(config["build_pool"]["flush_every"]):
+            # the id the pool gives these pixels, known before adding: a resumed build finds the cut-outs an
+            # interrupted attempt stored (pool.add returns None for them) and still records their ids
+            instance_id = content_hash(np.ascontiguousarray(crop_to_alpha(rgba)))
+            d["instance_id"] = instance_id
+            if instance_id in stored:  # two candidates cut out to the same pixels: the pool holds one
+                d["decision"] = IDENTICAL
+                continue
+            stored.add(instance_id)
+            added = pool.add(rgba, d["category_id"], crop=True, source=d["source"], model=d["model"] or "",
+                             prompt=d["prompt"] or "", seed=int(d["seed"]) if d["seed"] is not None else -1,
+                             segmenter=d["segmenter"], clip_score=d["clip_score"], area_frac=d["area_frac"],
+                             candidate_id=d["candidate_id"])
+            if added is None:
+                resumed += 1
+            elif added != instance_id:
+                raise RuntimeError(f"pool id {added} differs from the content hash {instance_id}")
+            if pool.pending_count >= int(b["flush_every"]):
                 pool.flush()
-    table = pa.Table.from_pylist([{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in d.items()
-                                   if k != "embedding"} for d in decisions])
+    if resumed:
+        log.info("%d cut-outs were already in %s (an earlier, interrupted build stored them)", resumed, out)
+    schema = decisions_schema()
+    table = pa.Table.from_pylist([{k: d.get(k) for k in schema.names} for d in decisions], schema=schema)
     (run_dir / "build_pool").mkdir(parents=True, exist_ok=True)
     tmp = run_dir / "build_pool" / ".decisions.parquet.tmp"
     pq.write_table(table, tmp)
@@ -184,7 +381,7 @@ def build_pool(run_dir: str | Path, config: dict, progress: bool = True) -> dict
     counts: dict[str, int] = {}
     for d in decisions:
         counts[d["decision"]] = counts.get(d["decision"], 0) + 1
-    summary = {"pool": str(out), "candidates": len(decisions), "added": added, "decisions": counts,
-               "seconds": round(time.perf_counter() - start, 3)}
+    summary = {"pool": str(out), "preset": b["preset"], "candidates": len(decisions),
+               "added": counts.get(KEPT, 0), "decisions": counts, "seconds": round(time.perf_counter() - start, 3)}
     write_json_atomic(run_dir / "build_pool" / "summary.json", summary, indent=1)
     return summary

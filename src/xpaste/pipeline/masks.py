@@ -1,4 +1,10 @@
-"""Stage 2: a soft foreground mask per (candidate image, segmenter), and a CLIP score per cut-out."""
+"""Stage 2: a soft foreground mask per (candidate image, segmenter), and a CLIP score per cut-out.
+
+Rules (method.md, Stage 2): every segmenter's output is min-max normalised per image to 0-255 and binarised
+at > 128 (`xpaste.ops.masks.normalize_soft` / `binarize`); each cut-out is scored as the whole image with white
+outside its binary mask (`xpaste.score.composite_on_white`), through CLIP's own preprocessing (resize 224,
+centre crop), against `a photo of {name}`, as 100 x cosine.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -23,6 +29,17 @@ def read_candidates(run_dir: Path):
     table = pa.concat_tables(tables, promote_options="default")
     rows = [r for r in table.to_pylist() if r["kind"] == "object"]
     return sorted(rows, key=lambda r: r["candidate_id"])
+
+
+def segment_rows_with_paths(run_dir: Path) -> list[dict]:
+    """Segment rows joined with their candidate (image path, category name), in (candidate, segmenter) order."""
+    candidates = {r["candidate_id"]: r for r in read_candidates(run_dir)}
+    out = []
+    for row in read_stage(run_dir / "segment", SegmentStage.schema(None)).to_pylist():
+        cand = candidates.get(row["candidate_id"])
+        if cand is not None:
+            out.append({**row, "path": cand["path"], "category": cand["category"]})
+    return out
 
 
 class SegmentStage(Stage):
@@ -56,7 +73,7 @@ class SegmentStage(Stage):
             self._segmenters = [(spec, build_segmenter(spec)) for spec in self.config["segment"]["segmenters"]]
 
     def process(self, items: list[dict]) -> tuple[list[dict], list[dict]]:
-        from xpaste.ops.masks import count_components
+        from xpaste.ops.masks import binarize, count_components, normalize_soft
 
         self.setup()
         batch = int(self.config["segment"]["batch_size"])
@@ -76,8 +93,10 @@ class SegmentStage(Stage):
                                                [it["category"].replace("_", " ") for it, _ in part])
                 for (item, image), soft in zip(part, soft_masks):
                     rel = f"masks/{folder}/{item['category_id']}/{item['candidate_id']}.png"
-                    save_png(self.run_dir, rel, np.asarray(soft, np.uint8))
-                    binary = soft > 128
+                    # the backends normalise already; done again (idempotent) for third-party segmenters
+                    soft = normalize_soft(soft)
+                    save_png(self.run_dir, rel, soft)
+                    binary = binarize(soft)
                     rows.append({"candidate_id": item["candidate_id"], "category_id": item["category_id"],
                                  "segmenter": spec, "mask_path": rel, "area_frac": float(binary.mean()),
                                  "components": count_components(binary)})
@@ -86,8 +105,8 @@ class SegmentStage(Stage):
 
 
 class ScoreStage(Stage):
-    """Every cut-out composited on white and scored 100 x cosine against `a photo of {name}` (the paper);
-    the image embedding is kept for near-duplicate removal."""
+    """Every cut-out shown as the whole image with white outside its binary mask (> 128), scored 100 x cosine
+    against `a photo of {name}` (method.md, Stage 2); the image embedding is kept for near-duplicate removal."""
 
     name = "score"
     _model_attrs = ("_scorer",)
@@ -107,8 +126,6 @@ class ScoreStage(Stage):
         return {"clip": s["clip"], "pretrained": s["pretrained"], "shard_size": self.config["shard_size"]}
 
     def plan(self) -> list[dict]:
-        from xpaste.pipeline.stages import segment_rows_with_paths
-
         items = segment_rows_with_paths(self.run_dir)
         if not items:
             raise XPasteError("no masks to score", self.run_dir, "run `xpaste segment` first")
@@ -116,10 +133,12 @@ class ScoreStage(Stage):
 
     def setup(self) -> None:
         if self._scorer is None:
-            from xpaste.score.clip import ClipScorer
+            from xpaste.registry import load_backend
+            from xpaste.score import SCORERS
 
             s = self.config["score"]
-            self._scorer = ClipScorer(s["clip"], s["pretrained"], device=self.config["device"],
+            scorer_cls = load_backend(SCORERS["clip"], "clip")
+            self._scorer = scorer_cls(s["clip"], s["pretrained"], device=self.config["device"],
                                       batch_size=int(s["batch_size"]))
 
     def process(self, items: list[dict]) -> tuple[list[dict], list[dict]]:

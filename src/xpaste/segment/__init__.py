@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from xpaste.errors import XPasteError
 from xpaste.registry import load_backend
-from xpaste.segment.base import BINARY_THRESHOLD, Segmenter, binarize
+from xpaste.segment.base import BINARY_THRESHOLD, Segmenter, binarize, normalize_soft
 
 #: name -> "module:Class"; the optional part after ":" in a spec is the backend's first argument.
 SEGMENTERS: dict[str, str] = {
@@ -20,7 +20,7 @@ SEGMENTERS: dict[str, str] = {
 # Which pip extra provides the heavy imports of each backend (for the ImportError message).
 _EXTRAS = {"grabcut": "segment", "clipseg": "segment", "rembg": "segment"}
 
-__all__ = ["SEGMENTERS", "BINARY_THRESHOLD", "Segmenter", "binarize", "build_segmenter", "parse_spec"]
+__all__ = ["SEGMENTERS", "BINARY_THRESHOLD", "Segmenter", "binarize", "normalize_soft", "build_segmenter", "parse_spec"]
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:

@@ -2,8 +2,10 @@
 
 A segmenter turns object-centric RGB images into soft foreground masks. Backends differ wildly in
 their native output (GrabCut labels, CLIPSeg logits, U2-Net saliency), so the contract fixes one
-common currency: a uint8 (H, W) map in 0-255 at the input image's size. X-Paste normalises every
-segmenter to this range and binarises at > 128, which makes an ensemble's members comparable.
+common currency: a uint8 (H, W) map in 0-255 at the input image's size, min-max normalised per image
+(method.md, Stage 2: X-Paste normalises every segmenter's output per image to 0-255 and binarises at > 128,
+which makes an ensemble's members comparable). The normalisation and the binarisation live in
+`xpaste.ops.masks` (`normalize_soft`, `binarize`) and are re-exported here.
 """
 from __future__ import annotations
 
@@ -11,8 +13,9 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-#: X-Paste binarises every soft mask at > 128 (0-255 scale).
-BINARY_THRESHOLD = 128
+from xpaste.ops.masks import BINARY_THRESHOLD, binarize, normalize_soft
+
+__all__ = ["BINARY_THRESHOLD", "Segmenter", "binarize", "normalize_soft", "check_batch"]
 
 
 @runtime_checkable
@@ -27,14 +30,10 @@ class Segmenter(Protocol):
 
         images: (H, W, 3) uint8 RGB arrays; sizes may differ within a batch.
         prompts: one text per image (the category name); prompt-free backends ignore it.
-        Returns one (H, W) uint8 array in 0-255 per image, at that image's size.
+        Returns one (H, W) uint8 array in 0-255 per image, at that image's size, min-max normalised per
+        image (`normalize_soft`: the image's lowest value 0, its highest 255; a constant output all 0).
         """
         ...
-
-
-def binarize(soft: np.ndarray, threshold: int = BINARY_THRESHOLD) -> np.ndarray:
-    """Bool foreground mask from a 0-255 soft mask (> threshold, 128 as in the paper)."""
-    return np.asarray(soft) > threshold
 
 
 def check_batch(images: list[np.ndarray], prompts: list[str] | None = None) -> None:
@@ -49,8 +48,3 @@ def check_batch(images: list[np.ndarray], prompts: list[str] | None = None) -> N
         if img.shape[0] == 0 or img.shape[1] == 0:
             raise ValueError(f"image {i} is empty: shape {img.shape}")
 
-
-def to_uint8(prob: np.ndarray) -> np.ndarray:
-    """Map probabilities in [0, 1] to a 0-255 uint8 map (rounded, NaN-safe)."""
-    prob = np.nan_to_num(np.asarray(prob, np.float32), nan=0.0)
-    return np.clip(np.rint(prob * 255.0), 0, 255).astype(np.uint8)

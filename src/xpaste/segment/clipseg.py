@@ -1,8 +1,10 @@
-"""CLIPSeg (transformers): text-prompted segmentation, prompted with the category name.
+"""CLIPSeg (transformers): text-prompted segmentation, prompted with `a photo of {name}`.
 
 CLIPSeg is the one X-Paste segmenter that knows *what* to cut out, which matters when a generated
 image shows the object together with props. The model works at a fixed square resolution (352 for
-the released checkpoint); its logits are turned into probabilities and resized back to each image.
+the released checkpoint); its logits are turned into probabilities, resized back to each image and
+min-max normalised per image to 0-255 (method.md, Stage 2: X-Paste prompts CLIPSeg with
+`a photo of {name}` and normalises every segmenter's output per image before binarising at > 128).
 """
 from __future__ import annotations
 
@@ -14,9 +16,12 @@ import torch
 from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 
 from xpaste.errors import XPasteError
-from xpaste.segment.base import check_batch, to_uint8
+from xpaste.ops.masks import normalize_soft
+from xpaste.segment.base import check_batch
 
 DEFAULT_MODEL = "CIDAS/clipseg-rd64-refined"
+#: X-Paste's CLIPSeg text (method.md, Stage 2); `{name}` is the category name with underscores as spaces.
+PROMPT_TEMPLATE = "a photo of {name}"
 
 
 def _looks_like_path(model: str) -> bool:
@@ -25,7 +30,10 @@ def _looks_like_path(model: str) -> bool:
 
 
 class CLIPSegSegmenter:
-    """Soft masks from CLIPSeg logits: sigmoid, bilinear resize to the image size, 0-255.
+    """Soft masks from CLIPSeg logits: sigmoid, bilinear resize to the image size, min-max 0-255 per image.
+
+    segment(images, prompts): prompts are category names ("baseball_bat" or "baseball bat"); each becomes
+        `prompt_template.format(name=...)` with underscores as spaces (default `a photo of {name}`).
 
     model: a hub id (default CIDAS/clipseg-rd64-refined) or a folder holding both the model and the
         processor (`save_pretrained` of each into the same folder).
@@ -34,8 +42,9 @@ class CLIPSegSegmenter:
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, device: str | None = None, batch_size: int = 8,
-                 fp16: bool | None = None, name: str | None = None):
+                 fp16: bool | None = None, name: str | None = None, prompt_template: str = PROMPT_TEMPLATE):
         self.model_id = model
+        self.prompt_template = prompt_template
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         use_fp16 = (self.device.type == "cuda") if fp16 is None else fp16
         self.dtype = torch.float16 if use_fp16 else torch.float32
@@ -69,8 +78,7 @@ class CLIPSegSegmenter:
         out: list[np.ndarray] = []
         for start in range(0, len(images), self.batch_size):
             batch = images[start : start + self.batch_size]
-            # LVIS names use underscores ("baseball_bat"); CLIP's tokenizer expects words.
-            texts = [p.replace("_", " ") for p in prompts[start : start + self.batch_size]]
+            texts = [self.prompt_for(p) for p in prompts[start : start + self.batch_size]]
             inputs = self.processor(text=texts, images=batch, padding=True, return_tensors="pt")
             inputs = {k: v.to(self.device) for k, v in inputs.items()}
             inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
@@ -80,5 +88,9 @@ class CLIPSegSegmenter:
             probs = torch.sigmoid(logits.float()).cpu().numpy()
             for prob, img in zip(probs, batch):
                 h, w = img.shape[:2]
-                out.append(to_uint8(cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)))
+                out.append(normalize_soft(cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)))
         return out
+
+    def prompt_for(self, name: str) -> str:
+        """The CLIPSeg text for a category name; LVIS underscores ("baseball_bat") become spaces."""
+        return self.prompt_template.format(name=name.replace("_", " "))

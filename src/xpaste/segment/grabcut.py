@@ -10,11 +10,15 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from xpaste.ops.masks import normalize_soft
 from xpaste.segment.base import check_batch
 
 
 class GrabCutSegmenter:
     """OpenCV GrabCut initialised with a border-inset rectangle; soft mask is 0 or 255.
+
+    A mask with no foreground, or one that is all foreground, is constant and so all 0 after the per-image
+    min-max normalisation every segmenter applies (`normalize_soft`, method.md Stage 2).
 
     iterations: GrabCut EM iterations (5 by default; a spec "grabcut:8" passes "8").
     margin: fraction of width/height left outside the rectangle on each side (at least 1 px).
@@ -63,4 +67,4 @@ class GrabCutSegmenter:
         mask = fg.astype(np.uint8) * 255
         if scale != 1.0:
             mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
-        return mask
+        return normalize_soft(mask)

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from xpaste.errors import XPasteError, missing_extra
+from xpaste.ops.masks import normalize_soft
 from xpaste.segment.base import check_batch
 
 
@@ -25,7 +26,8 @@ def _is_file_spec(model: str) -> bool:
 
 
 class RembgSegmenter:
-    """The rembg alpha matte (the `only_mask=True`, no post-processing output) as a 0-255 soft mask.
+    """The rembg alpha matte (the `only_mask=True`, no post-processing output) as a 0-255 soft mask,
+    min-max normalised per image (`normalize_soft`, method.md Stage 2).
 
     model: a rembg model name ("u2net", "isnet-general-use", "birefnet-general", ...) or a path to a
         local .onnx file with U2-Net's interface (1x3x320x320 in, first output's channel 0 = saliency).
@@ -120,5 +122,5 @@ class RembgSegmenter:
                 if a.shape != (h, w):
                     a = np.asarray(m.convert("L").resize((w, h), Image.Resampling.BILINEAR), dtype=np.uint8)
                 arrays.append(a)
-            out.append(np.maximum.reduce(arrays) if arrays else np.zeros((h, w), np.uint8))
+            out.append(normalize_soft(np.maximum.reduce(arrays)) if arrays else np.zeros((h, w), np.uint8))
         return out
