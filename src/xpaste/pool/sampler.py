@@ -21,9 +21,12 @@ class CategoryIndex:
     order: np.ndarray  # (N,) row indices sorted by category (stable)
 
     @classmethod
-    def build(cls, category_ids: np.ndarray) -> CategoryIndex:
+    def build(cls, category_ids: np.ndarray, keep: np.ndarray | None = None) -> CategoryIndex:
+        """Group rows by category; with `keep` ((N,) bool), rows where it is False are left out."""
         category_ids = np.asarray(category_ids, dtype=np.int64)
         order = np.argsort(category_ids, kind="stable")
+        if keep is not None:
+            order = order[np.asarray(keep, bool)[order]]
         cats, starts, counts = np.unique(category_ids[order], return_index=True, return_counts=True)
         return cls(cats.astype(np.int64), starts.astype(np.int64), counts.astype(np.int64), order)
 

@@ -1,0 +1,105 @@
+"""Matching a pool's categories to a dataset's: by id (checked by name) or by name.
+
+COCO and LVIS (and any two datasets) reuse small integer ids for different things: COCO 1 is "person", LVIS
+1 is "aerosol_can". Pasting a pool built on one dataset into another by id alone labels fire hydrants as
+trees without a word, so ids are only trusted when the names agree.
+
+Names agree when they are equal after `normalise_name` (case-insensitive, `_`/`-`/spaces the same, as LVIS
+writes "fire_hydrant" for COCO's "fire hydrant"), or when one category's name is among the other's LVIS
+`synonyms` (LVIS v1 category field). Placeholder pool names ("3", "category_3", written when a pool is built
+without names) are accepted for their id.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, Iterable
+
+from xpaste.errors import XPasteError
+
+log = logging.getLogger("xpaste.pool")
+_SEPARATORS = re.compile(r"[\s_\-]+")
+
+
+def normalise_name(name: str) -> str:
+    """Lower case, `_`, `-` and runs of spaces folded to one space, trimmed: "Fire_Hydrant " -> "fire hydrant"."""
+    return _SEPARATORS.sub(" ", str(name)).strip().casefold()
+
+
+def _names(category: dict) -> set[str]:
+    names = {normalise_name(category.get("name", ""))}
+    synonyms = category.get("synonyms")
+    if isinstance(synonyms, (list, tuple)):
+        names.update(normalise_name(s) for s in synonyms if isinstance(s, str))
+    names.discard("")
+    return names
+
+
+def _as_dicts(categories: Iterable[dict] | dict[int, str]) -> dict[int, dict]:
+    if isinstance(categories, dict):
+        return {int(k): {"id": int(k), "name": str(v)} for k, v in categories.items()}
+    return {int(c["id"]): dict(c) for c in categories}
+
+
+def _is_placeholder(cid: int, name: str) -> bool:
+    return normalise_name(name) in (str(cid), f"category {cid}")
+
+
+def match_categories(pool: Any, dataset_categories: Iterable[dict] | dict[int, str],
+                     by_name: bool = False) -> dict[int, int]:
+    """Map each pooled category (one with at least one instance) to a dataset category id.
+
+    `pool`: an InstancePool (its header categories, with any `synonyms`, are used). `dataset_categories`: the
+    dataset's category dicts ({"id", "name", optional "synonyms"}) or {id: name}.
+    Default (by id): returns the identity map; raises XPasteError when a pooled id is missing from the dataset
+    or its names disagree (one line listing up to 5 disagreements). `by_name=True`: each pooled category maps to
+    the dataset category with an agreeing name; pooled categories without one are left out (a warning names
+    them; they are never pasted); raises XPasteError when none matches or a name matches several categories.
+    """
+    pool_cats = {int(c["id"]): c for c in pool.header.get("categories", [])} if hasattr(pool, "header") else {}
+    for cid, name in pool.categories.items():
+        pool_cats.setdefault(int(cid), {"id": int(cid), "name": name})
+    data = _as_dicts(dataset_categories)
+    pooled = sorted(int(c) for c in pool.counts())
+    where = getattr(pool, "root", None)
+    if not by_name:
+        missing = [c for c in pooled if c not in data]
+        if missing:
+            raise XPasteError(f"the pool has categories {missing[:10]} that the dataset does not define", where,
+                              "build the pool with the dataset's category ids, or map them by name "
+                              "(--map-categories-by-name)")
+        clashes = []
+        for cid in pooled:
+            mine = pool_cats.get(cid, {"name": str(cid)})
+            if _is_placeholder(cid, mine.get("name", "")) or _names(mine) & _names(data[cid]):
+                continue
+            clashes.append(f"{cid} is {mine.get('name')!r} in the pool but {data[cid].get('name')!r} in the dataset")
+        if clashes:
+            more = f" (+{len(clashes) - 5} more)" if len(clashes) > 5 else ""
+            raise XPasteError(f"the pool's category names differ from the dataset's for the same ids: "
+                              f"{'; '.join(clashes[:5])}{more}", where,
+                              "use a pool built for this dataset, or map categories by name (--map-categories-by-name)")
+        return {cid: cid for cid in pooled}
+    by_norm: dict[str, set[int]] = {}
+    for did, cat in data.items():
+        for n in _names(cat):
+            by_norm.setdefault(n, set()).add(did)
+    mapping, unmatched = {}, []
+    for cid in pooled:
+        mine = pool_cats.get(cid, {"name": str(cid)})
+        exact = by_norm.get(normalise_name(mine.get("name", "")), set())  # the name itself first, then synonyms
+        hits = exact or set().union(*(by_norm.get(n, set()) for n in _names(mine)))
+        if len(hits) > 1:
+            raise XPasteError(f"pool category {cid} {mine.get('name')!r} matches several dataset categories "
+                              f"{sorted(hits)[:5]} by name", where, "rename the categories so each name is unique")
+        if hits:
+            mapping[cid] = hits.pop()
+        else:
+            unmatched.append(f"{cid} {mine.get('name')!r}")
+    if not mapping:
+        raise XPasteError("no pool category name matches a dataset category name", where,
+                          "check that the pool and the dataset name the same things")
+    if unmatched:
+        log.warning("xpaste: %d pool categories have no dataset category of the same name and are not pasted: %s%s",
+                    len(unmatched), ", ".join(unmatched[:5]), " ..." if len(unmatched) > 5 else "")
+    return mapping

@@ -1,0 +1,91 @@
+"""Encoding and decoding of pool cut-outs: packed raw RGBA (version 2) and one PNG per cut-out (version 1).
+
+Every decoder checks what it returns against the index row (height, width, 4 channels, uint8) and against
+the pixel limit, and raises `CutoutError` otherwise, so a damaged cut-out is one skipped object, not a crash
+or a silently different paste.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from xpaste.errors import XPasteError
+
+# Largest cut-out read, in pixels (height * width). 4096 x 4096 RGBA is 64 MiB decoded; a larger one is a
+# damaged index row or a decompression bomb, never a useful paste (pastes are scaled to the destination).
+DEFAULT_MAX_CUTOUT_PIXELS = 4096 * 4096
+
+
+class CutoutError(XPasteError):
+    """One pool cut-out cannot be used (missing, unreadable, not RGBA, not the indexed size, or too large).
+
+    Paste code catches it and skips that one object; the pool remembers the row in `InstancePool.bad_rows`.
+    """
+
+
+def encode_raw(rgba: np.ndarray, codec: str) -> bytes:
+    """Compress the C-order bytes of an (h, w, 4) uint8 array with `codec` (see header.CODECS)."""
+    data = np.ascontiguousarray(rgba, dtype=np.uint8).tobytes()
+    if codec == "raw":
+        return data
+    import pyarrow as pa
+
+    return pa.Codec(codec).compress(data, asbytes=True)
+
+
+def decode_raw(blob: bytes, height: int, width: int, codec: str, where: str | os.PathLike) -> np.ndarray:
+    """The (height, width, 4) uint8 array of a blob written by `encode_raw`. Raises CutoutError."""
+    size = int(height) * int(width) * 4
+    if codec == "raw":
+        data = blob
+    else:
+        import pyarrow as pa
+
+        try:
+            data = pa.decompress(blob, decompressed_size=size, codec=codec)
+        except (OSError, ValueError, pa.ArrowException) as e:
+            raise CutoutError(f"cut-out data is damaged ({codec}: {e})", where) from None
+    if len(data) != size:
+        raise CutoutError(f"cut-out data holds {len(data)} bytes, the index says {height}x{width}x4", where)
+    return np.frombuffer(data, np.uint8).reshape(int(height), int(width), 4)
+
+
+def encode_png(rgba: np.ndarray, level: int = 3) -> bytes:
+    """PNG bytes of an RGBA array (for version 1 pools and `xpaste pool export-png`)."""
+    import cv2
+
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA), [cv2.IMWRITE_PNG_COMPRESSION, level])
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def _png_size(data: np.ndarray) -> tuple[int, int] | None:
+    """(height, width) from a PNG's IHDR chunk, read before decoding so a bomb is refused cheaply."""
+    if data.size < 24 or data[:8].tobytes() != b"\x89PNG\r\n\x1a\n" or data[12:16].tobytes() != b"IHDR":
+        return None
+    return int.from_bytes(data[20:24].tobytes(), "big"), int.from_bytes(data[16:20].tobytes(), "big")
+
+
+def decode_png(path: Path, max_pixels: int = DEFAULT_MAX_CUTOUT_PIXELS) -> np.ndarray:
+    """The RGBA array of a version 1 cut-out file. Raises CutoutError (missing, unreadable, no alpha, too big)."""
+    import cv2
+
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except FileNotFoundError:
+        raise CutoutError("pool file is missing", path, "the pool folder is incomplete; rebuild or re-import it") from None
+    except OSError as e:
+        raise CutoutError(f"pool file cannot be read: {e.strerror or e}", path) from None
+    size = _png_size(data)
+    if size is None:
+        raise CutoutError("pool file is not a readable RGBA PNG", path)
+    if size[0] * size[1] > max_pixels:
+        raise CutoutError(f"cut-out is {size[1]}x{size[0]} px, over the limit of {max_pixels} pixels", path,
+                          "raise max_cutout_pixels if this is intended")
+    bgra = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if bgra is None or bgra.ndim != 3 or bgra.shape[2] != 4 or bgra.dtype != np.uint8:
+        raise CutoutError("pool file is not a readable 8-bit RGBA PNG", path)
+    return cv2.cvtColor(bgra, cv2.COLOR_BGRA2RGBA)
