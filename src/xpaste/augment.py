@@ -1,30 +1,32 @@
 """Offline augmentation: write K Copy-Paste copies of every image of a COCO/LVIS dataset.
 
-Each (image, copy) is a task with its own seed, derived from (seed, image index, copy), so the output does
-not depend on the number of workers or on the order tasks finish in. A finished task leaves its image and a
-small part file (both written atomically) under OUT; a rerun skips finished tasks. The final annotation
-json is assembled from the part files in task order and written atomically at the end.
+`augment_dataset` checks every option and path before anything is written, then runs the augment stage
+(`xpaste.pipeline.augment_stage`) on the pipeline's runner: the same shards, done markers, fingerprint and
+engines (this process, forked workers, Ray) as the other stages. Each (image, copy) has its own seed, so
+the output does not depend on the engine, the number of workers or the order tasks finish in; a rerun
+resumes a killed or interrupted run and ends with the bytes of an uninterrupted one. A rerun whose inputs
+changed (dataset json content, images folder, pool content, scale prior, any option) is refused in one line
+naming what changed, or starts over with `fresh=True`. One writer per output folder (a lock). The final
+json is assembled from the shards in task order and written atomically at the end.
+
+Output folder: images/ (<new id:012d>.jpg|.png), annotations.json, augment_log.json, and the internal
+.xpaste/augment/ (stage.json and shard tables).
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from xpaste.errors import XPasteError
-from xpaste.io import read_json, write_bytes_atomic, write_json_atomic
-from xpaste.ops.masks import masks_to_rles
 
-PARTS = ".parts"
-CONFIG_FILE = "augment_config.json"
-PASTE_KEYS = ("max_paste", "num_paste", "sampling", "uniform_scale", "max_scale", "min_object_px", "min_size_px",
-              "aspect_jitter", "flip_prob", "max_rotation", "color_jitter", "blend", "blend_sigma",
-              "box_tolerance", "min_visible_area")
+log = logging.getLogger("xpaste.augment")
+ENGINES = ("local", "ray")
+IMAGE_FORMATS = ("auto", "png")
 
 
 @dataclass
@@ -34,215 +36,232 @@ class AugmentReport:
     annotations: int = 0
     pasted: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (file name, reason)
-    skipped_annotations: list[tuple[str, str]] = field(default_factory=list)
+    skipped_annotations: list[tuple[str, str]] = field(default_factory=list)  # ("file#ann id", why), unique
+    skipped_by_reason: dict[str, int] = field(default_factory=dict)  # reason code -> source annotations
     out: str = ""
 
     def summary(self) -> str:
-        return (f"{self.images_written} images written ({self.images_resumed} already done), "
+        text = (f"{self.images_written} images written ({self.images_resumed} already done), "
                 f"{self.annotations} annotations ({self.pasted} pasted), {len(self.failed)} images failed")
+        if self.skipped_by_reason:
+            reasons = ", ".join(f"{k}: {v}" for k, v in self.skipped_by_reason.items())
+            text += f"; source annotations not written: {sum(self.skipped_by_reason.values())} ({reasons})"
+        return text
 
 
-# ----------------------------------------------------------------------------- worker side
-_STATE: dict[str, Any] = {}
+# ----------------------------------------------------------------------------- checks before writing
+def _int_option(name: str, value: Any, low: int | None = None, none_ok: bool = False) -> int | None:
+    if value is None and none_ok:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise XPasteError(f"--{name} must be an integer, got {value!r}")
+    if low is not None and value < low:
+        raise XPasteError(f"--{name} must be at least {low}, got {value}")
+    return int(value)
 
 
-def _init_worker(dataset_path, images_dir, pool_path, out_dir, seed, copies, paste_kwargs, scale_prior, ext_policy):
-    from xpaste.data.coco import load_coco
-    from xpaste.paste.transform import CopyPaste
-    from xpaste.pool.store import InstancePool
+def check_options(copies, seed, workers, engine, image_format, max_images, scale_prior, paste, paste_kwargs):
+    """Validate every option (types, ranges, choices) and return the PasteConfig; raises XPasteError in one
+    line naming the option. Writes nothing. Paste options are checked by `PasteConfig` (its own rules)."""
+    from xpaste.paste.config import PasteConfig
 
-    pool = InstancePool.open(pool_path)
-    _STATE.update(
-        dataset=load_coco(dataset_path) if isinstance(dataset_path, (str, Path)) else dataset_path,
-        images_dir=Path(images_dir), out=Path(out_dir), seed=int(seed), copies=int(copies),
-        transform=CopyPaste(pool, scale_prior=scale_prior, **paste_kwargs), ext_policy=ext_policy,
-    )
-
-
-def output_image_id(image_index: int, copy: int, copies: int) -> int:
-    return image_index * copies + copy + 1
-
-
-def _encode(image: np.ndarray, ext: str) -> bytes:
-    import cv2
-
-    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if ext == ".jpg" else [cv2.IMWRITE_PNG_COMPRESSION, 1]
-    ok, buf = cv2.imencode(ext, bgr, params)
-    if not ok:
-        raise RuntimeError(f"could not encode {ext}")
-    return buf.tobytes()
+    _int_option("copies", copies, 1)
+    _int_option("seed", seed, 0)  # numpy's SeedSequence takes non-negative integers only
+    _int_option("workers", workers, 1)
+    _int_option("max-images", max_images, 1, none_ok=True)
+    if engine not in ENGINES:
+        raise XPasteError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if image_format not in IMAGE_FORMATS:
+        raise XPasteError(f"--image-format must be one of {', '.join(IMAGE_FORMATS)}, got {image_format!r}")
+    if not isinstance(scale_prior, (str, os.PathLike)):
+        raise XPasteError(f"--scale-prior must be 'dataset', 'none' or a file, got {scale_prior!r}")
+    if str(scale_prior) not in ("dataset", "none") and not Path(scale_prior).is_file():
+        raise XPasteError("--scale-prior is neither 'dataset', 'none' nor an existing file", scale_prior,
+                          "pass an `xpaste stats` json or a COCO/LVIS json")
+    base = paste if paste is not None else PasteConfig()
+    if not isinstance(base, PasteConfig):
+        raise XPasteError(f"paste must be a PasteConfig, got {type(base).__name__}")
+    return base.replace(**paste_kwargs) if paste_kwargs else base
 
 
-def _run_task(task: tuple[int, int]) -> dict:
-    """Augment one (image index, copy); returns a small status dict (never raises for bad input)."""
-    from xpaste.data.coco import load_sample
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
 
-    image_index, copy = task
-    s = _STATE
-    dataset = s["dataset"]
-    image = dataset.images[image_index]
-    new_id = output_image_id(image_index, copy, s["copies"])
-    part_path = s["out"] / PARTS / f"{new_id}.json"
-    if part_path.exists():
-        return {"status": "resumed", "id": new_id}
-    try:
-        sample = load_sample(dataset, image["id"], s["images_dir"])
-    except XPasteError as e:
-        return {"status": "failed", "file": str(image.get("file_name")), "why": e.message}
-    rng = np.random.default_rng([s["seed"], image_index, copy])
-    try:
-        out = s["transform"](sample, rng)
-    except XPasteError as e:  # e.g. a pool file deleted under a long run: skip this image, say why
-        return {"status": "failed", "file": str(image.get("file_name")), "why": str(e)}
-    t = out.targets
-    ext = ".png" if s["ext_policy"] == "png" or str(image["file_name"]).lower().endswith(".png") else ".jpg"
-    file_name = f"{new_id:012d}{ext}"
-    write_bytes_atomic(s["out"] / "images" / file_name, _encode(out.image, ext), durable=False)
-    rles = masks_to_rles(t.masks, t.boxes)
-    anns = []
-    for i in range(len(t)):
-        x1, y1, x2, y2 = (int(v) for v in t.boxes[i])
-        area = int(np.count_nonzero(t.masks[i, y1:y2, x1:x2]))  # the box is tight: count inside it only
-        ann = {"category_id": int(t.labels[i]), "segmentation": rles[i], "area": area,
-               "bbox": [x1, y1, x2 - x1, y2 - y1], "iscrowd": int(bool(t.extra["iscrowd"][i])),
-               "pasted": bool(t.extra["pasted"][i])}
-        if ann["pasted"]:
-            ann["instance_id"] = str(t.extra["instance_id"][i])
-        else:
-            ann["source_annotation_id"] = int(t.extra["ann_id"][i])
-        anns.append(ann)
-    record = {k: v for k, v in image.items() if k not in ("id", "file_name", "coco_url", "flickr_url")}
-    pasted_cats = sorted({a["category_id"] for a in anns if a["pasted"]})
-    if "neg_category_ids" in record:  # a pasted category is no longer absent from the image
-        record["neg_category_ids"] = [c for c in record["neg_category_ids"] if c not in set(pasted_cats)]
-    record.update(id=new_id, file_name=file_name, height=out.height, width=out.width,
-                  source_image_id=image["id"], source_file_name=image["file_name"], copy=copy)
-    part = {"image": record, "annotations": anns,
-            "skipped_annotations": [[str(a), str(w)] for a, w in sample.meta.get("skipped_annotations", [])]}
-    write_json_atomic(part_path, part, durable=False)
-    return {"status": "written", "id": new_id}
+
+def check_paths(dataset_path: Path, images_dir: Path, pool_path: Path, out: Path) -> None:
+    """Inputs exist, and --out would overwrite none of them: its annotations.json / augment_log.json is not
+    the dataset json, and it is not, nor contains, the images folder or the pool (XPasteError otherwise)."""
+    if not dataset_path.is_file():
+        raise XPasteError("dataset json not found", dataset_path)
+    if not images_dir.is_dir():
+        raise XPasteError("images folder not found", images_dir, "--images is the folder file_name is relative to")
+    if not pool_path.is_dir():
+        raise XPasteError("pool folder not found", pool_path)
+    o, d, i, p = (x.resolve() for x in (out, dataset_path, images_dir, pool_path))
+    if d in (o / "annotations.json", o / "augment_log.json"):
+        raise XPasteError("--out would overwrite the dataset json", out, "choose a new output folder")
+    if _inside(i, o) or _inside(o / "images", i):
+        raise XPasteError("--out would write into the images folder (--images)", out, "choose a new output folder")
+    if _inside(p, o) or _inside(o, p):
+        raise XPasteError("--out overlaps the pool (--pool)", out, "choose a new output folder")
+
+
+def _check_not_foreign(out: Path, state: Path) -> None:
+    """Refuse an --out that holds outputs this stage did not start (another tool, an older xpaste)."""
+    if (state / "stage.json").exists():
+        return
+    found = [n for n in ("images", "annotations.json", ".parts") if (out / n).exists()]
+    if found:
+        raise XPasteError(f"the output folder already holds {', '.join(found)} from another run", out,
+                          "choose a new --out, or pass --fresh to replace them")
 
 
 # ----------------------------------------------------------------------------- driver
-def _check_config(out: Path, config: dict) -> None:
-    path = out / CONFIG_FILE
-    if path.exists():
-        previous = read_json(path)
-        if previous != json.loads(json.dumps(config)):
-            raise XPasteError("this output folder was started with different settings", path,
-                              "rerun with the same options to resume, or choose a new --out")
-    else:
-        write_json_atomic(path, config, indent=1)
-
-
 def augment_dataset(dataset_path: str | os.PathLike, images_dir: str | os.PathLike, pool_path: str | os.PathLike,
                     out_dir: str | os.PathLike, copies: int = 1, seed: int = 0, workers: int = 1,
-                    scale_prior: str = "dataset", image_format: str = "auto", progress: bool = True,
+                    scale_prior: str | os.PathLike = "dataset", image_format: str = "auto", progress: bool = True,
                     max_images: int | None = None, engine: str = "local", ray_address: str | None = None,
-                    **paste_kwargs: Any) -> AugmentReport:
-    """Write OUT/images/ and OUT/annotations.json; see the module docstring for determinism and resume."""
-    from tqdm import tqdm
+                    fresh: bool = False, paste=None, **paste_kwargs: Any) -> AugmentReport:
+    """Write OUT/images/ and OUT/annotations.json (see the module docstring for determinism and resume).
 
-    from xpaste.data.coco import check_masks_present, dataset_to_json, load_coco
-    from xpaste.data.stats import category_stats, load_stats, scale_prior_from_stats
+    `paste` is a `xpaste.paste.config.PasteConfig` (default: its defaults); keyword paste options override
+    it. `scale_prior`: 'dataset' (measured on the dataset's own annotations), 'none', or a stats / dataset
+    json. `workers` > 1 forks that many processes (engine 'local'); `engine='ray'` runs on Ray actors.
+    Raises XPasteError (one line) for a bad option, a missing or overlapping path, a dataset or pool
+    refused at load, inputs changed since OUT was started, or another process writing OUT; OSError (disk
+    full, permissions) and KeyboardInterrupt pass through with nothing half-written: rerun to resume.
+    """
+    from xpaste.data.coco import check_masks_present, load_coco
+    from xpaste.data.stats import category_stats, resolve_scale_prior, scale_prior_from_stats
+    from xpaste.io import exclusive_lock
+    from xpaste.pipeline.augment_stage import (STATE_DIR, TASKS_PER_SHARD, AugmentStage, PackedDataset,
+                                               file_digest, images_digest, pool_digest)
     from xpaste.pool.store import InstancePool
 
-    unknown_keys = set(paste_kwargs) - set(PASTE_KEYS)
-    if unknown_keys:
-        raise TypeError(f"unknown paste options: {sorted(unknown_keys)}")
-    if copies < 1 or workers < 1:
-        raise XPasteError("--copies and --workers must be at least 1")
-    if engine not in ("local", "ray"):
-        raise XPasteError(f"engine must be 'local' or 'ray', got {engine!r}")
-    out = Path(out_dir)
+    config = check_options(copies, seed, workers, engine, image_format, max_images, scale_prior, paste,
+                           paste_kwargs)
+    dataset_path, images_dir, pool_path, out = (Path(p) for p in (dataset_path, images_dir, pool_path, out_dir))
+    check_paths(dataset_path, images_dir, pool_path, out)
     dataset = load_coco(dataset_path)
     check_masks_present(dataset)  # box-only annotations: refused up front, in one line
     pool = InstancePool.open(pool_path)
-    known = {int(c["id"]): c["name"] for c in dataset.categories}
-    missing = sorted(set(pool.counts()) - set(known))
-    if missing:
-        raise XPasteError(f"the pool has categories {missing[:10]} that the dataset does not define", pool_path,
-                          "build the pool with the dataset's category ids")
-    if scale_prior == "dataset":
+    from xpaste.pool.categories import match_categories
+
+    match_categories(pool, dataset.categories)  # pooled ids must exist in the dataset with the same names
+    if str(scale_prior) == "dataset":
         prior = scale_prior_from_stats(category_stats(dataset))
-    elif scale_prior == "none":
+    elif str(scale_prior) == "none":
         prior = {}
     else:
-        prior = scale_prior_from_stats(load_stats(scale_prior))
-    config = {"dataset": str(Path(dataset_path).resolve()), "pool": str(Path(pool_path).resolve()),
-              "copies": copies, "seed": seed, "scale_prior": scale_prior, "image_format": image_format,
-              "max_images": max_images,
-              "paste": {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(paste_kwargs.items())}}
-    out.mkdir(parents=True, exist_ok=True)
-    _check_config(out, config)
-    (out / PARTS).mkdir(exist_ok=True)
-    for folder in (out / PARTS, out / "images"):  # temp files of a killed run are never used again
-        for stale in folder.glob(".*.tmp") if folder.exists() else []:
-            stale.unlink(missing_ok=True)
-
+        prior = resolve_scale_prior(scale_prior)
     n_images = len(dataset.images) if max_images is None else min(int(max_images), len(dataset.images))
-    tasks = [(i, c) for i in range(n_images) for c in range(copies)]
-    report = AugmentReport(out=str(out))
-    init_args = (dataset, images_dir, pool_path, out, seed, copies, paste_kwargs, prior, image_format)
-    bar = tqdm(total=len(tasks), desc="augment", unit="img", disable=not progress)
-    if engine == "ray":
-        from xpaste.augment_ray import run_tasks_on_ray
+    options = {"copies": int(copies), "seed": int(seed), "scale_prior": str(scale_prior),
+               "image_format": image_format, "max_images": max_images, "shard_size": TASKS_PER_SHARD,
+               "paste": config.to_dict()}
+    fingerprint = {
+        "dataset": file_digest(dataset_path),
+        "images": images_digest(images_dir, (img["file_name"] for img in dataset.images[:n_images])),
+        "pool": pool_digest(pool),
+        "scale_prior": None if str(scale_prior) in ("dataset", "none") else file_digest(scale_prior),
+        "options": options,
+    }
+    stage_config = {**options, "images_dir": str(images_dir.resolve()), "pool": str(pool_path.resolve()),
+                    "fingerprint": fingerprint}
+    # The workers share one packed copy of the inputs; the per-annotation dicts are dropped from here on.
+    packed = PackedDataset(dataset, n_images)
+    header, categories = dict(dataset.header), dataset.categories
+    del dataset, pool
+    _release_memory()
+    stage = AugmentStage(out, stage_config, packed, categories, prior)
 
-        # actors load the dataset from its path and need absolute paths (they start in another folder)
-        ray_args = (str(Path(dataset_path).resolve()), str(Path(images_dir).resolve()),
-                    str(Path(pool_path).resolve()), str(out.resolve()), *init_args[4:])
-        parts = out / PARTS
-        todo = [t for t in tasks if not (parts / f"{output_image_id(*t, copies)}.json").exists()]
-        report.images_resumed = len(tasks) - len(todo)
-        bar.update(report.images_resumed)
-        results = run_tasks_on_ray(todo, ray_args, ray_address)
-    elif workers == 1:
-        _init_worker(*init_args)
-        results = map(_run_task, tasks)
-    else:
-        import multiprocessing as mp
+    with exclusive_lock(out, "output folder"):
+        if not fresh:
+            _check_not_foreign(out, out / STATE_DIR / stage.name)
+        elif (out / ".parts").exists():
+            import shutil
 
-        ctx = mp.get_context("fork" if os.name == "posix" else "spawn")
-        executor = ctx.Pool(workers, initializer=_init_worker, initargs=init_args)
-        results = executor.imap_unordered(_run_task, tasks, chunksize=4)
-    try:
-        for result in results:
-            bar.update(1)
-            if result["status"] == "resumed":
-                report.images_resumed += 1
-            elif result["status"] == "failed":
-                report.failed.append((result["file"], result["why"]))
-                bar.write(f"xpaste: skipped {result['file']}: {result['why']}", file=sys.stderr)
-    finally:
-        bar.close()
-        if workers > 1 and engine == "local":
-            executor.terminate()
-    _STATE.clear()
+            shutil.rmtree(out / ".parts")
+        (out / "images").mkdir(parents=True, exist_ok=True)
+        from xpaste.pipeline.runner import run_stage
 
-    # Assemble the json from the parts, in task order, so ids do not depend on the worker count.
-    images, annotations = [], []
-    for image_index, copy in tasks:
-        new_id = output_image_id(image_index, copy, copies)
-        part_path = out / PARTS / f"{new_id}.json"
-        if not part_path.exists():  # failed (reported above)
-            continue
-        part = read_json(part_path)
-        images.append(part["image"])
-        for ann in part["annotations"]:
-            annotations.append({"id": len(annotations) + 1, "image_id": new_id, **ann})
-        report.skipped_annotations.extend((f"{part['image']['source_file_name']}#{a}", w)
-                                          for a, w in part["skipped_annotations"])
-    report.images_written = len(images)
-    report.annotations = len(annotations)
-    report.pasted = sum(1 for a in annotations if a["pasted"])
-    doc = dataset_to_json(dataset)
-    doc["images"], doc["annotations"] = images, annotations
-    doc.setdefault("info", {})
-    if isinstance(doc["info"], dict):
-        doc["info"] = {**doc["info"], "xpaste": config}
-    write_json_atomic(out / "annotations.json", doc)
-    write_json_atomic(out / "augment_log.json", {
-        "summary": report.summary(), "failed_images": report.failed,
-        "skipped_annotations": report.skipped_annotations}, indent=1)
+        result = run_stage(stage, engine=engine, progress=progress, fresh=fresh, ray_address=ray_address,
+                           workers=int(workers))
+        report = AugmentReport(out=str(out), images_resumed=result.items_resumed)
+        info = {"xpaste": {"dataset": str(dataset_path.resolve()), "pool": str(pool_path.resolve()), **options}}
+        _assemble(stage, header, categories, info, report)
+    for file_name, why in report.failed:
+        print(f"xpaste: skipped {file_name}: {why}", file=sys.stderr)
+    log.debug("%s: %s", out, report.summary())
     return report
+
+
+def _release_memory() -> None:
+    """Return freed heap pages to the OS (glibc), so forked workers do not map the dropped json objects."""
+    import gc
+
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _shard_rows(stage, k: int) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    from xpaste.pipeline.shards import shard_path
+
+    return pq.read_table(shard_path(stage.stage_dir, k), columns=["status", "file_name", "record", "why"]).to_pylist()
+
+
+def _assemble(stage, header: dict, categories: list[dict], info: dict, report: AugmentReport) -> None:
+    """Stream OUT/annotations.json from the shard tables, in task order (ids do not depend on the engine),
+    then write OUT/augment_log.json. Both atomically; the json is never held whole in memory."""
+    from xpaste.data.coco import count_skipped_by_reason
+    from xpaste.io import atomic_path, write_json_atomic
+    from xpaste.pipeline.runner import ShardPlan
+    from xpaste.pipeline.shards import read_skipped
+
+    def dump(obj) -> str:
+        return json.dumps(obj, ensure_ascii=False, allow_nan=False)
+
+    n_shards = len(ShardPlan(stage.plan(), stage.config["shard_size"]))
+    head = {**header}
+    if isinstance(head.setdefault("info", {}), dict):
+        head["info"] = {**head["info"], **info}
+    with atomic_path(stage.out / "annotations.json") as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write("{" + "".join(f"{dump(k)}: {dump(v)}, " for k, v in head.items()) + '"images": [')
+        first = True
+        for k in range(n_shards):
+            for row in _shard_rows(stage, k):
+                if row["status"] != "written":
+                    report.failed.append((row["file_name"], row["why"]))
+                    continue
+                f.write(("" if first else ", ") + dump(json.loads(row["record"])["image"]))
+                first = False
+                report.images_written += 1
+        f.write('], "annotations": [')
+        ann_id = 0
+        for k in range(n_shards):
+            for row in _shard_rows(stage, k):
+                if row["status"] != "written":
+                    continue
+                record = json.loads(row["record"])
+                for ann in record["annotations"]:
+                    ann_id += 1
+                    report.pasted += bool(ann["pasted"])
+                    f.write(("" if ann_id == 1 else ", ")
+                            + dump({"id": ann_id, "image_id": record["image"]["id"], **ann}))
+        report.annotations = ann_id
+        f.write(f'], "categories": {dump(categories)}}}')
+        f.flush()
+        os.fsync(f.fileno())
+    unique = {s["item"]: s["reason"] for s in read_skipped(stage.stage_dir)}  # each copy skips the same
+    report.skipped_annotations = sorted(unique.items())
+    report.skipped_by_reason = {k: v for k, v in count_skipped_by_reason(unique.items()).items() if v}
+    write_json_atomic(stage.out / "augment_log.json", {
+        "summary": report.summary(), "failed_images": report.failed,
+        "skipped_annotations": report.skipped_annotations,
+        "skipped_annotations_by_reason": report.skipped_by_reason}, indent=1)

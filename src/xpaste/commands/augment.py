@@ -31,13 +31,19 @@ def augment_cmd(
     max_images: Optional[int] = typer.Option(None, "--max-images", help="only the first N images (a subset run)"),
     engine: str = typer.Option("local", "--engine", help="local | ray (tasks on Ray actors; same output)"),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address (engine ray)"),
+    fresh: bool = typer.Option(False, "--fresh", help="discard this --out's earlier outputs and start over "
+                               "(needed when an input or option changed since it was started)"),
 ) -> None:
-    """Paste pool instances into every image, K times, and write images plus a COCO/LVIS json (RLE masks)."""
+    """Paste pool instances into every image, K times, and write images plus a COCO/LVIS json (RLE masks).
+
+    Every option is checked before anything is written. A killed or interrupted run resumes when rerun
+    with the same command; a rerun whose inputs or options changed is refused (or starts over with --fresh).
+    """
     from xpaste.augment import augment_dataset
 
     report = augment_dataset(
         dataset, images, pool, out, copies=copies, seed=seed, workers=workers, scale_prior=scale_prior,
-        image_format=image_format, max_images=max_images, engine=engine, ray_address=ray_address,
+        image_format=image_format, max_images=max_images, engine=engine, ray_address=ray_address, fresh=fresh,
         max_paste=max_paste, num_paste=num_paste,
         sampling=sampling, blend=blend,
         max_rotation=max_rotation, color_jitter=color_jitter, flip_prob=flip_prob,

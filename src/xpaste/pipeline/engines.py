@@ -1,4 +1,14 @@
-"""The Ray engine: a stage's unfinished shards as a Ray Data pipeline of model actors.
+"""The multi-process and Ray engines of `runner.run_stage`.
+
+`run_on_processes`: shards on forked worker processes (concurrent.futures.ProcessPoolExecutor). The stage,
+its loaded inputs included, is inherited copy-on-write, never pickled; a worker that dies (SIGKILL, OOM
+killer, a crash in a native library) breaks the pool, which is restarted and its lost shards redone, up to
+`DEAD_WORKER_RESTARTS` times, then the run stops in one line (never hangs, as multiprocessing.Pool does).
+Workers ignore SIGINT: on Ctrl-C the driver terminates them and re-raises KeyboardInterrupt; any other
+error of a shard (disk full, ...) stops the pool and is re-raised on the driver. Temp files a stopped
+worker leaves are hidden and removed by the next run; finished shards are kept, so a rerun resumes.
+
+The Ray engine: a stage's unfinished shards as a Ray Data pipeline of model actors.
 
 One row per shard index flows through `map_batches(ShardWorker, ActorPoolStrategy)`; each actor builds the
 stage's models once (`stage.prepare()` in its constructor: models are never pickled, `Stage.__getstate__`
@@ -27,6 +37,7 @@ from pathlib import Path
 from xpaste.errors import XPasteError, missing_extra
 
 log = logging.getLogger("xpaste.ray")
+DEAD_WORKER_RESTARTS = 2  # pool restarts after a worker process died, before the run stops
 DEAD_ACTOR_RETRIES = 3  # resubmissions of a shard whose actor process died (not exceptions: see max_retries)
 
 
@@ -177,6 +188,106 @@ def _raise_payload(text: str, stage_name: str) -> None:
                        f"{payload['type']}: {payload['message']}\n{payload['traceback']}")
 
 
+# ----------------------------------------------------------------------------- worker processes
+_WORKER: dict = {}  # the stage and plan of this worker process (set by the initializer, after the fork)
+
+
+def _init_process(stage, plan) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle: it stops us
+    _WORKER.update(stage=stage, plan=plan)
+    stage.prepare()
+
+
+def _process_shard(k: int) -> tuple[int, int]:
+    from xpaste.pipeline.shards import write_shard
+
+    stage, items = _WORKER["stage"], _WORKER["plan"][k]
+    rows, skipped = stage.process(items)
+    write_shard(stage.stage_dir, k, rows, stage.schema(), skipped)
+    return k, len(items)
+
+
+def _stop(executor) -> None:
+    """Stop a pool now: cancel queued shards and terminate running workers (their temp files are hidden)."""
+    executor.shutdown(wait=False, cancel_futures=True)
+    for proc in list((getattr(executor, "_processes", None) or {}).values()):
+        if proc.is_alive():
+            proc.terminate()
+    for proc in list((getattr(executor, "_processes", None) or {}).values()):
+        proc.join(timeout=10)
+
+
+def run_on_processes(stage, plan, todo, workers: int, progress: bool = True, resumed=lambda: 0) -> None:
+    """Process the shards yielded by `todo` (an iterator of shard indices of `plan`) on `workers` forked
+    processes, at most 2 per worker in flight (the plan is never listed); `resumed()` counts the items of
+    shards `todo` skipped as already done (for the progress bar). Raises XPasteError when workers
+    keep dying, re-raises a shard's exception (OSError, ...) and KeyboardInterrupt after stopping the pool."""
+    import gc
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    from tqdm import tqdm
+
+    ctx = mp.get_context("fork")
+    gc.collect()
+    gc.freeze()  # the inputs loaded so far stay shared: the workers' garbage collector never writes to them
+    todo = iter(todo)
+    retry: list[int] = []  # shards lost with a dead worker, redone first
+    restarts, window = 0, 2 * workers
+    bar = tqdm(total=len(plan.items), desc=f"{stage.name} ({workers} workers)", unit="item", disable=not progress)
+    done_items = 0
+
+    def next_shard():
+        return retry.pop(0) if retry else next(todo, None)
+
+    try:
+        while True:
+            executor = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_process,
+                                           initargs=(stage, plan))
+            running: dict = {}
+            try:
+                while True:
+                    while len(running) < window:
+                        k = next_shard()
+                        if k is None:
+                            break
+                        running[executor.submit(_process_shard, k)] = k
+                    bar.update(resumed() + done_items - bar.n)  # shards `todo` skipped as done count too
+                    if not running:
+                        return
+                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        _, n = future.result()  # a shard's error is raised here, on the driver
+                        del running[future]
+                        done_items += n
+            except BrokenProcessPool:
+                lost = sorted(k for f, k in running.items()
+                              if not (f.done() and not f.cancelled() and f.exception() is None))
+                _stop(executor)
+                restarts += 1
+                if restarts > DEAD_WORKER_RESTARTS:
+                    raise XPasteError(f"a worker process of stage '{stage.name}' died {restarts} times (killed by "
+                                      f"the system, e.g. out of memory?); shards {lost[:10]} are not done",
+                                      stage.output_root,
+                                      "finished work is kept: rerun to resume, with fewer --workers if memory "
+                                      "is short") from None
+                log.warning("%s: a worker process died; restarting the pool and redoing shards %s",
+                            stage.name, lost)
+                retry = lost + retry
+                continue
+            except BaseException:
+                _stop(executor)
+                raise
+            finally:
+                executor.shutdown(wait=True, cancel_futures=True)
+    finally:
+        gc.unfreeze()
+        bar.close()
+
+
 def _is_model_stage(stage) -> bool:
     return bool(getattr(stage, "_model_attrs", ()))
 
@@ -189,7 +300,8 @@ def run_on_ray(stage, shards: list[list[dict]], todo: list[int], ray_address: st
     `<stage>/failed-shard-*.json`; the other shards are written, so a rerun redoes only the failed ones)."""
     from tqdm import tqdm
 
-    total = sum(len(s) for s in shards)
+    total = len(shards.items) if hasattr(shards, "items") and not isinstance(shards, dict) else sum(
+        len(s) for s in shards)
     initial = total - sum(len(shards[k]) for k in todo)
     if not todo:
         return {"done": [], "failed": [], "actors": 0, "wall_s": 0.0, "startup_s": 0.0, "first_shard_s": 0.0,
@@ -221,7 +333,8 @@ def run_on_ray(stage, shards: list[list[dict]], todo: list[int], ray_address: st
     # bar; they are still written to the Ray session's logs/ray-data folder
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
-    shards_ref = ray.put({k: shards[k] for k in todo})
+    # a lazy ShardPlan travels as itself (small); a list of shards as the unfinished ones only
+    shards_ref = ray.put(shards if hasattr(shards, "size") else {k: shards[k] for k in todo})
     shipped = copy.copy(stage)  # a model-less copy (Stage.__getstate__) whose run folder is absolute
     shipped.run_dir = Path(stage.run_dir).resolve()
     dataset = ray.data.from_items([{"shard": k} for k in todo], override_num_blocks=len(todo))

@@ -1,9 +1,12 @@
 """Run a sharded stage: plan the work, skip finished shards, process the rest locally or on Ray.
 
-A stage's work list is a deterministic function of its config and inputs, cut into fixed-size shards. A
-shard's outputs (images, masks, then the shard table) are written atomically, so after a kill a rerun
-redoes only unfinished shards and ends with exactly the outputs of an uninterrupted run. The config part
-a stage depends on is recorded in `<stage>/stage.json`; resuming with a different one is refused.
+A stage's work list is a deterministic function of its config and inputs, cut into fixed-size shards
+(`ShardPlan`, computed lazily: a huge plan is never listed). A shard's outputs (images, masks, then the
+shard table) are written atomically, so after a kill a rerun redoes only unfinished shards and ends with
+exactly the outputs of an uninterrupted run. The stage's fingerprint (its options and a digest of each
+input) is recorded in `<stage>/stage.json`; resuming with a different one is refused in one line naming
+what changed, or redone from scratch with `fresh`. Engines: this process, forked worker processes
+(`engines.run_on_processes`) or Ray actors (`engines.run_on_ray`); all write the same files.
 """
 from __future__ import annotations
 
@@ -58,6 +61,30 @@ class Stage:
         """Do one shard's work: (output rows, skipped [{'item': ..., 'reason': ...}])."""
         raise NotImplementedError
 
+    # ------------------------------------------------------------------ resume and fingerprint hooks
+    change_labels: dict[str, str] = {}  # fingerprint key -> words for the one-line "X changed" refusal
+    reads_rows_at_end = True  # run_stage counts the rows of all shards (a stage with huge outputs opts out)
+
+    @property
+    def output_root(self) -> Path:
+        """The folder a refusal names (the run folder; augment: its --out)."""
+        return self.run_dir
+
+    def is_done(self, k: int) -> bool:
+        """Shard k's outputs exist and are complete (default: its shard file, written last, exists)."""
+        return shard_path(self.stage_dir, k).exists()
+
+    def temp_folders(self) -> list[Path]:
+        """Folders besides the stage folder where a killed run may leave temp files."""
+        return []
+
+    def remove_outputs(self) -> None:
+        """Delete this stage's outputs (`--fresh`)."""
+        import shutil
+
+        if self.stage_dir.exists():
+            shutil.rmtree(self.stage_dir)
+
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         for attr in self._model_attrs:
@@ -71,6 +98,7 @@ class StageReport:
     items: int = 0
     shards: int = 0
     shards_resumed: int = 0
+    items_resumed: int = 0
     rows: int = 0
     skipped: list[dict] = field(default_factory=list)
     seconds: float = 0.0
@@ -84,19 +112,69 @@ def digest(values: list[Any]) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def check_fingerprint(stage: Stage, items: list[dict], fresh: bool = False) -> None:
-    """Refuse to resume a stage whose outputs were made with other settings or other inputs."""
-    record = {"fingerprint": stage.fingerprint(), "items": len(items), "items_digest": digest(items)}
-    path = stage.stage_dir / "stage.json"
-    if fresh and stage.stage_dir.exists():
-        import shutil
+class ShardPlan:
+    """A stage's work items cut into fixed-size shards, computed on demand: `plan[k]` is shard k's item list.
 
-        shutil.rmtree(stage.stage_dir)
+    `items` is a list, or a lazy sequence with `__len__`, slicing and a `digest()` (e.g. augment's
+    (image, copy) tasks), so a huge plan is never materialised. Picklable: engines ship it to workers.
+    """
+
+    def __init__(self, items, size: int):
+        if int(size) < 1:
+            raise XPasteError(f"shard_size must be at least 1, got {size!r}")
+        self.items, self.size = items, int(size)
+
+    def __len__(self) -> int:
+        return (len(self.items) + self.size - 1) // self.size
+
+    def __getitem__(self, k: int) -> list[dict]:
+        if not 0 <= k < len(self):
+            raise IndexError(k)
+        return list(self.items[k * self.size : (k + 1) * self.size])
+
+    def digest(self) -> str:
+        return self.items.digest() if hasattr(self.items, "digest") else digest(self.items)
+
+
+def _first_difference(old: Any, new: Any, path: tuple = ()) -> tuple[tuple, Any, Any] | None:
+    """The first (key path, old, new) where two json-like values differ, or None when equal."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new), key=str):
+            found = _first_difference(old.get(key), new.get(key), (*path, key))
+            if found:
+                return found
+        return None
+    return None if old == new else (path, old, new)
+
+
+def describe_change(stage: Stage, path: tuple, old: Any, new: Any) -> str:
+    """One line naming what changed, from the stage's `change_labels` ({first key: 'the dataset json'})."""
+    labels = getattr(stage, "change_labels", {})
+    key = path[1] if len(path) > 1 and path[0] == "fingerprint" else path[0] if path else "?"
+    if key in labels:
+        return f"{labels[key]} changed since this output was started"
+    if path and path[0] in ("items", "items_digest"):
+        return f"the work list of stage '{stage.name}' changed since it was started (its inputs changed)"
+    name = ".".join(str(p) for p in path[1:] if p not in ("options",)) or str(key)
+    return f"setting {name} changed since this output was started ({old!r}, now {new!r})"
+
+
+def check_fingerprint(stage: Stage, plan: ShardPlan | list[dict], fresh: bool = False) -> None:
+    """Refuse to resume a stage whose outputs were made with other settings or other inputs, in one line
+    naming what changed (`describe_change`); with `fresh`, remove the stage's outputs and start over."""
+    n_items = len(plan.items) if isinstance(plan, ShardPlan) else len(plan)
+    items_digest = plan.digest() if isinstance(plan, ShardPlan) else digest(plan)
+    record = {"fingerprint": stage.fingerprint(), "items": n_items, "items_digest": items_digest}
+    record = json.loads(json.dumps(record, default=str))
+    path = stage.stage_dir / "stage.json"
+    if fresh:
+        stage.remove_outputs()
     if path.exists():
         previous = read_json(path)
-        if previous != json.loads(json.dumps(record, default=str)):
-            raise XPasteError(f"stage '{stage.name}' was started with other settings or inputs", path,
-                              "rerun with the same config, or pass --fresh to redo this stage")
+        change = _first_difference(previous, record)
+        if change is not None:
+            raise XPasteError(describe_change(stage, *change), stage.output_root,
+                              "rerun with the same inputs and options to resume, or pass --fresh to start over")
     else:
         write_json_atomic(path, record, indent=1)
 
@@ -106,32 +184,58 @@ def chunk(items: list[dict], size: int) -> list[list[dict]]:
 
 
 def run_stage(stage: Stage, engine: str = "local", progress: bool = True, fresh: bool = False,
-              ray_address: str | None = None) -> StageReport:
+              ray_address: str | None = None, workers: int = 1) -> StageReport:
+    """Run the unfinished shards of `stage`: in this process (engine 'local', workers 1), in `workers`
+    forked processes (engine 'local', workers > 1; `engines.run_on_processes`) or on Ray (engine 'ray').
+    Raises XPasteError when the inputs changed since the stage was started (see `check_fingerprint`);
+    KeyboardInterrupt and OSError pass through after the workers are stopped (finished shards are kept)."""
     from tqdm import tqdm
 
     start = time.perf_counter()
-    items = stage.plan()
-    check_fingerprint(stage, items, fresh)
-    clean_temp_files(stage.stage_dir)
-    shards = chunk(items, int(stage.config["shard_size"]))
-    todo = [k for k in range(len(shards)) if not shard_path(stage.stage_dir, k).exists()]
-    report = StageReport(stage.name, len(items), len(shards), len(shards) - len(todo))
+    plan = ShardPlan(stage.plan(), int(stage.config["shard_size"]))
+    check_fingerprint(stage, plan, fresh)
+    clean_temp_files(stage.stage_dir, *stage.temp_folders())
+    report = StageReport(stage.name, len(plan.items), len(plan))
+
+    def todo():  # lazily: a huge plan is never listed
+        for k in range(len(plan)):
+            if stage.is_done(k):
+                report.shards_resumed += 1
+                report.items_resumed += len(plan[k])
+            else:
+                yield k
+
     if engine == "ray":
         from xpaste.pipeline.engines import run_on_ray
 
-        run_on_ray(stage, shards, todo, ray_address=ray_address, progress=progress, options=stage.config.get("ray"))
-    else:
-        done = sum(len(shards[k]) for k in range(len(shards)) if k not in set(todo))
-        with tqdm(total=len(items), initial=done, desc=stage.name, unit="item", disable=not progress) as bar:
-            if todo:
-                stage.prepare()
-            for k in todo:
-                rows, skipped = stage.process(shards[k])
-                write_shard(stage.stage_dir, k, rows, stage.schema(), skipped)
-                bar.update(len(shards[k]))
-    from xpaste.pipeline.shards import read_stage
+        run_on_ray(stage, plan, list(todo()), ray_address=ray_address, progress=progress,
+                   options=stage.config.get("ray"))
+    elif engine == "local" and int(workers) > 1:
+        from xpaste.pipeline.engines import run_on_processes
 
-    report.rows = read_stage(stage.stage_dir, stage.schema()).num_rows
+        run_on_processes(stage, plan, todo(), int(workers), progress=progress,
+                         resumed=lambda: report.items_resumed)
+    elif engine == "local":
+        with tqdm(total=len(plan.items), desc=stage.name, unit="item", disable=not progress) as bar:
+            prepared = False
+            resumed = 0
+            for k in todo():
+                bar.update(report.items_resumed - resumed)
+                resumed = report.items_resumed
+                if not prepared:
+                    stage.prepare()
+                    prepared = True
+                items = plan[k]
+                rows, skipped = stage.process(items)
+                write_shard(stage.stage_dir, k, rows, stage.schema(), skipped)
+                bar.update(len(items))
+            bar.update(report.items_resumed - resumed)
+    else:
+        raise XPasteError(f"engine must be 'local' or 'ray', got {engine!r}")
+    if stage.reads_rows_at_end:
+        from xpaste.pipeline.shards import read_stage
+
+        report.rows = read_stage(stage.stage_dir, stage.schema()).num_rows
     report.skipped = read_skipped(stage.stage_dir)
     report.seconds = time.perf_counter() - start
     return report

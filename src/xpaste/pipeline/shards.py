@@ -1,12 +1,13 @@
 """Stage outputs as Parquet shards. A shard file appears (atomically) only when its work is complete, so
-"the shard exists" is the done marker; skipped inputs are recorded in a json sidecar written just before it."""
+"the shard exists" is the done marker; skipped inputs are recorded in a json sidecar written just before it.
+Every write goes through `xpaste.io.atomic_path`: a kill, a full disk or Ctrl-C leaves at most a hidden
+temp file (removed by the next run with `clean_temp_files`), never a half-written shard under its name."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from xpaste.errors import XPasteError
-from xpaste.io import read_json, write_json_atomic
+from xpaste.io import atomic_path, read_json, write_json_atomic
 
 
 def shard_path(stage_dir: Path, index: int) -> Path:
@@ -24,10 +25,8 @@ def write_shard(stage_dir: Path, index: int, rows: list[dict], schema, skipped: 
     else:
         sidecar.unlink(missing_ok=True)
     table = pa.Table.from_pylist(rows, schema=schema)
-    final = shard_path(stage_dir, index)
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, final)
+    with atomic_path(shard_path(stage_dir, index)) as tmp:
+        pq.write_table(table, tmp)
 
 
 def read_stage(stage_dir: Path, schema=None):
@@ -56,8 +55,9 @@ def read_skipped(stage_dir: Path) -> list[dict]:
     return out
 
 
-def clean_temp_files(stage_dir: Path) -> None:
-    """Remove temp files a killed run left behind (they are never read)."""
-    if stage_dir.exists():
-        for stale in stage_dir.glob(".*.tmp"):
-            stale.unlink(missing_ok=True)
+def clean_temp_files(*folders: Path) -> None:
+    """Remove temp files (`.NAME.*.tmp`) a killed run left behind in `folders` (they are never read)."""
+    for folder in folders:
+        if Path(folder).exists():
+            for stale in Path(folder).glob(".*.tmp"):
+                stale.unlink(missing_ok=True)
