@@ -1,4 +1,4 @@
-"""`xpaste pool import-coco | import-xpaste | info`."""
+"""`xpaste pool import-coco | import-xpaste | info | migrate | export-png`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -54,6 +54,9 @@ def info_cmd(pool: Path = typer.Argument(..., help="pool folder")) -> None:
     from xpaste.pool.store import InstancePool
 
     p = InstancePool.open(pool)
+    if p.incomplete:
+        typer.echo(f"WARNING: this pool is incomplete: a write started {p.incomplete.get('since', '?')} did not finish "
+                   "(interrupted, or still running); rerun the same command to complete it")
     rows = pool_summary(p)
     width = max([len(r["name"]) for r in rows] + [8])
     typer.echo(f"{'id':>6}  {'category':<{width}}  {'count':>7}  {'clip mean':>9}  {'min':>6}  {'max':>6}  sources")
@@ -61,4 +64,39 @@ def info_cmd(pool: Path = typer.Argument(..., help="pool folder")) -> None:
         clip = (f"{r['clip_mean']:9.2f}  {r['clip_min']:6.2f}  {r['clip_max']:6.2f}" if "clip_mean" in r
                 else f"{'-':>9}  {'-':>6}  {'-':>6}")
         typer.echo(f"{r['id']:>6}  {r['name']:<{width}}  {r['instances']:>7}  {clip}  {r['sources']}")
-    typer.echo(f"{len(p)} instances in {len(p.counts())} of {len(p.categories)} categories")
+    typer.echo(f"{len(p)} instances in {len(p.counts())} of {len(p.categories)} categories "
+               f"(format version {p.version}{', codec ' + p.header['codec'] if p.version >= 2 else ''})"
+               + ("; INCOMPLETE" if p.incomplete else ""))
+
+
+@pool_app.command("migrate")
+def migrate_cmd(
+    old: Path = typer.Argument(..., help="existing pool folder (format version 1 or 2)"),
+    new: Path = typer.Argument(..., help="new pool folder to write (current format)"),
+    codec: str = typer.Option("lz4_raw", "--codec", help="pixel codec: lz4_raw (fastest), zstd (smaller), raw"),
+) -> None:
+    """Copy a pool into the current format (packed shards): same rows, same instance ids, same pixels."""
+    from xpaste.errors import XPasteError
+    from xpaste.pool.header import CODECS
+    from xpaste.pool.tools import migrate
+
+    if codec not in CODECS:
+        raise XPasteError(f"--codec must be one of {', '.join(CODECS)}, got {codec!r}")
+    report = migrate(old, new, codec=codec, progress=True)
+    typer.echo(f"{new}: {report.summary()}")
+    for row, why in report.skipped[:20]:
+        typer.echo(f"  skipped row {row}: {why}")
+
+
+@pool_app.command("export-png")
+def export_png_cmd(
+    pool: Path = typer.Argument(..., help="pool folder"),
+    out: Path = typer.Option(..., "--out", help="folder to write <category>/<instance id>.png into"),
+    category: Optional[str] = typer.Option(None, "--category", help="only this category (id or name)"),
+    limit: Optional[int] = typer.Option(None, "--limit", min=0, help="write at most this many files"),
+) -> None:
+    """Write cut-outs as RGBA PNG files, to look at them in any image viewer."""
+    from xpaste.pool.tools import export_png
+
+    n = export_png(pool, out, category=category, limit=limit)
+    typer.echo(f"{out}: {n} PNG files written")
