@@ -50,16 +50,6 @@ def test_score_is_100_cosine_and_deterministic(scorer, images):
         scorer.score(images, texts[:2])
 
 
-def test_score_cutouts_uses_white_composite(scorer, images):
-    masks = [np.full(img.shape[:2], 255, np.uint8) for img in images]
-    masks[1][:] = 0
-    got = scorer.score_cutouts(images, masks, ["cat", "dog", "baseball_bat", "bus"])
-    composites = [composite_on_white(i, m) for i, m in zip(images, masks)]
-    want = scorer.score(composites, [prompt_for(n) for n in ["cat", "dog", "baseball_bat", "bus"]])
-    np.testing.assert_allclose(got, want, atol=1e-4)
-    assert prompt_for("baseball_bat") == "a photo of baseball bat"
-
-
 def test_missing_model_names_it():
     from xpaste.score.clip import ClipScorer
 
@@ -70,16 +60,83 @@ def test_missing_model_names_it():
         ClipScorer("local-dir:/nonexistent/folder", device="cpu")
 
 
-def test_composite_on_white():
-    rgb = np.full((2, 3, 3), 10, np.uint8)
-    soft = np.array([[255, 0, 128], [255, 255, 0]], np.uint8)
+def pil_composite_on_white(rgb: np.ndarray, soft: np.ndarray) -> np.ndarray:
+    """Hand reference with PIL: the whole image pasted over white through the binary mask (soft > 128)."""
+    from PIL import Image
+
+    binary = Image.fromarray(np.asarray(soft, np.uint8)).point(lambda v: 255 if v > 128 else 0)
+    white = Image.new("RGB", (rgb.shape[1], rgb.shape[0]), (255, 255, 255))
+    return np.asarray(Image.composite(Image.fromarray(rgb), white, binary))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_composite_on_white_is_the_whole_image_white_outside_the_binary_mask(seed):
+    r = np.random.default_rng(seed)
+    h, w = int(r.integers(1, 50)), int(r.integers(1, 50))
+    rgb = r.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    soft = r.integers(0, 256, (h, w), dtype=np.uint8)
+    soft[0, 0] = 128  # exactly 128 is background
     out = composite_on_white(rgb, soft)
-    assert out.dtype == np.uint8 and out.shape == rgb.shape
-    assert out[0, 0].tolist() == [10] * 3 and out[0, 1].tolist() == [255] * 3
-    assert out[0, 2, 0] == round(10 * 128 / 255 + 255 * 127 / 255)
-    np.testing.assert_array_equal(composite_on_white(rgb, soft > 128), composite_on_white(rgb, (soft > 128) * 255))
+    assert out.dtype == np.uint8 and out.shape == rgb.shape  # the whole image: no crop to the box
+    np.testing.assert_array_equal(out, pil_composite_on_white(rgb, soft))
+    np.testing.assert_array_equal(composite_on_white(rgb, soft > 128), out)
     with pytest.raises(ValueError):
-        composite_on_white(rgb, soft[:1])
+        composite_on_white(rgb, soft[:1, :1] if h > 1 else soft[:, :0])
+
+
+def hand_clip_tensor(rgb: np.ndarray, size: int):
+    """CLIP's preprocessing written out with torchvision: bicubic resize of the short side, centre crop,
+    OpenAI's mean and std (the constants from the CLIP paper's code)."""
+    from PIL import Image
+    from torchvision import transforms as T
+
+    return T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size), T.ToTensor(),
+                      T.Normalize((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))])(
+        Image.fromarray(rgb))
+
+
+def test_scorer_feeds_clip_the_white_composite_resized_and_centre_cropped(scorer, images):
+    """What the scorer embeds is the hand-composited image through a hand-written CLIP preprocessing."""
+    import torch
+
+    r = np.random.default_rng(5)
+    masks = [r.integers(0, 256, img.shape[:2], dtype=np.uint8) for img in images]  # soft: > 128 decides
+    size = int(scorer.model.visual.image_size[0] if isinstance(scorer.model.visual.image_size, tuple)
+               else scorer.model.visual.image_size)
+    hand = [pil_composite_on_white(i, m) for i, m in zip(images, masks)]
+    with torch.no_grad():
+        feats = scorer.model.encode_image(torch.stack([hand_clip_tensor(h, size) for h in hand])).numpy()
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    texts = [prompt_for(n) for n in ["cat", "dog", "baseball_bat", "bus"]]
+    want = 100 * np.sum(feats * scorer.embed_texts(texts), axis=1)
+    got = scorer.score_cutouts(images, masks, ["cat", "dog", "baseball_bat", "bus"])
+    np.testing.assert_allclose(got, want, atol=2e-3)
+    assert texts[2] == "a photo of baseball bat"
+
+
+def test_score_stage_scores_the_white_composite(scorer, images, tmp_path):
+    """The pipeline's score stage gives each (image, segmenter) 100 x cosine of the hand composite."""
+    from PIL import Image
+
+    from xpaste.pipeline.masks import ScoreStage
+
+    r = np.random.default_rng(7)
+    items = []
+    for k, img in enumerate(images):
+        soft = r.integers(0, 256, img.shape[:2], dtype=np.uint8)
+        (tmp_path / "images").mkdir(exist_ok=True)
+        (tmp_path / "masks").mkdir(exist_ok=True)
+        Image.fromarray(img).save(tmp_path / "images" / f"{k}.png")
+        Image.fromarray(soft).save(tmp_path / "masks" / f"{k}.png")
+        items.append({"candidate_id": f"c{k}", "category_id": 1, "segmenter": "s", "path": f"images/{k}.png",
+                      "mask_path": f"masks/{k}.png", "category": "baseball_bat", "soft": soft})
+    stage = ScoreStage(tmp_path, {"score": {}, "device": "cpu"})
+    stage._scorer = scorer
+    rows, skipped = stage.process([{k: v for k, v in it.items() if k != "soft"} for it in items])
+    assert not skipped and len(rows) == len(items)
+    want = scorer.score([pil_composite_on_white(img, it["soft"]) for img, it in zip(images, items)],
+                        ["a photo of baseball bat"] * len(items))
+    np.testing.assert_allclose([row["clip_score"] for row in rows], want, atol=2e-3)
 
 
 # --- filters ---------------------------------------------------------------------------------------
