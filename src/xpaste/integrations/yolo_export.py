@@ -132,16 +132,27 @@ def mask_to_polygon(mask: np.ndarray) -> np.ndarray | None:
     return poly
 
 
-def annotation_polygon(ann: dict, height: int, width: int) -> np.ndarray:
-    """The polygon of one COCO annotation: its pycocotools mask, traced by `mask_to_polygon`.
+def annotation_polygon(ann: dict, height: int, width: int) -> tuple[np.ndarray, bool]:
+    """(polygon, traced) for one COCO annotation: its pycocotools mask traced by `mask_to_polygon` (traced=True).
 
-    Raises ValueError when the segmentation is missing or malformed (`decode_annotation_mask`) or rasterises
-    to no pixel.
+    A polygon annotation that pycocotools rasterises to no pixel (a line drawn as a degenerate polygon) keeps
+    its own points instead (traced=False; several parts joined by ultralytics' `merge_multi_segment`, as its
+    COCO converter does), so ultralytics still sees the line. Raises ValueError when the segmentation is
+    missing or malformed (`decode_annotation_mask`), or is an RLE with no pixel.
     """
     poly = mask_to_polygon(decode_annotation_mask(ann, height, width))
-    if poly is None:
+    if poly is not None:
+        return poly, True
+    seg = ann.get("segmentation")
+    parts = [np.asarray(p, np.float64).reshape(-1, 2) for p in seg if len(p) >= 2] if isinstance(seg, list) else []
+    if not parts:
         raise ValueError(f"annotation {ann.get('id', '?')}: its mask is empty")
-    return poly
+    if len(parts) > 1:
+        from ultralytics.data.converter import merge_multi_segment
+
+        parts = [np.concatenate(merge_multi_segment([p.reshape(-1).tolist() for p in parts]), axis=0)]
+    poly = parts[0].astype(np.float32)
+    return (poly if len(poly) >= 3 else poly[[0, -1, 0]]), False
 
 
 # ----------------------------------------------------------------------------- layout
@@ -223,7 +234,7 @@ def export_yolo_seg(dataset_json: str | os.PathLike, images_dir: str | os.PathLi
     (coordinates normalised by the image's width / height to [0, 1], 6 decimals; polygon from
     `annotation_polygon`), and out/data.yaml. Classes are 0..K-1 in category-id order (`names` keeps the category
     names). Crowd annotations are skipped (YOLO has no ignore regions), as are annotations without a usable
-    mask; each skip is counted by reason in the printed summary. Images without instances get an empty label
+    mask (`annotation_polygon`); each skip is counted by reason in the printed summary. Images without instances get an empty label
     file (background images). With `val_fraction` in (0, 1) a seeded random share of the images goes to
     images/val, else `val` points at `split`. Raises ValueError for a bad `val_fraction` and XPasteError (before
     writing anything) for an image ultralytics could not pair with its label, a missing image, or a non-empty
@@ -261,7 +272,7 @@ def export_yolo_seg(dataset_json: str | os.PathLike, images_dir: str | os.PathLi
             shutil.rmtree(out / sub)
 
     skipped: Counter = Counter()
-    written = merged = 0
+    written = merged = untraced = 0
     for info, src, (image, label) in zip(images, sources, layout):
         h, w = int(info["height"]), int(info["width"])
         _place(src, image)
@@ -271,7 +282,8 @@ def export_yolo_seg(dataset_json: str | os.PathLike, images_dir: str | os.PathLi
                 skipped["crowd region (YOLO has no ignore regions)"] += 1
                 continue
             try:
-                poly = annotation_polygon(ann, h, w)
+                poly, traced = annotation_polygon(ann, h, w)
+                untraced += not traced
             except ValueError as e:
                 reason = str(e).split(": ", 1)[-1]
                 skipped["empty mask" if "empty" in reason else "no usable segmentation" if "no segmentation"
@@ -291,6 +303,9 @@ def export_yolo_seg(dataset_json: str | os.PathLike, images_dir: str | os.PathLi
     if skipped:
         summary += f"; skipped {sum(skipped.values())} annotations: " + ", ".join(
             f"{n} {reason}" for reason, n in sorted(skipped.items()))
+    if untraced:
+        summary += (f"; {untraced} polygon annotations cover no pixel for pycocotools (lines): written with "
+                    "their own points")
     if merged:
         summary += (f"; note: {merged} instances repeat the class and box of another in their image, and "
                     "ultralytics keeps only one of each such group (its duplicate-label rule)")
