@@ -10,6 +10,7 @@ import math
 import cv2
 import numpy as np
 
+from xpaste.core import keys
 from xpaste.core.sample import Sample
 from xpaste.core.targets import Targets
 from xpaste.paste.plan import PastePlan
@@ -262,15 +263,15 @@ def _occlude(sample: Sample, image: np.ndarray, pieces: list, box_tolerance: flo
     labels = np.concatenate([t.labels, np.array([pc[4] for pc in pieces], np.int64)])[kept]
     extra = {}
     for key, values in t.extra.items():
-        if key in ("pasted", "instance_id", "pool_row"):
+        if key in keys.PASTE_OWNED:
             continue
         extra[key] = np.concatenate([values, _default_fill(values.dtype, p)])[kept]
-    pasted = np.concatenate([t.extra.get("pasted", np.zeros(n, bool)).astype(bool), np.ones(p, bool)])
-    extra["pasted"] = pasted[kept]
-    original_ids = t.extra.get("instance_id", np.full(n, "", dtype=object)).astype(object)
+    pasted = np.concatenate([t.extra.get(keys.PASTED, np.zeros(n, bool)).astype(bool), np.ones(p, bool)])
+    extra[keys.PASTED] = pasted[kept]
+    original_ids = t.extra.get(keys.INSTANCE_ID, np.full(n, "", dtype=object)).astype(object)
     pool_rows = np.array([pc[3] for pc in pieces], np.int64)
     pasted_ids = np.array([pc[5] for pc in pieces], dtype=object)
-    extra["instance_id"] = np.concatenate([original_ids, pasted_ids])[kept]
-    extra["pool_row"] = np.concatenate([t.extra.get("pool_row", np.full(n, -1, np.int64)), pool_rows])[kept]
+    extra[keys.INSTANCE_ID] = np.concatenate([original_ids, pasted_ids])[kept]
+    extra[keys.POOL_ROW] = np.concatenate([t.extra.get(keys.POOL_ROW, np.full(n, -1, np.int64)), pool_rows])[kept]
     targets = Targets(boxes[kept].astype(np.float32), masks, labels, extra)
     return Sample(image, targets, dict(sample.meta))
