@@ -25,26 +25,39 @@ class CutoutError(XPasteError):
     """
 
 
+_BLOB_HEADER = 8  # uint32 little-endian height, then width: checked against the index row on every read
+
+
 def encode_raw(rgba: np.ndarray, codec: str) -> bytes:
-    """Compress the C-order bytes of an (h, w, 4) uint8 array with `codec` (see header.CODECS)."""
-    data = np.ascontiguousarray(rgba, dtype=np.uint8).tobytes()
+    """An 8-byte size header (uint32 LE height, width) + the C-order bytes of an (h, w, 4) uint8 array
+    compressed with `codec` (see header.CODECS)."""
+    rgba = np.ascontiguousarray(rgba, dtype=np.uint8)
+    head = np.array(rgba.shape[:2], dtype="<u4").tobytes()
+    data = rgba.tobytes()
     if codec == "raw":
-        return data
+        return head + data
     import pyarrow as pa
 
-    return pa.Codec(codec).compress(data, asbytes=True)
+    return head + pa.Codec(codec).compress(data, asbytes=True)
 
 
 def decode_raw(blob: bytes, height: int, width: int, codec: str, where: str | os.PathLike) -> np.ndarray:
-    """The (height, width, 4) uint8 array of a blob written by `encode_raw`. Raises CutoutError."""
+    """The (height, width, 4) uint8 array of a blob written by `encode_raw`. Raises CutoutError when the blob's
+    size header disagrees with the index row or the codec finds the data damaged."""
+    if len(blob) < _BLOB_HEADER:
+        raise CutoutError(f"cut-out data is {len(blob)} bytes, too short", where)
+    stored = tuple(int(v) for v in np.frombuffer(blob[:_BLOB_HEADER], dtype="<u4"))
+    if stored != (int(height), int(width)):
+        raise CutoutError(f"cut-out data is {stored[1]}x{stored[0]}, the index says {width}x{height}", where)
     size = int(height) * int(width) * 4
+    payload = memoryview(blob)[_BLOB_HEADER:]
     if codec == "raw":
-        data = blob
+        data = payload
     else:
         import pyarrow as pa
 
         try:
-            data = pa.decompress(blob, decompressed_size=size, codec=codec)
+            data = pa.decompress(payload, decompressed_size=size, codec=codec)
         except (OSError, ValueError, pa.ArrowException) as e:
             raise CutoutError(f"cut-out data is damaged ({codec}: {e})", where) from None
     if len(data) != size:
