@@ -30,7 +30,9 @@ DEFAULT_MAX_DETS = {"lvis": 300, "coco": 100}
 
 # ----------------------------------------------------------------------------- input checks
 def _load_gt(path: str | os.PathLike) -> dict:
-    gt = read_json(path)
+    from xpaste.data.coco import read_json_finite
+
+    gt = read_json_finite(path)
     keys = ("images", "annotations", "categories")
     if not isinstance(gt, dict) or not all(isinstance(gt.get(k), list) for k in keys):
         raise XPasteError("not a COCO/LVIS annotation file (needs 'images', 'annotations' and 'categories' lists)",
@@ -56,23 +58,115 @@ def _check_lvis_gt(gt: dict, path) -> None:
                                   path, "use --kind coco for a plain COCO file")
 
 
+def _to_rle(seg: Any, img: dict, what: str, path) -> dict:
+    """A compressed RLE ({'size': [h, w], 'counts': str}) of polygons or an RLE, as pycocotools' annToRLE builds it.
+
+    Polygon parts with fewer than 3 points or an odd number of coordinates are left out, as detectron2's COCO
+    loader does (pycocotools rasterises such parts to no pixel, but reads a first part of 4 numbers as a box).
+    Raises XPasteError (naming `what` and the file) for an unreadable segmentation or a size mismatch.
+    """
+    from pycocotools import mask as mask_utils
+
+    h, w = img.get("height"), img.get("width")
+    sized = type(h) is int and type(w) is int and h > 0 and w > 0
+    if isinstance(seg, dict) and isinstance(seg.get("counts"), str):
+        if sized and list(seg.get("size", ())) != [h, w]:
+            raise XPasteError(f"{what}: RLE size {seg.get('size')} differs from image {img.get('id')} ({h}x{w})",
+                              path)
+        return seg
+    if not sized:
+        raise XPasteError(f"{what}: image {img.get('id')} has no positive integer height/width, needed to "
+                          "rasterise its polygon or uncompressed RLE", path)
+    try:
+        if isinstance(seg, list):
+            if not all(isinstance(p, list) and all(_is_number(v) for v in p) for p in seg):
+                raise ValueError("polygons must be lists of finite numbers")
+            parts = [p for p in seg if len(p) >= 6 and len(p) % 2 == 0]
+            if not parts:
+                raise ValueError(f"no polygon with at least 3 points (coordinate counts {[len(p) for p in seg]})")
+            rle = mask_utils.merge(mask_utils.frPyObjects(parts, h, w))
+        elif isinstance(seg, dict) and isinstance(seg.get("counts"), list) and list(seg.get("size", ())) == [h, w]:
+            rle = mask_utils.frPyObjects(seg, h, w)
+        else:
+            raise ValueError(f"expected polygons or an RLE of size [{h}, {w}], got {str(seg)[:80]}")
+    except (ValueError, TypeError) as e:
+        raise XPasteError(f"{what}: unreadable segmentation ({e})", path) from None
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def _normalise_gt(gt: dict, path, iou_type: str) -> dict:
+    """The ground truth as the libraries need it to mean what the file says.
+
+    - ids checked (integers in the signed 64-bit range, unique, annotations refer to known images/categories);
+    - annotation ids renumbered 1..N in file order: pycocotools' COCOeval and lvis' LVISEval store the matched
+      gt id in a zero-initialised array and test `> 0`, so a gt id 0 is never "matched" and every detection of
+      it counts twice (COCOeval.evaluateImg: `if gtm[tind, gind] > 0 and not iscrowd[gind]: continue`);
+      the ids are not part of any metric, so the mapping (new id = position + 1) is not needed after;
+    - `area` filled in where absent: the mask's pixel count, pycocotools' `mask.area` of annToRLE (LVIS' and
+      COCO's own definition), or the box area w*h when there is no mask and iou_type is 'bbox';
+    - `bbox` filled in where absent from the mask (`mask.toBbox`), `iscrowd` defaults to 0 (COCOeval reads it);
+    - masks given as compressed RLE (`_to_rle`), so degenerate polygon parts are left out as on load.
+    Raises XPasteError (one line naming the file) when an annotation has no mask for segm evaluation, or
+    neither mask nor box for bbox evaluation.
+    """
+    from pycocotools import mask as mask_utils
+
+    from xpaste.data.coco import _check_annotations, _check_records, has_mask
+
+    _check_records(gt["images"], "image", {"id": "int"}, path)
+    _check_records(gt["categories"], "category", {"id": "int"}, path)
+    _check_annotations(gt["annotations"], {i["id"] for i in gt["images"]}, {c["id"] for c in gt["categories"]},
+                       path)
+    images = {img["id"]: img for img in gt["images"]}
+    anns = []
+    for new_id, ann in enumerate(gt["annotations"], 1):
+        ann = {**ann, "id": new_id, "iscrowd": ann.get("iscrowd", 0)}
+        what = f"ground-truth annotation #{new_id - 1}"
+        masked = has_mask(ann)
+        if not masked and (iou_type == "segm" or "bbox" not in ann):
+            raise XPasteError(f"{what} (id {gt['annotations'][new_id - 1]['id']}) has no segmentation"
+                              f"{'' if iou_type == 'segm' else ' and no bbox'}", path,
+                              "mask AP needs a mask on every ground-truth annotation; use --iou-type bbox"
+                              if iou_type == "segm" else None)
+        if masked:
+            ann["segmentation"] = rle = _to_rle(ann["segmentation"], images[ann["image_id"]], what, path)
+            if "area" not in ann or "bbox" not in ann:
+                rle_b = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
+                ann.setdefault("area", float(mask_utils.area(rle_b)))
+                ann.setdefault("bbox", [float(v) for v in mask_utils.toBbox(rle_b)])
+        else:
+            box = ann["bbox"]
+            if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
+                raise XPasteError(f"{what} has a malformed bbox {box!r} (expected [x, y, w, h])", path)
+            ann.setdefault("area", float(box[2] * box[3]))
+        if not _is_number(ann["area"]):
+            raise XPasteError(f"{what} has a non-numeric area {ann['area']!r}", path)
+        anns.append(ann)
+    return {**gt, "annotations": anns}
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _load_predictions(path: str | os.PathLike, gt: dict, iou_type: str) -> list[dict]:
-    """Read and validate a COCO results file: a json list of {image_id, category_id, score, bbox|segmentation}."""
-    preds = read_json(path)
+    """Read and validate a COCO results file: a json list of {image_id, category_id, score, bbox|segmentation}.
+
+    Returns copies holding only the key the evaluation uses: for segm the `bbox` is dropped, as detectron2's
+    COCO/LVIS evaluators do (`_evaluate_predictions_on_coco`: with a bbox in the results, both libraries take
+    the box area as the detection's area, so APs/APm/APl would mix box and mask areas); polygon and
+    uncompressed-RLE masks are converted to compressed RLE (the only form `loadRes` / `LVISResults` read).
+    """
+    from xpaste.data.coco import read_json_finite
+
+    preds = read_json_finite(path)
     if not isinstance(preds, list):
         raise XPasteError(f"predictions must be a json list of result objects, got {type(preds).__name__}", path)
-    if not preds:
-        raise XPasteError("no predictions in file", path, "the libraries cannot score an empty result list")
     images = {img["id"]: img for img in gt["images"]}
     cat_ids = {c["id"] for c in gt["categories"]}
     needed = "segmentation" if iou_type == "segm" else "bbox"
-    # The libraries decide how to read *all* results from the keys of the first one: insist on one layout.
-    layout = ("bbox" in preds[0], "segmentation" in preds[0]) if isinstance(preds[0], dict) else None
     unknown_images, unknown_cats = set(), set()
+    out = []
     for i, p in enumerate(preds):
         if not isinstance(p, dict):
             raise XPasteError(f"prediction {i} is a {type(p).__name__}, not an object", path)
@@ -80,8 +174,6 @@ def _load_predictions(path: str | os.PathLike, gt: dict, iou_type: str) -> list[
             if key not in p:
                 raise XPasteError(f"prediction {i} has no '{key}'", path,
                                   "segm evaluation needs RLE 'segmentation'" if key == "segmentation" else None)
-        if ("bbox" in p, "segmentation" in p) != layout:
-            raise XPasteError(f"prediction {i} does not have the same bbox/segmentation keys as prediction 0", path)
         for key in ("image_id", "category_id"):
             if not isinstance(p[key], int) or isinstance(p[key], bool):
                 raise XPasteError(f"prediction {i} has a non-integer {key} {p[key]!r}", path)
@@ -92,19 +184,24 @@ def _load_predictions(path: str | os.PathLike, gt: dict, iou_type: str) -> list[
             continue
         if p["category_id"] not in cat_ids:
             unknown_cats.add(p["category_id"])
-        if "bbox" in p:
+            continue
+        q = {k: v for k, v in p.items() if k not in ("bbox", "segmentation", "id", "area")}
+        if iou_type == "bbox":
             box = p["bbox"]
             if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
                 raise XPasteError(f"prediction {i} has a malformed bbox {box!r} (expected [x, y, w, h])", path)
-        if "segmentation" in p:
+            q["bbox"] = box
+        else:
             seg = p["segmentation"]
-            if not (isinstance(seg, dict) and "counts" in seg and "size" in seg):
+            if not (isinstance(seg, list) or (isinstance(seg, dict) and "counts" in seg and "size" in seg)):
                 raise XPasteError(f"prediction {i}: segmentation must be a compressed RLE {{'size', 'counts'}}", path,
                                   "encode masks with pycocotools.mask.encode")
             img = images[p["image_id"]]
-            if "height" in img and list(seg["size"]) != [img["height"], img["width"]]:
+            if isinstance(seg, dict) and "height" in img and list(seg["size"]) != [img["height"], img["width"]]:
                 raise XPasteError(f"prediction {i}: RLE size {seg['size']} differs from image {p['image_id']} "
                                   f"({img['height']}x{img['width']})", path)
+            q["segmentation"] = _to_rle(seg, img, f"prediction {i}", path)
+        out.append(q)
     if unknown_images:
         raise XPasteError("predictions refer to image ids not in the ground truth: "
                           f"{sorted(unknown_images)[:10]}", path,
@@ -112,7 +209,7 @@ def _load_predictions(path: str | os.PathLike, gt: dict, iou_type: str) -> list[
     if unknown_cats:
         raise XPasteError("predictions refer to category ids not in the ground truth: "
                           f"{sorted(unknown_cats)[:10]}", path, "map model labels back to dataset category ids")
-    return preds
+    return out
 
 
 # ----------------------------------------------------------------------------- library runs
@@ -159,7 +256,13 @@ def _run_lvis(gt: dict, preds: list[dict], iou_type: str, max_dets: int) -> dict
         with warnings.catch_warnings(), _numpy_float_alias(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore", DeprecationWarning)  # its Logger.warn calls
             lvis_gt = _LoadedLVIS(gt)
-            lvis_dt = lvis.LVISResults(lvis_gt, preds, max_dets=max_dets)
+            if preds:
+                lvis_dt = lvis.LVISResults(lvis_gt, preds, max_dets=max_dets)
+            else:  # LVISResults reads results[0]: an empty result set is built directly (every AP is 0)
+                lvis_dt = lvis.LVISResults.__new__(lvis.LVISResults)
+                lvis_dt.logger = logging.getLogger("lvis")
+                lvis_dt.dataset = {**gt, "annotations": []}
+                lvis_dt._create_index()
             ev = lvis.LVISEval(lvis_gt, lvis_dt, iou_type=iou_type)
             ev.params.max_dets = max_dets
             ev.run()
@@ -172,14 +275,16 @@ def _run_coco(gt: dict, preds: list[dict], iou_type: str, max_dets: int) -> dict
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    gt = dict(gt)
-    # COCOeval reads `iscrowd` on every gt annotation; LVIS-style files omit it (none are crowds).
-    gt["annotations"] = [a if "iscrowd" in a else {**a, "iscrowd": 0} for a in gt["annotations"]]
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress on every step
         coco_gt = COCO()
         coco_gt.dataset = gt
         coco_gt.createIndex()
-        coco_dt = coco_gt.loadRes(preds)
+        if preds:
+            coco_dt = coco_gt.loadRes(preds)
+        else:  # loadRes reads anns[0]: an empty result set is built directly (every AP is 0)
+            coco_dt = COCO()
+            coco_dt.dataset = {"images": gt["images"], "categories": gt["categories"], "annotations": []}
+            coco_dt.createIndex()
         ev = COCOeval(coco_gt, coco_dt, iouType=iou_type)
         ev.params.maxDets = [1, 10, max_dets]  # the AP summaries use the last entry
         ev.evaluate()
@@ -195,8 +300,13 @@ def evaluate(gt_path: str | os.PathLike, pred_path: str | os.PathLike, iou_type:
     kind: 'lvis' (LVISEval: federated, adds APr/APc/APf), 'coco' (COCOeval) or 'auto' (LVIS when the
     categories carry `frequency`). max_dets: detections kept per image; None uses the benchmark's own
     limit (300 for LVIS, 100 for COCO). Values are in [0, 1], or -1 where the library reports that no
-    ground truth exists for a metric (e.g. no small objects). Raises XPasteError for unreadable or
-    inconsistent files.
+    ground truth exists for a metric (e.g. no small objects); an empty predictions list scores 0.
+
+    The files are first made to mean what they say to the libraries (see `_normalise_gt`,
+    `_load_predictions`): ground-truth ids renumbered (a gt id 0 is never matched by either library),
+    missing `area`/`bbox`/`iscrowd` computed as pycocotools defines them, NaN/Infinity refused, segm results
+    without their bbox (detectron2's rule). Raises XPasteError, one line naming the file, for unreadable or
+    inconsistent files (unknown image/category ids in the predictions, gt without masks for segm, ...).
     """
     if iou_type not in IOU_TYPES:
         raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
@@ -207,6 +317,7 @@ def evaluate(gt_path: str | os.PathLike, pred_path: str | os.PathLike, iou_type:
         kind = detect_kind(gt)
     if kind == "lvis":
         _check_lvis_gt(gt, gt_path)
+    gt = _normalise_gt(gt, gt_path, iou_type)
     preds = _load_predictions(pred_path, gt, iou_type)
     limit = DEFAULT_MAX_DETS[kind] if max_dets is None else int(max_dets)
     if limit < 1:
