@@ -157,3 +157,37 @@ def test_rows_round_trip(tmp_path):
         categories_from_rows(rows + rows[:1])
     with pytest.raises(XPasteError, match="needs at least"):
         categories_from_rows([{"name": "x"}])
+
+
+@pytest.mark.parametrize("cats, key, words", [
+    ([Category(1, "cup"), Category(2, "cup")], "cup", "exact name of 2 categories (1 'cup', 2 'cup')"),
+    ([Category(3, "7"), Category(7, "dog")], "7", "name of one and the id of another"),
+    ([Category(1, "mug", synonyms=("cup",)), Category(2, "beaker", synonyms=("cup", "glass"))], "Cup",
+     "a synonym of 2 categories"),
+    ([Category(1, "Fire_Hydrant"), Category(2, "fire hydrant ")], "FIRE HYDRANT", "ignoring case"),
+])
+def test_ambiguous_selection_refused_in_one_line(cats, key, words):
+    with pytest.raises(XPasteError) as info:
+        select_categories(cats, [key])
+    assert words in str(info.value) and "\n" not in str(info.value) and "id" in str(info.value.hint)
+
+
+def test_selection_by_synonym_and_unambiguous_levels():
+    cats = [Category(1, "mug", synonyms=("coffee_cup",)), Category(2, "cup"), Category(3, "7")]
+    assert select_categories(cats, ["Coffee Cup"]) == [cats[0]]
+    assert select_categories(cats, ["cup"]) == [cats[1]]  # exact name before anyone's synonym
+    assert select_categories(cats, ["7"]) == [cats[2]]  # no category has id 7: the name is meant
+    assert select_categories(cats, ["2", "mug"]) == [cats[0], cats[1]]
+
+
+def test_ambiguous_selection_from_a_dataset(tmp_path):
+    """A COCO file with a repeated name loads, and selecting that name is refused, naming both ids."""
+    import json
+
+    doc = {"images": [], "annotations": [], "categories": [{"id": 4, "name": "person"}, {"id": 9, "name": "person"}]}
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps(doc))
+    cats = load_categories(path)
+    assert [c.id for c in select_categories(cats, ["9"])] == [9]
+    with pytest.raises(XPasteError, match=r"4 'person', 9 'person'"):
+        select_categories(cats, ["person"])

@@ -142,36 +142,54 @@ def _norm(s: str) -> str:
     return " ".join(s.replace("_", " ").lower().split())
 
 
+def _ambiguous(key: str, found: list[Category], how: str) -> XPasteError:
+    listed = ", ".join(f"{c.id} {c.name!r}" for c in found)
+    return XPasteError(f"category {key!r} is ambiguous: {how} {len(found)} categories ({listed})",
+                       hint="select it by its id")
+
+
+def _match(key: str, cats: list[Category], by_id: dict[int, Category]) -> Category | None:
+    """The one category `key` names, None when it names none; XPasteError when it names several."""
+    exact = [c for c in cats if c.name == key]
+    as_id = by_id.get(int(key)) if key.lstrip("-").isdigit() else None
+    if len(exact) > 1:
+        raise _ambiguous(key, exact, "the exact name of")
+    if exact and as_id is not None and as_id is not exact[0]:
+        raise _ambiguous(key, [exact[0], as_id], "the name of one and the id of another:")
+    if exact or as_id is not None:
+        return exact[0] if exact else as_id
+    norm = _norm(key)
+    for how, found in (("the name (ignoring case and '_') of", [c for c in cats if _norm(c.name) == norm]),
+                       ("a synonym of", [c for c in cats if any(_norm(s) == norm for s in c.synonyms)])):
+        if len(found) > 1:
+            raise _ambiguous(key, found, how)
+        if found:
+            return found[0]
+    return None
+
+
 def select_categories(cats: list[Category], names_or_ids: list[str] | None) -> list[Category]:
-    """The categories named (by id, exact name, or name ignoring case and '_' vs ' ') in `names_or_ids`.
+    """The categories named in `names_or_ids`, each by exact name, id, name ignoring case and '_' vs ' ', or
+    (LVIS) synonym, tried in that order.
 
     None or an empty list selects everything. The result keeps the catalogue's order, without repeats, so
-    the same selection written in another order gives the same run.
+    the same selection written in another order gives the same run. Raises XPasteError (one line) for an
+    unknown name (with close matches as hint) and for an ambiguous one: a name two categories share at the
+    first level that matches, or a key that is one category's exact name and another's id.
     """
     if not names_or_ids:
         return list(cats)
     by_id = {c.id: c for c in cats}
-    by_name = {c.name: c for c in cats}
-    by_norm: dict[str, list[Category]] = {}
-    for c in cats:
-        by_norm.setdefault(_norm(c.name), []).append(c)
     chosen: set[int] = set()
     for item in names_or_ids:
         key = str(item).strip()
-        if key in by_name:
-            chosen.add(by_name[key].id)
-        elif key.lstrip("-").isdigit() and int(key) in by_id:
-            chosen.add(int(key))
-        elif len(by_norm.get(_norm(key), ())) == 1:
-            chosen.add(by_norm[_norm(key)][0].id)
-        elif len(by_norm.get(_norm(key), ())) > 1:
-            ids = [c.id for c in by_norm[_norm(key)]]
-            raise XPasteError(f"category {key!r} is ambiguous (ids {ids})", hint="select it by its exact name or id")
-        else:
+        found = _match(key, cats, by_id)
+        if found is None:
             close = difflib.get_close_matches(key, [c.name for c in cats], n=5, cutoff=0.5)
             hint = f"did you mean {', '.join(repr(n) for n in close)}?" if close else \
                 f"{len(cats)} categories are known, e.g. {', '.join(repr(c.name) for c in cats[:5])}"
             raise XPasteError(f"unknown category {key!r}", hint=hint)
+        chosen.add(found.id)
     return [c for c in cats if c.id in chosen]
 
 
