@@ -74,10 +74,8 @@ def _coin_masks(rgb: np.ndarray) -> list[np.ndarray]:
 
 def build_demo_dataset(root: Path) -> tuple[Path, Path]:
     """Write root/images/*.png and root/annotations.json; returns (json, images dir)."""
-    from PIL import Image
-
     from xpaste.data.coco import annotation_from_mask
-    from xpaste.io import write_json_atomic
+    from xpaste.io import write_image_atomic, write_json_atomic
     from xpaste.ops.masks import largest_component
     from xpaste.segment.grabcut import GrabCutSegmenter
 
@@ -92,7 +90,7 @@ def build_demo_dataset(root: Path) -> tuple[Path, Path]:
 
     def add_image(rgb: np.ndarray, file_name: str, masks: list[np.ndarray], category: str | None) -> None:
         image_id = len(images) + 1
-        Image.fromarray(rgb).save(images_dir / file_name)
+        write_image_atomic(images_dir / file_name, rgb)
         images.append({"id": image_id, "file_name": file_name, "height": rgb.shape[0], "width": rgb.shape[1]})
         for m in masks:
             if m.any():
@@ -117,9 +115,9 @@ def build_demo_dataset(root: Path) -> tuple[Path, Path]:
 def write_preview(augmented: Path, out_png: Path, max_images: int = 12, tile: int = 256) -> None:
     """A contact sheet: pasted instances outlined in green, original ones in red."""
     import cv2
-    from PIL import Image
 
     from xpaste.imageio import read_rgb
+    from xpaste.io import write_image_atomic
     from xpaste.ops.masks import rle_decode
 
     doc = json.loads((augmented / "annotations.json").read_text())
@@ -141,7 +139,7 @@ def write_preview(augmented: Path, out_png: Path, max_images: int = 12, tile: in
     cols = 4
     rows = [np.concatenate(tiles[i : i + cols] + [np.full((tile, tile, 3), 255, np.uint8)] * (cols - len(tiles[i : i + cols])), axis=1)
             for i in range(0, len(tiles), cols)]
-    Image.fromarray(np.concatenate(rows, axis=0)).save(out_png)
+    write_image_atomic(out_png, np.concatenate(rows, axis=0))
 
 
 def _available_segmenters() -> list[str]:
@@ -167,9 +165,8 @@ def _available_segmenters() -> list[str]:
 def build_collection(dataset_json: Path, images_dir: Path, out: Path) -> Path:
     """A labelled collection (out/<category>/*.png) cut from the dataset photos: each object's own photo
     and, for the coins, one crop per coin with a margin, so GrabCut sees one object per image."""
-    from PIL import Image
-
     from xpaste.data.coco import load_coco, load_sample
+    from xpaste.io import write_image_atomic
 
     dataset = load_coco(dataset_json)
     names = {c["id"]: c["name"] for c in dataset.categories}
@@ -181,9 +178,7 @@ def build_collection(dataset_json: Path, images_dir: Path, out: Path) -> Path:
             margin = max(8, (x2 - x1) // 4) if len(t) > 1 else 0
             crop = sample.image[max(0, y1 - margin): y2 + margin, max(0, x1 - margin): x2 + margin] if margin \
                 else sample.image
-            folder = out / names[int(t.labels[i])]
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(np.ascontiguousarray(crop)).save(folder / f"{image['id']}_{i}.png")
+            write_image_atomic(out / names[int(t.labels[i])] / f"{image['id']}_{i}.png", np.ascontiguousarray(crop))
     return out
 
 
@@ -206,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from xpaste.cli import main as cli
     from xpaste.io import write_bytes_atomic
+    from xpaste.pipeline.config import PipelineConfig
+    from xpaste.pipeline.stages import run_pipeline
 
     out: Path = args.out
     times: dict[str, float] = {}
@@ -237,10 +234,16 @@ def main(argv: list[str] | None = None) -> int:
         "score": {"clip": args.clip, "pretrained": args.pretrained},
         "build_pool": {"area_min": 0.02, "area_max": 0.98},
     }
-    config_path = out / "pipeline.yaml"
-    write_bytes_atomic(config_path, yaml.safe_dump(config, sort_keys=False).encode())
+    pipeline_config = PipelineConfig.from_dict(config)  # checked before anything runs
+    config_path = out / "pipeline.yaml"  # the same run from the command line: xpaste run demo_out/pipeline.yaml
+    write_bytes_atomic(config_path, yaml.safe_dump(pipeline_config.to_dict(), sort_keys=False).encode())
     print(f"segmenters: {', '.join(segmenters)}; CLIP: {args.clip or 'none (pass --clip to score cut-outs)'}")
-    stage("xpaste run (retrieve/generate, segment, score, build-pool)", lambda: cli(["run", str(config_path)]))
+
+    def pipeline() -> None:
+        for line in run_pipeline(pipeline_config).lines():
+            print(line)
+
+    stage("run_pipeline (retrieve/generate, segment, score, build-pool)", pipeline)
     pool = run_dir / "pool"
     stage("xpaste pool import-coco (the dataset's own instances)", lambda: cli([
         "pool", "import-coco", str(paths["json"]), "--images", str(paths["images"]), "--out", str(pool), "--append"]))

@@ -1,6 +1,7 @@
 """Atomic file writes and safe path handling: nothing is ever half-written under its final name."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -13,6 +14,10 @@ from typing import Any, Iterator
 from xpaste.errors import XPasteError
 
 
+#: errno values of environment faults (full disk, quota, read-only, permissions, open-file limits).
+_FAULT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EMFILE, errno.ENFILE)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -23,12 +28,22 @@ def _umask() -> int:
 def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `final`; rename it onto `final` only if the block succeeds.
 
+    The one atomic-write helper: every file xpaste writes goes through it (directly or through the
+    `write_*_atomic` helpers below), so a killed or failed write never leaves a half-written file under its
+    final name, only a hidden `.<name>.*.tmp` that is removed on failure (readers skip dot-files).
     The final file gets the permissions a plain `open(final, "w")` would give (0666 less the umask), not
     mkstemp's private 0600, so outputs on a shared cluster stay readable as the user's umask says.
+
+    Raises: OSError as raised by the system, with `filename` set to `final` (or its folder when the
+    temporary file cannot be created) where the system named no file or only the temporary one, so the
+    CLI's one-line message names the file the user asked for (e.g. ENOSPC, EROFS, EACCES).
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    except OSError as e:
+        raise _named(e, final.parent, None) from e
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -36,9 +51,28 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
         if tmp_path.exists():
             os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, final)
-    except BaseException:
+    except BaseException as e:
         tmp_path.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise _named(e, final, tmp_path) from e
         raise
+
+
+def _named(e: OSError, path: Path, tmp: Path | None) -> OSError:
+    """`e` itself if it names a file other than the temporary one, else the same kind of error naming `path`.
+
+    Writers that wrap the C library (pyarrow) raise OSError without an errno; the system's message text of
+    the common environment faults identifies those, so they get their errno back here."""
+    if e.errno is None:
+        text = str(e)
+        code = next((c for c in _FAULT_ERRNOS if os.strerror(c) in text), None)
+        return e if code is None else OSError(code, os.strerror(code), str(path))
+    if e.filename is not None and (tmp is None or str(e.filename) != str(tmp)):
+        return e
+    try:
+        return type(e)(e.errno, e.strerror or os.strerror(e.errno), str(path))
+    except TypeError:  # an OSError subclass with another constructor
+        return OSError(e.errno, e.strerror or os.strerror(e.errno), str(path))
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes, durable: bool = True) -> None:
@@ -50,6 +84,61 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, durable: bool = Tru
             if durable:
                 f.flush()
                 os.fsync(f.fileno())
+
+
+def write_parquet_atomic(path: str | os.PathLike, table: Any, durable: bool = False) -> None:
+    """Write a pyarrow Table as one Parquet file, atomically (see `atomic_path`).
+
+    The file is encoded in memory first and written with Python's own file I/O, so a full disk or a
+    read-only folder raises an OSError with its errno and the final path (pyarrow's own writer raises
+    errors without an errno). Tables written this way are shards (thousands of rows), not whole datasets.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    write_bytes_atomic(path, sink.getvalue().to_pybytes(), durable)
+
+
+def copy_file_atomic(src: str | os.PathLike, dst: str | os.PathLike, durable: bool = False) -> None:
+    """Copy the bytes of `src` to `dst` atomically (see `atomic_path`); `dst` gets umask permissions, not
+    `src`'s mode. Raises FileNotFoundError if `src` is missing."""
+    import shutil
+
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+        if durable:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+
+
+def encode_image(array: Any, ext: str = ".png", png_compression: int = 1, jpeg_quality: int = 95) -> bytes:
+    """Encode an (H, W) uint8 mask, (H, W, 3) uint8 RGB or (H, W, 4) uint8 RGBA image as PNG or JPEG bytes.
+
+    Channel order in is RGB(A) (xpaste's convention, design.md); OpenCV's BGR order is handled here.
+    Raises ValueError for another dtype/shape or an extension OpenCV cannot encode.
+    """
+    import cv2
+    import numpy as np
+
+    array = np.asarray(array)
+    if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+        raise ValueError(f"encode_image needs uint8 (H,W), (H,W,3) or (H,W,4), got {array.dtype} {array.shape}")
+    if array.ndim == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR if array.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
+    ext = ext.lower() if ext.startswith(".") else f".{ext.lower()}"
+    params = ([cv2.IMWRITE_PNG_COMPRESSION, png_compression] if ext == ".png" else
+              [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if ext in (".jpg", ".jpeg") else [])
+    ok, buf = cv2.imencode(ext, np.ascontiguousarray(array), params)
+    if not ok:
+        raise ValueError(f"OpenCV could not encode a {ext} image")
+    return buf.tobytes()
+
+
+def write_image_atomic(path: str | os.PathLike, array: Any, durable: bool = False) -> None:
+    """Encode `array` (see `encode_image`; the format follows the file extension) and write it atomically."""
+    write_bytes_atomic(path, encode_image(array, Path(path).suffix or ".png"), durable)
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = None, durable: bool = True) -> None:

@@ -1,6 +1,17 @@
-"""The run directory: categories, config and versions records, and image/mask file I/O for the stages."""
+"""The run folder: one object (`RunDir`) owns its layout; image/mask file I/O for the stages.
+
+Layout of a run folder (every file written atomically, `xpaste.io.atomic_path`):
+    config.yaml            the resolved config of the latest invocation
+    run.json               the last 50 invocations (command, library versions)
+    categories.json        the run's categories, recorded on first use (later runs must agree)
+    <stage>/               generate, retrieve, segment, score: shard-*.parquet (+ .skipped.json), stage.json
+    images/, masks/        the stages' image and mask files (paths in the shards are relative to the run)
+    build_pool/            decisions.parquet, summary.json
+    pool/                  the instance pool (unless build_pool.out names another folder)
+"""
 from __future__ import annotations
 
+import logging
 import platform
 import sys
 from importlib import metadata
@@ -9,9 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from xpaste.errors import XPasteError
-from xpaste.io import read_json, resolve_inside, write_bytes_atomic, write_json_atomic
+from xpaste.io import read_json, resolve_inside, write_bytes_atomic, write_image_atomic, write_json_atomic
+
+log = logging.getLogger(__name__)
 
 CATEGORIES_FILE = "categories.json"
+CONFIG_FILE = "config.yaml"
+HISTORY_FILE = "run.json"
 VERSIONED_PACKAGES = ("xpaste", "numpy", "torch", "diffusers", "transformers", "open_clip_torch", "rembg",
                       "opencv-python-headless", "pyarrow", "ray")
 
@@ -26,65 +41,108 @@ def versions() -> dict:
     return out
 
 
-def record_invocation(run_dir: Path, command: str, config: dict) -> None:
-    """Keep the resolved config and library versions of the latest invocation, plus a short history."""
-    import yaml
+class RunDir:
+    """A run folder and the paths of everything in it (see the module docstring)."""
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False, allow_unicode=True).encode())
-    history_path = run_dir / "run.json"
-    history = read_json(history_path) if history_path.exists() else {"invocations": []}
-    history["invocations"].append({"command": command, "versions": versions()})
-    history["invocations"] = history["invocations"][-50:]
-    write_json_atomic(history_path, history, indent=1)
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.root)!r})"
+
+    def stage_dir(self, stage: str) -> Path:
+        """Folder of a stage's shards: 'generate', 'retrieve', 'segment', 'score', 'build-pool' -> build_pool."""
+        return self.root / stage.replace("-", "_")
+
+    def pool_dir(self, config: dict) -> Path:
+        """The pool build-pool writes: `build_pool.out`, else RUN/pool."""
+        out = config["build_pool"]["out"]
+        return Path(out) if out else self.root / "pool"
+
+    @property
+    def categories_file(self) -> Path:
+        return self.root / CATEGORIES_FILE
+
+    def path(self, rel: str, what: str = "path") -> Path:
+        """A path inside the run from a relative path stored in a shard; refuses anything escaping the run."""
+        return resolve_inside(self.root, rel, what)
+
+    def record_invocation(self, command: str, config: dict) -> None:
+        """Keep the resolved config and library versions of the latest invocation, plus a short history."""
+        import yaml
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(self.root / CONFIG_FILE,
+                           yaml.safe_dump(config, sort_keys=False, allow_unicode=True).encode())
+        history_path = self.root / HISTORY_FILE
+        history = read_json(history_path) if history_path.exists() else {"invocations": []}
+        history["invocations"].append({"command": command, "versions": versions()})
+        history["invocations"] = history["invocations"][-50:]
+        write_json_atomic(history_path, history, indent=1)
+
+    def categories(self, config: dict):
+        """Categories of this run: from `categories.source` (recorded on first use) or from the run's record.
+
+        Raises XPasteError when there are none, or when they differ from the ones the run started with."""
+        from xpaste.categories import (categories_from_rows, categories_to_rows, load_categories,
+                                       select_categories)
+
+        path = self.categories_file
+        recorded = categories_from_rows(read_json(path)["categories"]) if path.exists() else None
+        source = config["categories"]["source"]
+        if source is None:
+            if recorded is None:
+                raise XPasteError("no categories for this run", self.root,
+                                  "pass --categories (a COCO/LVIS json, a text file, or 'cat,dog')")
+            return recorded
+        select = config["categories"]["select"]
+        cats = select_categories(load_categories(str(source)), list(select) if select else None)
+        if recorded is not None and categories_to_rows(recorded) != categories_to_rows(cats):
+            raise XPasteError("this run was started with other categories", path,
+                              "use a new --run folder, or the same categories")
+        if recorded is None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(path, {"categories": categories_to_rows(cats)}, indent=1)
+        return cats
+
+    def save_png(self, rel: str, array: np.ndarray) -> None:
+        """Write an (H, W) uint8 mask or (H, W, 3) uint8 RGB image as PNG at run-relative `rel`, atomically."""
+        write_image_atomic(self.path(rel, "output path"), array)
+
+    def load_rgb(self, rel: str) -> np.ndarray:
+        """(H, W, 3) uint8 RGB of a run-relative image; XPasteError if missing or unreadable."""
+        from xpaste.data.coco import read_image_rgb
+
+        return read_image_rgb(self.path(rel, "image path"))
+
+    def load_mask(self, rel: str) -> np.ndarray:
+        """(H, W) uint8 soft mask of a run-relative PNG; XPasteError if missing or unreadable."""
+        import cv2
+
+        path = self.path(rel, "mask path")
+        data = np.fromfile(path, np.uint8) if path.exists() else np.zeros(0, np.uint8)
+        mask = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
+        if mask is None:
+            raise XPasteError("missing or unreadable mask", path, "rerun the segment stage with --fresh")
+        return mask
+
+
+# Function forms used by the stage modules (each is the RunDir method of the same name).
+def record_invocation(run_dir: Path, command: str, config: dict) -> None:
+    RunDir(run_dir).record_invocation(command, config)
 
 
 def resolve_categories(run_dir: Path, config: dict):
-    """Categories of this run: from `categories.source` (recorded on first use) or from the run's record."""
-    from xpaste.categories import (categories_from_rows, categories_to_rows, load_categories,
-                                   select_categories)
-
-    path = run_dir / CATEGORIES_FILE
-    recorded = categories_from_rows(read_json(path)["categories"]) if path.exists() else None
-    source = config["categories"]["source"]
-    if source is None:
-        if recorded is None:
-            raise XPasteError("no categories for this run", run_dir,
-                              "pass --categories (a COCO/LVIS json, a text file, or 'cat,dog')")
-        return recorded
-    cats = select_categories(load_categories(str(source)), config["categories"]["select"])
-    if recorded is not None and categories_to_rows(recorded) != categories_to_rows(cats):
-        raise XPasteError("this run was started with other categories", path,
-                          "use a new --run folder, or the same categories")
-    if recorded is None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, {"categories": categories_to_rows(cats)}, indent=1)
-    return cats
+    return RunDir(run_dir).categories(config)
 
 
 def save_png(run_dir: Path, rel: str, array: np.ndarray) -> None:
-    import cv2
-
-    if array.ndim == 3:
-        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(".png", array, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    if not ok:
-        raise RuntimeError(f"PNG encoding failed for {rel}")
-    write_bytes_atomic(resolve_inside(run_dir, rel, "output path"), buf.tobytes(), durable=False)
+    RunDir(run_dir).save_png(rel, array)
 
 
 def load_rgb(run_dir: Path, rel: str) -> np.ndarray:
-    from xpaste.imageio import read_rgb
-
-    return read_rgb(resolve_inside(run_dir, rel, "image path"))
+    return RunDir(run_dir).load_rgb(rel)
 
 
 def load_mask(run_dir: Path, rel: str) -> np.ndarray:
-    import cv2
-
-    path = resolve_inside(run_dir, rel, "mask path")
-    data = np.fromfile(path, np.uint8) if path.exists() else np.zeros(0, np.uint8)
-    mask = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
-    if mask is None:
-        raise XPasteError("missing or unreadable mask", path, "rerun the segment stage with --fresh")
-    return mask
+    return RunDir(run_dir).load_mask(rel)

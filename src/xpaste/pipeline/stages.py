@@ -1,29 +1,104 @@
-"""The stage registry and the joins between stage outputs."""
+"""The stage registry and the Python entry points of the pipeline: `run_pipeline(config)` runs the enabled stages
+in order; `run_stage_job` and `build_pool_job` run one. Each returns a `xpaste.jobs.JobReport`.
+
+Stages are reached through registry strings ("module:Class") so that this module imports no stage module (and
+no stage module imports it): no import cycles, and the CLI stays light until a stage runs.
+"""
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
+from typing import Any
 
-from xpaste.pipeline.shards import read_stage
+from xpaste.jobs import JobReport
+
+log = logging.getLogger(__name__)
 
 STAGE_ORDER = ("generate", "retrieve", "segment", "score", "build-pool")
 
-
-def segment_rows_with_paths(run_dir: Path) -> list[dict]:
-    """Segment rows joined with their candidate (image path, category name), in (candidate, segmenter) order."""
-    from xpaste.pipeline.masks import SegmentStage, read_candidates
-
-    candidates = {r["candidate_id"]: r for r in read_candidates(run_dir)}
-    out = []
-    for row in read_stage(run_dir / "segment", SegmentStage.schema(None)).to_pylist():
-        cand = candidates.get(row["candidate_id"])
-        if cand is not None:
-            out.append({**row, "path": cand["path"], "category": cand["category"]})
-    return out
+#: name -> "module:Class" of the sharded stages (build-pool is a filter over their outputs, `build_pool_job`).
+STAGES: dict[str, str] = {
+    "generate": "xpaste.pipeline.acquire:GenerateStage",
+    "retrieve": "xpaste.pipeline.acquire:RetrieveStage",
+    "segment": "xpaste.pipeline.masks:SegmentStage",
+    "score": "xpaste.pipeline.masks:ScoreStage",
+}
 
 
-def make_stage(name: str, run_dir: Path, config: dict):
-    from xpaste.pipeline.acquire import GenerateStage, RetrieveStage
-    from xpaste.pipeline.masks import ScoreStage, SegmentStage
+def _as_dict(config: Any) -> dict:
+    """Stages read plain nested dicts: a PipelineConfig becomes its `to_dict()`."""
+    return config.to_dict() if hasattr(config, "to_dict") else config
 
-    classes = {"generate": GenerateStage, "retrieve": RetrieveStage, "segment": SegmentStage, "score": ScoreStage}
-    return classes[name](Path(run_dir), config)
+
+def make_stage(name: str, run_dir: Path, config: Any):
+    """Build the stage registered under `name` ('generate', 'retrieve', 'segment', 'score')."""
+    import importlib
+
+    from xpaste.errors import XPasteError
+
+    if name not in STAGES:
+        raise XPasteError(f"unknown stage {name!r}", hint=f"choose one of {', '.join(STAGES)}")
+    module, cls = STAGES[name].split(":")
+    return getattr(importlib.import_module(module), cls)(Path(run_dir), _as_dict(config))
+
+
+def run_stage_job(name: str, config: Any, fresh: bool = False, progress: bool = True) -> JobReport:
+    """Run one sharded stage in `config.run_dir` (resuming finished shards; `fresh` redoes it)."""
+    from xpaste.pipeline.rundir import RunDir
+    from xpaste.pipeline.runner import run_stage
+
+    cfg = _as_dict(config)
+    run = RunDir(cfg["run_dir"])
+    run.record_invocation(name, cfg)
+    stage = make_stage(name, run.root, cfg)
+    report = run_stage(stage, engine=cfg["engine"], fresh=fresh, ray_address=cfg["ray_address"],
+                       progress=progress, workers=cfg.get("workers", 1))
+    counts = {"items": report.items, "shards": report.shards, "shards resumed": report.shards_resumed,
+              "rows": report.rows}
+    return JobReport(name, str(run.stage_dir(name)), counts, list(report.skipped), report.seconds)
+
+
+def build_pool_job(config: Any, progress: bool = True) -> JobReport:
+    """Filter the run's scored cut-outs into the pool (`xpaste.pipeline.build_pool.build_pool`)."""
+    from xpaste.pipeline.build_pool import build_pool
+    from xpaste.pipeline.rundir import RunDir
+
+    cfg = _as_dict(config)
+    run = RunDir(cfg["run_dir"])
+    run.record_invocation("build-pool", cfg)
+    summary = build_pool(run.root, cfg, progress=progress)
+    counts = {"candidates": summary["candidates"], "added": summary["added"]}
+    counts.update({k: v for k, v in summary["decisions"].items() if k != "kept"})
+    return JobReport("build-pool", summary["pool"], counts, [], float(summary.get("seconds", 0.0)))
+
+
+def enabled_stages(config: Any) -> list[str]:
+    """The stages `run_pipeline` runs: generate/retrieve when enabled, segment, score unless score.clip is
+    null (the pool is then built without CLIP scores), build-pool."""
+    cfg = _as_dict(config)
+    names = [n for n in ("generate", "retrieve") if cfg[n]["enabled"]] + ["segment"]
+    if cfg["score"]["clip"] is not None:
+        names.append("score")
+    return names + ["build-pool"]
+
+
+def run_pipeline(config: Any, progress: bool = True) -> JobReport:
+    """Run the enabled stages in order (see `enabled_stages`), each resumable; returns a 'run' JobReport whose
+    parts are the stages' reports and whose counts are the pool's (candidates, added).
+
+    config: a `PipelineConfig` (or its `to_dict()`). Raises XPasteError (a stage's inputs changed since it was
+    started, missing inputs), OSError (disk full, ...) and KeyboardInterrupt; finished shards are kept."""
+    start = time.perf_counter()
+    cfg = _as_dict(config)
+    parts = []
+    for name in enabled_stages(cfg):
+        log.info("== %s", name)
+        part = build_pool_job(cfg, progress) if name == "build-pool" else run_stage_job(name, cfg, False, progress)
+        log.info("%s", part.summary())
+        parts.append(part)
+    if cfg["score"]["clip"] is None:
+        log.info("score: skipped (score.clip is null: the pool was built without CLIP scores)")
+    pool = parts[-1]
+    return JobReport("run", pool.out, dict(pool.counts), [f for p in parts for f in p.failures],
+                     time.perf_counter() - start, parts)
