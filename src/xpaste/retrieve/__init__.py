@@ -7,8 +7,8 @@ never loads torch and never touches the network.
 from __future__ import annotations
 
 from xpaste.retrieve.filters import is_simple_background, most_common_colour, simple_background_fraction
-from xpaste.retrieve.folder import Candidate, RetrievalResult, list_images, load_rgb, rank_folder
+from xpaste.retrieve.folder import Candidate, RetrievalResult, labelled_folder, list_images, load_rgb, rank_folder
 from xpaste.retrieve.knn import Download, KnnClient, download
 
-__all__ = ["simple_background_fraction", "is_simple_background", "most_common_colour", "list_images",
-           "load_rgb", "rank_folder", "Candidate", "RetrievalResult", "KnnClient", "Download", "download"]
+__all__ = ["simple_background_fraction", "is_simple_background", "most_common_colour", "labelled_folder",
+           "list_images", "load_rgb", "rank_folder", "Candidate", "RetrievalResult", "KnnClient", "Download", "download"]

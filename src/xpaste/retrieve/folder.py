@@ -89,6 +89,26 @@ def list_images(source: str | os.PathLike) -> list[Path]:
     raise XPasteError("no such folder or list file", source)
 
 
+def labelled_folder(root: str | os.PathLike, names: Sequence[str]) -> Path | None:
+    """The category folder of a labelled collection: the first `root/<name>` that is a folder inside `root`.
+
+    Names are data (category names, folder names): one that would leave `root` - '..' parts, an absolute
+    path, a symlink (or symlinked parent) resolving outside `root` - or that is `root` itself ('', '.') is
+    never used, whatever exists there (`xpaste.io.resolve_inside`). Returns the resolved folder, or None.
+    """
+    base = Path(root).resolve()
+    for name in names:
+        if not isinstance(name, str) or not name.strip():
+            continue
+        try:
+            folder = resolve_inside(base, name, "category folder")
+        except XPasteError:
+            continue
+        if folder != base and folder.is_dir():
+            return folder
+    return None
+
+
 def load_rgb(path: str | os.PathLike) -> np.ndarray:
     """Decode an image file to (H, W, 3) uint8 RGB: EXIF rotation applied, transparency put on white."""
     from xpaste.imageio import read_rgb  # the package's one reader; white: what the background filter sees

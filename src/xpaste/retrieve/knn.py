@@ -8,10 +8,11 @@ sometimes "NSFW" or a base64 "image") plus "id" and "similarity" (the raw inner 
 normalised CLIP embeddings). An empty "aesthetic_score"/"aesthetic_weight" string turns the aesthetic
 re-weighting off.
 
-Downloads are defensive because web URLs are hostile input: only http(s) (redirects included), a hard size
-cap read in chunks, a total deadline per attempt, bounded retries with exponential backoff for transient
-failures only, and a decode check before anything is written (atomically, named by sha1 of the URL, so a
-rerun skips files already fetched).
+Downloads are defensive because web URLs and k-NN replies are hostile input: only http(s) (redirects
+included), a hard size cap read in chunks, every read bounded by the socket timeout and by a total monotonic
+deadline per attempt (a slow-drip server is cut off, `_DeadlineSocket`), bounded retries with exponential
+backoff for transient failures only, malformed results recorded and skipped, and a decode check before
+anything is written (atomically, named by sha1 of the URL, so a rerun skips files already fetched).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import http.client
 import io
 import json
 import os
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -58,34 +60,105 @@ class _SafeRedirect(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-def _opener() -> urllib.request.OpenerDirector:
-    """An opener with only HTTP(S) handlers: no file://, ftp:// or data: support at all."""
+class _DeadlineSocket:
+    """A connected socket whose every receive waits at most min(timeout, time left before `end`).
+
+    A plain socket timeout bounds one read only: a server sending a byte a second never trips it, and
+    `HTTPResponse.read(n)` loops over reads until n bytes came. Arming each receive with the time left makes
+    the status line, the headers and the body all end by the deadline (monotonic clock).
+    """
+
+    def __init__(self, sock, timeout: float, end: float):
+        self._sock, self._timeout, self._end = sock, timeout, end
+
+    def _arm(self) -> None:
+        left = self._end - time.monotonic()
+        if left <= 0:
+            raise _DeadlinePassed("deadline passed")
+        self._sock.settimeout(min(self._timeout, left))
+
+    def recv_into(self, buffer, nbytes: int = 0, flags: int = 0) -> int:
+        self._arm()
+        return self._sock.recv_into(buffer, nbytes, flags)
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        self._arm()
+        return self._sock.recv(bufsize, flags)
+
+    def makefile(self, mode: str = "r", buffering=None, **kwargs):
+        if "w" in mode:
+            return self._sock.makefile(mode, buffering, **kwargs)
+        self._sock._io_refs += 1  # as socket.makefile does: a close() waits until this reader is closed
+        return io.BufferedReader(socket.SocketIO(self, "rb"), io.DEFAULT_BUFFER_SIZE)
+
+    def _decref_socketios(self) -> None:
+        self._sock._decref_socketios()
+
+    def __getattr__(self, name: str):
+        return getattr(self._sock, name)
+
+
+class _DeadlinePassed(socket.timeout):
+    """The attempt's total deadline passed (a subclass of the socket timeout, so http.client treats it alike)."""
+
+
+class _DeadlineConnections:
+    """Mixin for urllib's HTTP(S) handlers: every connection they open reads under `_DeadlineSocket`."""
+
+    def __init__(self, timeout: float, end: float, **kwargs):
+        super().__init__(**kwargs)
+        self._read_timeout, self._end = timeout, end
+
+    def do_open(self, http_class, req, **kwargs):
+        timeout, end = self._read_timeout, self._end
+
+        class Connection(http_class):
+            def connect(self):
+                super().connect()  # TCP connect (and TLS handshake) under the per-operation socket timeout
+                self.sock = _DeadlineSocket(self.sock, timeout, end)
+
+        return super().do_open(Connection, req, **kwargs)
+
+
+class _HTTPHandler(_DeadlineConnections, urllib.request.HTTPHandler):
+    pass
+
+
+class _HTTPSHandler(_DeadlineConnections, urllib.request.HTTPSHandler):
+    pass
+
+
+def _opener(timeout: float, end: float) -> urllib.request.OpenerDirector:
+    """An opener with only HTTP(S) handlers (no file://, ftp:// or data:), each read bounded by `timeout`
+    seconds and by the monotonic deadline `end`."""
     opener = urllib.request.OpenerDirector()
-    for handler in (urllib.request.ProxyHandler(), urllib.request.HTTPHandler(), urllib.request.HTTPSHandler(),
+    for handler in (urllib.request.ProxyHandler(), _HTTPHandler(timeout, end), _HTTPSHandler(timeout, end),
                     urllib.request.HTTPDefaultErrorHandler(), _SafeRedirect(),
                     urllib.request.HTTPErrorProcessor()):
         opener.add_handler(handler)
     return opener
 
 
-def _fetch(opener, request: urllib.request.Request, timeout: float, max_bytes: int,
-           deadline_s: float) -> bytes:
-    """One attempt: the body, at most max_bytes. Raises _Transient (retry) or ValueError (give up)."""
+def _fetch(request: urllib.request.Request, timeout: float, max_bytes: int, deadline_s: float) -> bytes:
+    """One attempt: the body, at most max_bytes, all of it (headers included) within deadline_s seconds.
+
+    Raises _Transient (worth a retry: network trouble, no byte for `timeout` seconds, 5xx, 408, 429) or
+    ValueError (give up: too large, slower than the deadline, other HTTP errors).
+    """
+    end = time.monotonic() + deadline_s
     try:
-        with opener.open(request, timeout=timeout) as resp:
+        with _opener(timeout, end).open(request, timeout=timeout) as resp:
             length = resp.headers.get("Content-Length")
             if length is not None and length.isdigit() and int(length) > max_bytes:
                 raise ValueError(f"larger than max_bytes={max_bytes} (Content-Length {length})")
-            parts, size, end = [], 0, time.monotonic() + deadline_s
+            parts, size = [], 0
             while True:
-                chunk = resp.read(_CHUNK)
+                chunk = resp.read1(_CHUNK)  # what has arrived, up to _CHUNK: one receive at a time
                 if not chunk:
                     return b"".join(parts)
                 size += len(chunk)
                 if size > max_bytes:  # servers may omit or lie about Content-Length
                     raise ValueError(f"larger than max_bytes={max_bytes}")
-                if time.monotonic() > end:
-                    raise _Transient(f"slower than the {deadline_s:g} s deadline")
                 parts.append(chunk)
     except urllib.error.HTTPError as e:
         e.close()
@@ -93,7 +166,10 @@ def _fetch(opener, request: urllib.request.Request, timeout: float, max_bytes: i
             raise _Transient(f"HTTP {e.code}") from None
         raise ValueError(f"HTTP {e.code} {e.reason}") from None
     except (urllib.error.URLError, http.client.HTTPException, OSError) as e:  # resets, timeouts, TLS
-        raise _Transient(f"{type(e).__name__}: {getattr(e, 'reason', e)}") from None
+        reason = getattr(e, "reason", e)
+        if isinstance(reason, _DeadlinePassed) or time.monotonic() >= end:
+            raise ValueError(f"slower than the {deadline_s:g} s deadline") from None  # a retry would be too
+        raise _Transient(f"{type(e).__name__}: {reason}") from None
 
 
 def _with_retries(fn, retries: int, backoff: float):
@@ -142,17 +218,19 @@ class KnnClient:
         return {"text": text, "image": None, "image_url": None, "indice_name": self.indice_name,
                 "num_images": int(num_images), "num_result_ids": int(num_images), **self.options}
 
-    def query(self, text: str, num_images: int) -> list[dict]:
-        """Neighbours of `text`, best first: dicts with at least "similarity" and "id", usually "url"/"caption"."""
+    def query(self, text: str, num_images: int) -> list:
+        """Neighbours of `text`, best first, as the service sent them: dicts with "similarity" and "id", usually
+        "url"/"caption". Entries are not checked here: `download` records a malformed one (not an object, no
+        url, a similarity that is not a number) as an error and goes on. Raises XPasteError when the query
+        fails after its retries or the reply is not a JSON list."""
         if num_images < 1:
             raise ValueError(f"num_images must be >= 1, got {num_images}")
         body = json.dumps(self.payload(text, num_images)).encode("utf-8")
         request = urllib.request.Request(self.url, data=body, method="POST", headers={
             "Content-Type": "application/json", "User-Agent": USER_AGENT})
-        opener = _opener()
         try:
             # Replies for thousands of results carry base64 thumbnails at worst; 256 MiB bounds memory.
-            raw, _ = _with_retries(lambda: _fetch(opener, request, self.timeout, 256 << 20, 30 * self.timeout),
+            raw, _ = _with_retries(lambda: _fetch(request, self.timeout, 256 << 20, 30 * self.timeout),
                                    self.retries, self.backoff)
         except (_Transient, ValueError) as e:
             raise XPasteError(f"k-NN query {text!r} failed: {e}", self.url,
@@ -161,7 +239,7 @@ class KnnClient:
             results = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise XPasteError(f"k-NN service answered with invalid json: {e}", self.url) from None
-        if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
+        if not isinstance(results, list):
             raise XPasteError(f"k-NN service answered {type(results).__name__}, expected a list of results",
                               self.url)
         return results
@@ -205,18 +283,32 @@ def _decode(data: bytes, min_side: int, max_pixels: int) -> tuple[bytes, str, in
         raise ValueError(f"not a decodable image ({type(e).__name__}: {e})") from None
 
 
-def _download_one(result: dict | str, out_dir: Path, max_bytes: int, timeout: float, retries: int, backoff: float,
+def _fields(result: object) -> tuple[str, float | None, str]:
+    """(url, similarity, caption) of one k-NN result (a dict, or a bare URL string); ValueError if malformed."""
+    import math
+
+    if isinstance(result, str):
+        return result, None, ""
+    if not isinstance(result, dict):
+        raise ValueError(f"malformed result: a {type(result).__name__}, not an object")
+    url, sim, caption = result.get("url"), result.get("similarity"), result.get("caption")
+    if not isinstance(url, str) or not url:
+        raise ValueError("result has no url" if url in (None, "") else
+                         f"malformed result: url is a {type(url).__name__}")
+    if sim is not None and (isinstance(sim, bool) or not isinstance(sim, (int, float)) or not math.isfinite(sim)):
+        raise ValueError(f"malformed result: similarity {sim!r} is not a finite number")
+    return url, None if sim is None else float(sim), "" if caption is None else str(caption)
+
+
+def _download_one(result: object, out_dir: Path, max_bytes: int, timeout: float, retries: int, backoff: float,
                   min_side: int, deadline_s: float, max_pixels: int) -> Download:
-    if isinstance(result, str):  # a bare URL list is accepted too
-        result = {"url": result}
-    url = str(result.get("url") or "")
-    sim = result.get("similarity")
-    record = Download(url=url, path=None, status="", similarity=None if sim is None else float(sim),
-                      caption=str(result.get("caption") or ""))
+    try:
+        url, sim, caption = _fields(result)
+    except ValueError as e:
+        url = result.get("url") if isinstance(result, dict) else None
+        return Download(url=url if isinstance(url, str) else "", path=None, status=f"error: {e}")
+    record = Download(url=url, path=None, status="", similarity=sim, caption=caption)
     scheme = urlsplit(url).scheme.lower()
-    if not url:
-        record.status = "error: result has no url"
-        return record
     if scheme not in _ALLOWED_SCHEMES:
         record.status = f"error: unsupported url scheme {scheme or '(none)'!r}; only http(s) is fetched"
         return record
@@ -231,12 +323,11 @@ def _download_one(result: dict | str, out_dir: Path, max_bytes: int, timeout: fl
         except Exception:  # noqa: BLE001 -- damaged since: fetch it again
             pass
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Accept": "image/*"})
-    opener = _opener()
     attempts = [0]
 
     def attempt():
         attempts[0] += 1
-        return _fetch(opener, request, timeout, max_bytes, deadline_s)
+        return _fetch(request, timeout, max_bytes, deadline_s)
 
     try:
         data, _ = _with_retries(attempt, retries, backoff)
@@ -253,16 +344,21 @@ def _download_one(result: dict | str, out_dir: Path, max_bytes: int, timeout: fl
     return record
 
 
-def download(results: list[dict | str], out_dir: str | os.PathLike, max_bytes: int = 20 * 2**20, timeout: float = 10,
+def download(results: list, out_dir: str | os.PathLike, max_bytes: int = 20 * 2**20, timeout: float = 10,
              retries: int = 3, min_side: int = 64, backoff: float = 0.5, workers: int = 8,
              deadline_s: float = 60.0, max_pixels: int = 50_000_000) -> list[Download]:
     """Fetch each result's "url" (or each bare URL string) into out_dir; one Download per result, in input
-    order; never raises per URL.
+    order; never raises per result.
 
-    timeout: seconds per socket operation; deadline_s: total seconds per attempt (defeats slow-drip servers);
-    max_pixels: larger images are refused before decoding (decompression bombs). Transient failures (network,
-    5xx, 408, 429) are retried `retries` more times with backoff * 2**attempt seconds between attempts; other
-    failures are recorded at once. Files already in out_dir (same sha1 name) are reused, not fetched.
+    timeout: seconds any one read may wait for data (a socket timeout, re-armed per receive); deadline_s: total
+    seconds per attempt, connection, headers and body together, on the monotonic clock (a server dripping
+    bytes slower than that is cut off at the deadline and not retried); max_bytes: larger bodies are refused
+    (Content-Length, and the running count of bytes read); max_pixels: larger images are refused before
+    decoding (decompression bombs). Transient failures (network, a read timeout, 5xx, 408, 429) are retried
+    `retries` more times with backoff * 2**attempt seconds between attempts; other failures are recorded at
+    once. Malformed results (not an object or a string, no url, a similarity that is not a finite number) and
+    bytes that do not decode as an image are recorded with status "error: <reason>" and never fetched /
+    stored. Files already in out_dir (same sha1 name) are reused, not fetched.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
