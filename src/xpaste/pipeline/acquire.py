@@ -159,12 +159,12 @@ class RetrieveStage(Stage):
 
     def _labelled_candidates(self, items: list[dict]) -> list[dict]:
         """A labelled collection: folder/<category name or dir name>/** are that category's images, as they are."""
-        from xpaste.retrieve.folder import list_images
+        from xpaste.retrieve.folder import labelled_folder, list_images
 
         root = Path(self.config["retrieve"]["folder"])
         rows = []
         for item in items:
-            folder = next((root / n for n in (item["category"], item["dir"]) if (root / n).is_dir()), None)
+            folder = labelled_folder(root, (item["category"], item["dir"]))  # never a folder outside root
             for path in list_images(folder) if folder is not None else []:
                 rows.append(self._copy_candidate(item, path, "folder", float("nan"), 0, 0))
         return rows
