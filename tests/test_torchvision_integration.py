@@ -241,3 +241,67 @@ def test_maskrcnn_trains_on_pasted_coco(tmp_path):
         optimizer.step()
         steps += 1
     assert steps == 2
+
+
+# ----------------------------------------------------------------------------- the scale prior by default
+def _pasted_scales(pipeline, js, images_dir, rounds=4):
+    """Planned and output sqrt(area fraction) of pasted objects over a CocoDetection dataset."""
+    from torchvision.datasets import CocoDetection, wrap_dataset_for_transforms_v2
+
+    ds = wrap_dataset_for_transforms_v2(CocoDetection(str(images_dir), str(js), transforms=pipeline),
+                                        target_keys=("image_id", "boxes", "labels", "masks"))
+    boxes = []
+    for _ in range(rounds):
+        for i in range(len(ds)):
+            image, target = ds[i]
+            b = target["boxes"][target["pasted"]].as_subclass(torch.Tensor).numpy()
+            h, w = target["boxes"].canvas_size
+            boxes.extend(np.sqrt((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) / (h * w)))
+    return np.array(boxes)
+
+
+def test_prior_from_the_training_json(tmp_path):
+    from prior_fixtures import (assert_follows_prior, planned_scales, prior_pool, record_plans,
+                                training_median, write_small_object_coco)
+
+    js, images_dir = write_small_object_coco(tmp_path)
+    expected = training_median(js)
+    paste = XPasteCopyPaste(prior_pool(), scale_prior=js, max_paste=20, seed=0)
+    plans = record_plans(paste.copy_paste)
+    out = _pasted_scales(v2.Compose([v2.ToImage(), paste]), js, images_dir)
+    assert_follows_prior(planned_scales(plans), expected)
+    # What comes out (boxes of the pasted masks) follows too; occlusion and the border only shrink a few.
+    assert len(out) >= 40 and abs(np.median(out) / expected - 1) < 0.2
+    # Control: the same transform without the prior pastes U(0.05, 0.3) sizes, far from the training set.
+    plain = XPasteCopyPaste(prior_pool(), scale_prior={}, max_paste=20, seed=0)
+    plans = record_plans(plain.copy_paste)
+    _pasted_scales(v2.Compose([v2.ToImage(), plain]), js, images_dir, rounds=1)
+    assert np.median(planned_scales(plans)) > 2 * expected
+
+
+def test_no_prior_warns_once_and_names_the_fix(monkeypatch):
+    import warnings
+
+    import xpaste.paste.transform as transform_module
+
+    monkeypatch.setattr(transform_module, "_WARNED", set())
+    with pytest.warns(UserWarning, match=r"XPasteCopyPaste.*scale_prior=<your COCO/LVIS training json"):
+        XPasteCopyPaste(build_pool(), num_paste=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        XPasteCopyPaste(build_pool(), num_paste=1)  # once per front-end
+        XPasteCopyPaste(build_pool(), num_paste=1, scale_prior={})  # opted out knowingly
+
+
+def test_options_validated_through_paste_config():
+    from xpaste.paste.config import PasteConfigError
+
+    with pytest.raises(PasteConfigError, match="blend"):
+        XPasteCopyPaste(build_pool(), scale_prior={}, blend="nope")
+    with pytest.raises(PasteConfigError, match="unknown paste option"):
+        XPasteCopyPaste(build_pool(), scale_prior={}, max_pastes=3)
+    with pytest.raises(TypeError, match="not both"):
+        XPasteCopyPaste(CopyPaste(build_pool(), scale_prior={}), scale_prior={})
+    t = XPasteCopyPaste(build_pool(), scale_prior={1: (0.1, 0.0)}, max_paste=7, alpha_threshold=127)
+    assert t.copy_paste.config.max_paste == 7 and t.copy_paste.config.alpha_threshold == 127
+    assert t.copy_paste.scale_prior == {1: (0.1, 0.0)}

@@ -27,30 +27,41 @@ from torchvision.transforms.v2 import functional as F
 
 from xpaste.core.sample import Sample
 from xpaste.core.targets import Targets
-from xpaste.integrations.workers import reseed_for_worker
-from xpaste.paste.transform import CopyPaste
+from xpaste.integrations.common import ISCROWD, PASTED, SOURCE_ROW, gather_rows, reseed_for_worker, source_rows
+from xpaste.paste.transform import CopyPaste, warn_missing_prior
 
 _AXIS_ALIGNED = (tv_tensors.BoundingBoxFormat.XYXY, tv_tensors.BoundingBoxFormat.XYWH,
                  tv_tensors.BoundingBoxFormat.CXCYWH)
 # Raw per-instance COCO fields that cannot follow new instances (polygons cannot be re-derived cheaply).
 _RAW_COCO_KEYS = ("segmentation", "bbox", "category_id")
-_SRC = "_xpaste_source_index"  # carried through CopyPaste: the input row of each output instance, -1 = pasted
 
 
 class XPasteCopyPaste(v2.Transform):
     """Paste pool instances into (image, target) samples with an xpaste `CopyPaste`.
 
-    `XPasteCopyPaste(copy_paste)` or `XPasteCopyPaste(pool, **copy_paste_kwargs)`. Inside a DataLoader
+    `XPasteCopyPaste(copy_paste)` or `XPasteCopyPaste(pool, scale_prior=..., **options)`, where the options
+    are `PasteConfig` fields (validated there: a bad one raises `PasteConfigError` here, in one line) plus
+    `config`, `category_weights` and `seed`, as `CopyPaste` takes them.
+
+    `scale_prior` is the training set's per-category prior that X-Paste sizes pasted objects with: the
+    training COCO/LVIS json itself (measured on its original annotations: crowd and `pasted` ones left
+    out), `xpaste stats` output, or a mapping {category id: (mean, std)}. Without one a `UserWarning` says
+    once that sizes fall back to `no_prior_scale` (pass `scale_prior={}` to choose that knowingly).
+
+    Inside a DataLoader
     worker the paste randomness is reseeded the first time the transform runs there, from the worker's
     torch seed (DataLoader base seed + worker id, mixed with the CopyPaste's own `seed` when one was
     given), so workers never repeat each other's pastes and a seeded DataLoader is reproducible.
     """
 
-    def __init__(self, copy_paste: CopyPaste | Any, **kwargs: Any) -> None:
+    def __init__(self, copy_paste: CopyPaste | Any, *, scale_prior: Any = None, **options: Any) -> None:
         super().__init__()
-        if not isinstance(copy_paste, CopyPaste):
-            copy_paste = CopyPaste(copy_paste, **kwargs)  # given a pool
-        elif kwargs:
+        if not isinstance(copy_paste, CopyPaste):  # given a pool
+            if scale_prior is None:
+                warn_missing_prior(type(self).__name__)
+                scale_prior = {}
+            copy_paste = CopyPaste(copy_paste, scale_prior=scale_prior, **options)
+        elif options or scale_prior is not None:
             raise TypeError("pass CopyPaste options either to CopyPaste or here with a pool, not both")
         self.copy_paste = copy_paste
         self._base_seed = copy_paste.seed
@@ -87,7 +98,7 @@ def sanitize_labels_getter(inputs: Any) -> tuple[torch.Tensor, ...] | None:
         inputs = inputs[1]
     if not isinstance(inputs, dict) or "labels" not in inputs:
         return None
-    return tuple(inputs[k] for k in ("labels", "pasted", "iscrowd", "area") if isinstance(inputs.get(k), torch.Tensor))
+    return tuple(inputs[k] for k in ("labels", PASTED, ISCROWD, "area") if isinstance(inputs.get(k), torch.Tensor))
 
 
 # ----------------------------------------------------------------------------- conversions in
@@ -126,7 +137,7 @@ def _target_to_numpy(target: dict, size: tuple[int, int]) -> tuple[Targets, np.n
                          "leave them out of target_keys (use boxes/masks/labels)")
     present = [k for k in ("boxes", "masks", "labels") if k in target]
     if not present:  # torchvision's COCO wrapper gives only image_id for an image without annotations
-        return Targets.empty(height, width, {_SRC: np.int64}), np.zeros(0, np.int64)
+        return Targets.empty(height, width, {SOURCE_ROW: np.int64}), np.zeros(0, np.int64)
     if len(present) < 3:
         missing = sorted({"boxes", "masks", "labels"} - set(present))
         raise ValueError(f"XPasteCopyPaste needs boxes, masks and labels; target lacks {missing} "
@@ -143,9 +154,9 @@ def _target_to_numpy(target: dict, size: tuple[int, int]) -> tuple[Targets, np.n
         raise ValueError(f"masks must be (N, {height}, {width}) instance masks, got {masks.shape}")
     masks = masks.astype(bool, copy=False)
     n = len(masks)
-    extra = {_SRC: np.arange(n, dtype=np.int64)}
-    if "pasted" in target:  # a second paste transform keeps the first one's flags
-        extra["pasted"] = _per_instance(target["pasted"]).astype(bool)
+    extra = {SOURCE_ROW: np.arange(n, dtype=np.int64)}
+    if PASTED in target:  # a second paste transform keeps the first one's flags
+        extra[PASTED] = _per_instance(target[PASTED]).astype(bool)
     targets = Targets(_per_instance(boxes).astype(np.float32), masks, _per_instance(target["labels"]), extra)
     return targets, _areas(targets.masks)
 
@@ -161,9 +172,7 @@ def _image_from_numpy(rgb: np.ndarray, like: Any) -> Any:
 def _gather(old: Any, src: np.ndarray, fill: np.ndarray) -> Any:
     """`old[src]` for kept input instances, `fill` for the rest; returned as the same kind (list / tensor)."""
     values = _per_instance(old)
-    out = fill.astype(values.dtype if values.size else fill.dtype)
-    kept = src >= 0
-    out[kept] = values[src[kept]]
+    out = gather_rows(values, src, fill.astype(values.dtype if values.size else fill.dtype))
     if isinstance(old, torch.Tensor):
         return torch.from_numpy(out).to(old.device)
     return out.tolist()
@@ -171,7 +180,7 @@ def _gather(old: Any, src: np.ndarray, fill: np.ndarray) -> Any:
 
 def _target_from_numpy(t: Targets, old: dict, old_area: np.ndarray) -> dict:
     height, width = t.image_size
-    src = t.extra[_SRC]
+    src = source_rows(t)
     new = dict(old)  # image_id and any other key pass through
     old_boxes = old.get("boxes")
     boxes = tv_tensors.BoundingBoxes(torch.from_numpy(t.boxes), format=tv_tensors.BoundingBoxFormat.XYXY,
@@ -186,7 +195,7 @@ def _target_from_numpy(t: Targets, old: dict, old_area: np.ndarray) -> dict:
     new["masks"] = tv_tensors.wrap(masks, like=old_masks) if isinstance(old_masks, tv_tensors.Mask) \
         else tv_tensors.Mask(masks)
     new["labels"] = torch.from_numpy(t.labels.astype(np.int64))
-    new["pasted"] = torch.from_numpy(t.extra["pasted"].astype(bool))
+    new[PASTED] = torch.from_numpy(t.extra[PASTED].astype(bool))
     if "iscrowd" in old:
         new["iscrowd"] = _gather(old["iscrowd"], src, np.zeros(len(t), np.int64))
     if "area" in old:

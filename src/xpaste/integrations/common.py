@@ -1,0 +1,160 @@
+"""What the framework adapters (torchvision, detectron2, mmdet, ultralytics) share.
+
+- Source-row tracking: every adapter hands `CopyPaste` Targets whose `extra[SOURCE_ROW]` is the input row of
+  each instance; pasted instances come back with -1, so the adapter can copy framework-specific fields of
+  the originals (ids, ignore flags, polygons) and fill those of pasted instances.
+- Label maps: frameworks number classes 0..K-1 (or 1..K), a pool holds the dataset's category ids.
+- Polygon rasterising, as pycocotools does it (the COCO reference, also used by detectron2 and mmdet).
+- Per-DataLoader-worker reseeding.
+- The training set's scale prior measured from framework records (detectron2 dataset dicts, YOLO labels),
+  through the one rule of `xpaste.data.stats.category_stats`: sqrt(box area / image area) per original,
+  non-crowd, non-pasted annotation; mean and population std per category (method.md, Stage 4).
+
+The per-instance `extra` keys are the constants of `xpaste.core.keys`, re-exported here.
+Nothing here imports torch or a framework at module level.
+"""
+from __future__ import annotations
+
+import os
+import types
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from xpaste.core.keys import ANN_ID, IGNORE, INSTANCE_ID, ISCROWD, PASTED, POOL_ROW, SOURCE_ROW  # noqa: F401
+from xpaste.core.targets import Targets
+from xpaste.ops.masks import polygons_to_mask
+
+Prior = dict[int, tuple[float, float]]
+
+
+# ----------------------------------------------------------------------------- source rows
+def tracked_targets(boxes: np.ndarray, masks: np.ndarray, labels: np.ndarray,
+                    extra: Mapping[str, np.ndarray] | None = None) -> Targets:
+    """Targets whose `extra[SOURCE_ROW]` is 0..N-1 (pasted instances will carry -1)."""
+    extra = dict(extra or {})
+    extra[SOURCE_ROW] = np.arange(len(masks), dtype=np.int64)
+    return Targets(boxes, masks, labels, extra)
+
+
+def source_rows(targets: Targets) -> np.ndarray:
+    """(N,) int64: the input row of each output instance, -1 for pasted ones."""
+    return np.asarray(targets.extra[SOURCE_ROW], np.int64)
+
+
+def gather_rows(values: np.ndarray, src: np.ndarray, fill: Any) -> np.ndarray:
+    """`values[src]` where src >= 0, `fill` (a scalar or an (N,) array) where src == -1."""
+    values = np.asarray(values)
+    out = np.empty((len(src),) + values.shape[1:], values.dtype if values.size else np.asarray(fill).dtype)
+    out[...] = fill if np.ndim(fill) == 0 else np.asarray(fill).reshape((len(src),) + (1,) * (out.ndim - 1))
+    kept = src >= 0
+    out[kept] = values[src[kept]]
+    return out
+
+
+# ----------------------------------------------------------------------------- label maps
+def invert_map(mapping: Mapping[int, int] | None) -> dict[int, int] | None:
+    """{value: key} of a one-to-one {pool id: label} map (None stays None)."""
+    return None if mapping is None else {int(v): int(k) for k, v in mapping.items()}
+
+
+def label_map_from_names(label_names: Sequence[str] | Mapping[int, str],
+                         pool_categories: Mapping[int, str]) -> dict[int, int]:
+    """{pool category id: label} matching names; `label_names` is a list (label = index) or {label: name}."""
+    items = label_names.items() if isinstance(label_names, Mapping) else enumerate(label_names)
+    by_name = {str(name): int(label) for label, name in items}
+    return {int(cid): by_name[str(name)] for cid, name in pool_categories.items() if str(name) in by_name}
+
+
+def to_pool_labels(labels: Iterable[int], label_map: Mapping[int, int] | None) -> np.ndarray:
+    """Framework labels in pool-id space ('present' sampling compares like with like); unmapped -> -1."""
+    labels = np.asarray(list(labels) if not isinstance(labels, np.ndarray) else labels, np.int64).reshape(-1)
+    inverse = invert_map(label_map)
+    if inverse is None:
+        return labels
+    return np.array([inverse.get(int(c), -1) for c in labels], np.int64)
+
+
+def from_pool_label(pool_id: int, label_map: Mapping[int, int] | None, what: str = "label_map") -> int:
+    """The framework label of a pasted pool category; KeyError naming `what` when it has none."""
+    if label_map is None:
+        return int(pool_id)
+    if int(pool_id) not in label_map:
+        raise KeyError(f"pool category {int(pool_id)} has no label in {what}; map every pool category or use a "
+                       "pool of the training categories only")
+    return int(label_map[int(pool_id)])
+
+
+# ----------------------------------------------------------------------------- polygons
+def polygons_to_masks(polygons: Sequence[Sequence[Any]], height: int, width: int) -> np.ndarray:
+    """(N, H, W) bool masks of per-instance polygon lists (flat [x0, y0, x1, y1, ...] each), rasterised with
+    pycocotools as COCO, detectron2 (`polygons_to_bitmask`) and mmdet (`PolygonMasks.to_ndarray`) do.
+    Polygons of fewer than 3 points (slivers a crop leaves) enclose no pixel and are skipped."""
+    out = np.zeros((len(polygons), height, width), bool)
+    for i, polys in enumerate(polygons):
+        flat = [np.asarray(p, np.float64).reshape(-1) for p in polys]
+        flat = [p for p in flat if len(p) >= 6]
+        if flat:
+            out[i] = polygons_to_mask(flat, height, width)
+    return out
+
+
+# ----------------------------------------------------------------------------- worker reseeding
+def worker_seed(base_seed: int | None) -> tuple[tuple, int] | None:
+    """(key, seed) for the current DataLoader worker, or None in the main process. The key changes whenever
+    a new worker process gets a copy (a new epoch without persistent workers). The seed mixes the worker's
+    torch seed (DataLoader base seed + worker id) with `base_seed`, so runs repeat under a fixed torch seed
+    and workers never share pastes (forked workers inherit the same Generator state otherwise)."""
+    import torch.utils.data
+
+    info = torch.utils.data.get_worker_info()
+    if info is None:
+        return None
+    entropy = [int(info.seed)] + ([int(base_seed)] if base_seed is not None else [])
+    return (os.getpid(), info.id, info.seed), int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
+
+
+def reseed_for_worker(copy_paste, base_seed: int | None, last_key: tuple | None) -> tuple | None:
+    """Reseed `copy_paste` if this is a new worker; returns the key to remember."""
+    worker = worker_seed(base_seed)
+    if worker is None or worker[0] == last_key:
+        return last_key
+    copy_paste.reseed(worker[1])
+    return worker[0]
+
+
+# ----------------------------------------------------------------------------- scale prior
+def scale_prior_from_records(records: Iterable[tuple[int, float, float, Iterable[dict]]]) -> Prior:
+    """The scale prior of framework records: per image (image id, height, width, annotations), each
+    annotation a dict with `category_id`, `bbox` as XYWH in pixels, optional `iscrowd` / `pasted`.
+
+    Measured by `category_stats` (crowd and pasted annotations left out; mean and population std of
+    sqrt(box area / image area)), so it equals `xpaste stats` on the same annotations."""
+    from xpaste.data.stats import category_stats, scale_prior_from_stats
+
+    images, anns, cats = [], [], set()
+    for image_id, height, width, annotations in records:
+        images.append({"id": image_id, "height": float(height), "width": float(width)})
+        for a in annotations:
+            cats.add(int(a["category_id"]))
+            anns.append({"image_id": image_id, "category_id": int(a["category_id"]), "bbox": list(a["bbox"]),
+                         ISCROWD: a.get(ISCROWD, 0), PASTED: a.get(PASTED, False)})
+    dataset = types.SimpleNamespace(categories=[{"id": c, "name": str(c)} for c in sorted(cats)],
+                                    images=images, annotations=anns)
+    return scale_prior_from_stats(category_stats(dataset))
+
+
+def remap_prior(prior: Mapping[int, tuple[float, float]], key_of_pool_id: Mapping[int, int] | None) -> Prior:
+    """A prior keyed by training labels, re-keyed by pool category id through {pool id: label}
+    (None: pool ids are the labels)."""
+    if key_of_pool_id is None:
+        return {int(k): tuple(v) for k, v in prior.items()}
+    return {int(pid): tuple(prior[int(key)]) for pid, key in key_of_pool_id.items() if int(key) in prior}
+
+
+def with_scale_prior(copy_paste, scale_prior: Mapping[int, tuple[float, float]]):
+    """A new `CopyPaste` equal to `copy_paste` (pool, options, weights, seed) but for its scale prior."""
+    from xpaste.paste.transform import CopyPaste
+
+    return CopyPaste(copy_paste.pool, copy_paste.config, scale_prior=dict(scale_prior),
+                     category_weights=copy_paste.category_weights or None, seed=copy_paste.seed)
