@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from xpaste.errors import XPasteError
+from xpaste.io import copy_file_atomic
 from xpaste.pipeline.rundir import resolve_categories, save_png
 from xpaste.pipeline.runner import Stage
 
@@ -78,12 +78,12 @@ class GenerateStage(Stage):
 
     def _generator_for(self, model: str):
         if self._generator_model != model:
-            from xpaste.generate.diffusers_t2i import DiffusersGenerator
+            from xpaste.generate import build_generator
 
             g = self.config["generate"]
             self._generator = None  # free the previous model before loading the next
-            self._generator = DiffusersGenerator(
-                model, device=self.config["device"], scheduler=g["scheduler"], steps=int(g["steps"]),
+            self._generator = build_generator(
+                "diffusers", model=model, device=self.config["device"], scheduler=g["scheduler"], steps=int(g["steps"]),
                 guidance=float(g["guidance"]), height=int(g["height"]), width=int(g["width"]),
                 negative_prompt=g["negative_prompt"], batch_size=int(g["batch_size"]))
             self._generator_model = model
@@ -138,10 +138,11 @@ class RetrieveStage(Stage):
 
     def _scorer_instance(self):
         if self._scorer is None:
-            from xpaste.score.clip import ClipScorer
+            from xpaste.registry import load_backend
+            from xpaste.score import SCORERS
 
             s = self.config["score"]
-            self._scorer = ClipScorer(s["clip"], s["pretrained"], device=self.config["device"],
+            self._scorer = load_backend(SCORERS["clip"], "clip")(s["clip"], s["pretrained"], device=self.config["device"],
                                       batch_size=int(s["batch_size"]))
         return self._scorer
 
@@ -172,11 +173,7 @@ class RetrieveStage(Stage):
     def _copy_candidate(self, item: dict, path: Path, source: str, score: float, width: int, height: int) -> dict:
         cid = f"ret-{item['category_id']}-{hashlib.sha1(str(path).encode()).hexdigest()[:12]}"
         rel = f"images/retrieved/{item['dir']}/{cid}{Path(path).suffix.lower()}"
-        dest = self.run_dir / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        shutil.copyfile(path, tmp)
-        tmp.replace(dest)
+        copy_file_atomic(path, self.run_dir / rel)
         return candidate_row(candidate_id=cid, kind="object", category_id=item["category_id"],
                              category=item["category"], path=rel, source=source, model="", prompt=item["text"],
                              seed=-1, steps=0, guidance=0.0, width=int(width), height=int(height), url=str(path),
