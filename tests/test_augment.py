@@ -14,9 +14,9 @@ from xpaste.ops.masks import rle_decode, tight_box
 
 
 def digest(folder: Path) -> dict[str, str]:
+    """Every file's sha256, the internal shard tables included (they must match too)."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and ".parts" not in p.parts
-            and p.name != "augment_config.json"}
+            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -92,15 +92,17 @@ def test_resume_redoes_only_missing_work(dataset, tmp_path):
     out = tmp_path / "out"
     assert run_augment(dataset, out) == 0
     full = digest(out)
-    # simulate a kill: the final json and some finished tasks never happened; stray temp files remain
+    # simulate a kill: the final json and some finished shards never happened; stray temp files remain
     (out / "annotations.json").unlink()
-    parts = sorted((out / ".parts").glob("*.json"))
-    for p in parts[3:]:
+    shards = sorted((out / ".xpaste" / "augment").glob("shard-*.parquet"))
+    assert len(shards) >= 1
+    kept = shards[:1]
+    for p in shards[1:]:
         p.unlink()
     (out / "images" / ".000000000009.jpg.123.tmp").write_bytes(b"partial")
-    before = {p: p.stat().st_mtime_ns for p in parts[:3]}
+    before = {p: p.stat().st_mtime_ns for p in kept}
     assert run_augment(dataset, out) == 0
-    assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # finished tasks were not redone
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # finished shards were not redone
     resumed = digest(out)
     assert not (out / "images" / ".000000000009.jpg.123.tmp").exists()  # stale temp files are cleaned
     resumed.pop("augment_log.json"), full.pop("augment_log.json")  # the log counts resumed work

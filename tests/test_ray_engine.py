@@ -201,7 +201,7 @@ def test_augment_on_ray_equals_local_and_resumes_across_engines(ray_cluster, dat
     mixed = tmp_path / "mixed"
     assert main([*args, "--out", str(mixed)]) == 0
     (mixed / "annotations.json").unlink()
-    for part in sorted((mixed / ".parts").glob("*.json"))[::2]:
-        part.unlink()
+    for shard in sorted((mixed / ".xpaste" / "augment").glob("shard-*.parquet"))[::2]:
+        shard.unlink()
     assert main([*args, "--out", str(mixed), "--engine", "ray"]) == 0
     assert digest(mixed) == digest(tmp_path / "local")

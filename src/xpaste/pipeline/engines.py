@@ -192,9 +192,25 @@ def _raise_payload(text: str, stage_name: str) -> None:
 _WORKER: dict = {}  # the stage and plan of this worker process (set by the initializer, after the fork)
 
 
-def _init_process(stage, plan) -> None:
+def _die_with_parent(parent: int) -> None:
+    """Linux: SIGKILL this worker when the driver dies (a SIGKILLed driver would otherwise leave workers
+    running, holding the output folder's lock, inherited with the fork)."""
     import signal
 
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the driver died before the call above
+        os._exit(1)
+
+
+def _init_process(stage, plan, parent: int) -> None:
+    import signal
+
+    _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle: it stops us
     _WORKER.update(stage=stage, plan=plan)
     stage.prepare()
@@ -246,7 +262,7 @@ def run_on_processes(stage, plan, todo, workers: int, progress: bool = True, res
     try:
         while True:
             executor = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_process,
-                                           initargs=(stage, plan))
+                                           initargs=(stage, plan, os.getpid()))
             running: dict = {}
             try:
                 while True:
@@ -276,6 +292,9 @@ def run_on_processes(stage, plan, todo, workers: int, progress: bool = True, res
                                       "is short") from None
                 log.warning("%s: a worker process died; restarting the pool and redoing shards %s",
                             stage.name, lost)
+                from xpaste.pipeline.shards import clean_temp_files
+
+                clean_temp_files(stage.stage_dir, *stage.temp_folders())  # the dead pool's unfinished writes
                 retry = lost + retry
                 continue
             except BaseException:
