@@ -226,13 +226,18 @@ def _process_shard(k: int) -> tuple[int, int]:
 
 
 def _stop(executor) -> None:
-    """Stop a pool now: cancel queued shards and terminate running workers (their temp files are hidden)."""
-    executor.shutdown(wait=False, cancel_futures=True)
-    for proc in list((getattr(executor, "_processes", None) or {}).values()):
+    """Stop a pool now: cancel queued shards, terminate running workers (their temp files are hidden) and
+    wait for them to exit. (`shutdown` drops its references to the processes: take them first.)"""
+    processes = list((getattr(executor, "_processes", None) or {}).values())
+    manager = getattr(executor, "_executor_manager_thread", None)
+    for proc in processes:
         if proc.is_alive():
             proc.terminate()
-    for proc in list((getattr(executor, "_processes", None) or {}).values()):
+    executor.shutdown(wait=False, cancel_futures=True)
+    for proc in processes:
         proc.join(timeout=10)
+    if manager is not None:
+        manager.join(timeout=10)
 
 
 def run_on_processes(stage, plan, todo, workers: int, progress: bool = True, resumed=lambda: 0) -> None:
