@@ -131,7 +131,9 @@ def main() -> None:
 
         big_pool = tmp / "bigpool"
         (big_pool / "index").mkdir(parents=True)
-        shutil.copy(tmp / "pool" / "pool.json", big_pool / "pool.json")
+        header = json.loads((tmp / "pool" / "pool.json").read_text())  # an index of 1M PNG rows: version 1 layout
+        header.update(version=1, codec=None)
+        (big_pool / "pool.json").write_text(json.dumps(header))
         n = args.pool_rows
         cat = np.arange(n) % 1203 + 1
         ids = [f"{i:020x}" for i in range(n)]

@@ -100,6 +100,6 @@ def match_categories(pool: Any, dataset_categories: Iterable[dict] | dict[int, s
         raise XPasteError("no pool category name matches a dataset category name", where,
                           "check that the pool and the dataset name the same things")
     if unmatched:
-        log.warning("xpaste: %d pool categories have no dataset category of the same name and are not pasted: %s%s",
+        log.warning("%d pool categories have no dataset category of the same name and are not pasted: %s%s",
                     len(unmatched), ", ".join(unmatched[:5]), " ..." if len(unmatched) > 5 else "")
     return mapping

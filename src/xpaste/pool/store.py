@@ -148,7 +148,7 @@ class _Storage:
                 try:
                     fd = os.open(path, os.O_RDONLY)
                 except FileNotFoundError:
-                    raise CutoutError("pool data file is missing", path,
+                    raise CutoutError("pool file is missing", path,
                                       "the pool folder is incomplete; rebuild or re-import it") from None
                 except OSError as e:
                     raise CutoutError(f"pool data file cannot be read: {e.strerror}", path) from None
@@ -196,7 +196,7 @@ class _Storage:
                 first = row not in self.bad_rows
                 self.bad_rows.add(row)
             if first:
-                log.warning("xpaste: skipped pool row %d: %s", row, e)
+                log.warning("skipped pool row %d: %s", row, e)
             raise
         self.cache.put(row, rgba)
         return rgba

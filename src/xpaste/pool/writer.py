@@ -89,7 +89,7 @@ class PoolWriter:
                     raise XPasteError("a pool already exists here", root, "pass exist_ok / --append, or pick a new folder")
                 writer = cls._attach(root, header, locks)
                 if not exist_ok:
-                    log.warning("xpaste: %s: resuming an interrupted write to this pool", root)
+                    log.warning("%s: resuming an interrupted write to this pool", root)
                 writer.add_categories(categories)
                 return writer
             header = {"format": POOL_FORMAT, "version": WRITE_VERSION, "codec": codec,
@@ -264,7 +264,7 @@ class PoolWriter:
         try:
             table = pa.concat_tables([pq.read_table(self.root / INDEX_DIR / p) for p in old], promote_options="default")
         except pa.ArrowException as e:  # e.g. one free column written as int in one part and str in another
-            log.warning("xpaste: %s: index parts not merged (%s)", self.root, e)
+            log.warning("%s: index parts not merged (%s)", self.root, e)
             return
         name = f"part-{self._next_part:06d}.parquet"
         with atomic_path(self.root / INDEX_DIR / name) as tmp:
