@@ -83,8 +83,31 @@ def palette(c):
 def exif_rotated(c):
     im = Image.fromarray(_rgb(c, 0))
     exif = im.getexif()
-    exif[0x0112] = 6  # "rotate 90 CW" orientation tag: pixels stay as stored, as COCO expects
+    exif[0x0112] = 6  # "rotate 90 CW" on display: the json's width/height describe the stored pixels instead
     im.save(c.image(0), format="JPEG", exif=exif)
+
+
+def exif_rotated_displayed(c):
+    im = Image.fromarray(np.rot90(_rgb(c, 0), 1))  # stored turned left; orientation 6 turns it back on display
+    exif = im.getexif()
+    exif[0x0112] = 6
+    im.save(c.image(0), format="JPEG", exif=exif)
+
+
+def nan_in_image_record(c):
+    c.doc["images"][0]["score"] = float("nan")  # json.dumps writes the token NaN
+
+
+def infinity_in_category(c):
+    c.doc["categories"][0]["weight"] = float("-inf")
+
+
+def id_out_of_int64(c):
+    c.doc["annotations"][0]["id"] = 2**63
+
+
+def image_id_float(c):
+    c.doc["images"][0]["id"] = 1.5
 
 
 def size_mismatch(c):
@@ -198,7 +221,12 @@ AUGMENT_CASES = [
     ("cmyk", cmyk, ("ok", None)),
     ("sixteen_bit", sixteen_bit, ("ok", None)),
     ("palette", palette, ("ok", None)),
-    ("exif_rotated", exif_rotated, ("ok", None)),
+    ("exif_rotated", exif_rotated, ("skip", "as displayed")),
+    ("exif_rotated_displayed", exif_rotated_displayed, ("ok", None)),
+    ("nan_in_image_record", nan_in_image_record, ("error", "non-standard number NaN")),
+    ("infinity_in_category", infinity_in_category, ("error", "non-standard number -Infinity")),
+    ("id_out_of_int64", id_out_of_int64, ("error", "signed 64-bit")),
+    ("image_id_float", image_id_float, ("error", "expected an integer")),
     ("size_mismatch", size_mismatch, ("skip", "dataset says")),
     ("malformed_json", malformed_json, ("error", "malformed json")),
     ("top_level_list", top_level_list, ("error", "expected an object")),
@@ -207,8 +235,8 @@ AUGMENT_CASES = [
     ("zero_height", zero_height, ("error", "positive integer")),
     ("rle_wrong_size", rle_wrong_size, ("skip-annotation", "size")),
     ("short_polygon", short_polygon, ("skip-annotation", "polygon")),
-    ("polygon_outside", polygon_outside, ("skip-annotation", "empty mask")),
-    ("missing_segmentation", missing_segmentation, ("skip-annotation", "segmentation")),
+    ("polygon_outside", polygon_outside, ("skip-annotation", "out_of_image")),
+    ("missing_segmentation", missing_segmentation, ("error", "have no mask")),
     ("zero_area_box", zero_area_box, ("ok", None)),
     ("negative_box", negative_box, ("ok", None)),
     ("unknown_category", unknown_category, ("error", "unknown category id 999")),
@@ -268,6 +296,8 @@ def test_augment_bad_input(name, mutate, expect, base, tmp_path, capsys):
         assert text in captured.err
     elif kind == "skip-annotation":
         assert any(text in why for _, why in log["skipped_annotations"]), log
+        reason = next(why for _, why in log["skipped_annotations"] if text in why).split(":")[0]
+        assert log["skipped_annotations_by_reason"].get(reason, 0) >= 1, log
     else:
         assert not log["failed_images"]
         assert len(doc["images"]) == len(case.doc["images"])
