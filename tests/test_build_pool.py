@@ -271,3 +271,107 @@ def test_identical_cutouts_share_one_pool_row(tmp_path):
     assert got["a"]["decision"] == "kept" and got["b"]["decision"] == "identical pixels"
     assert got["a"]["instance_id"] == got["b"]["instance_id"] != ""
     assert summary["added"] == 1
+
+
+# --- DiverGen: views and the real-instance filter ---------------------------------------------------
+
+def pil_on_black(rgb: np.ndarray, soft: np.ndarray) -> np.ndarray:
+    binary = Image.fromarray(np.asarray(soft, np.uint8)).point(lambda v: 255 if v > 128 else 0)
+    return np.asarray(Image.composite(Image.fromarray(rgb), Image.new("RGB", binary.size), binary))
+
+
+def scipy_real_view(image: np.ndarray, mask: np.ndarray, pad: int = 40) -> np.ndarray:
+    """DiverGen's `--mode padding --fill blur` written with scipy: a 10 x 10 mean filter (mirror borders, as
+    OpenCV's default reflect-101), pixels outside the mask replaced by it, then the box grown by 40 px."""
+    from scipy import ndimage as ndi
+
+    blurred = np.stack([ndi.uniform_filter(image[..., c].astype(np.float64), size=10, mode="mirror")
+                        for c in range(3)], axis=-1)
+    shown = np.where(mask[..., None], image.astype(np.float64), blurred)
+    ys, xs = np.nonzero(mask)
+    h, w = mask.shape
+    return shown[max(ys.min() - pad, 0):min(ys.max() + 1 + pad, h), max(xs.min() - pad, 0):min(xs.max() + 1 + pad, w)]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_divergen_views_match_hand_references(seed):
+    from xpaste.score import composite_on_black, real_instance_view
+
+    r = np.random.default_rng(seed)
+    h, w = int(r.integers(20, 160)), int(r.integers(20, 160))
+    image = r.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    soft = r.integers(0, 256, (h, w), dtype=np.uint8)
+    np.testing.assert_array_equal(composite_on_black(image, soft), pil_on_black(image, soft))
+    mask = np.zeros((h, w), bool)
+    y0, x0 = int(r.integers(0, h - 5)), int(r.integers(0, w - 5))
+    mask[y0 : y0 + int(r.integers(1, 30)), x0 : x0 + int(r.integers(1, 30))] = True
+    got = real_instance_view(image, mask)
+    want = scipy_real_view(image, mask)
+    assert got.shape == want.shape and got.dtype == np.uint8
+    assert np.abs(got.astype(np.float64) - want).max() <= 1.0  # rounding of the mean
+    np.testing.assert_array_equal(got[mask[max(y0 - 40, 0):, max(x0 - 40, 0):][: got.shape[0], : got.shape[1]]],
+                                  image[mask])
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    from tiny_models import make_tiny_open_clip
+
+    from xpaste.score.clip import ClipScorer
+
+    folder = make_tiny_open_clip(tmp_path_factory.mktemp("openclip"))
+    return f"local-dir:{folder}", ClipScorer(f"local-dir:{folder}", device="cpu")
+
+
+def test_divergen_filter_mean_cosine_to_real_instances(tmp_path, tiny_clip):
+    """Every compared cut-out's real_similarity equals the mean cosine between its black composite and the
+    DiverGen views of its category's real instances, built by hand from the source images (pycocotools masks,
+    scipy blur); below the threshold the cut-out is dropped, and categories without real instances pass."""
+    from coco_fixtures import write_dataset
+    from pycocotools.coco import COCO
+
+    from xpaste.pool.importers import import_coco
+
+    spec, scorer = tiny_clip
+    ann, images_dir = write_dataset(tmp_path / "data", n_images=4, size=(120, 140))
+    import_coco(ann, images_dir, tmp_path / "real", min_area=50, progress=False)
+    coco = COCO(str(ann))
+    table = [{"candidate": f"c{i}", "category": 1 + i % 2, "segmenter": "s1", "score": 30.0, "area": 0.3}
+             for i in range(6)]
+    run = tmp_path / "run"
+    write_run(run, table, seed=9)
+    # a threshold in the middle of the measured similarities, so both outcomes occur
+    cfg = config(run, preset="divergen", real_pool=str(tmp_path / "real"), real_min_similarity=-1.0)
+    cfg["score"]["clip"] = spec
+    build_pool(run, cfg, progress=False)
+    first = read_decisions(run)
+
+    def hand(cat: int, d: dict) -> float:
+        views = []
+        for a in coco.loadAnns(coco.getAnnIds(catIds=[cat], iscrowd=False)):
+            mask = coco.annToMask(a).astype(bool)
+            if mask.sum() < 50:
+                continue
+            info = coco.loadImgs(a["image_id"])[0]
+            image = np.asarray(Image.open(images_dir / info["file_name"]).convert("RGB"))
+            views.append(np.clip(np.rint(scipy_real_view(image, mask)), 0, 255).astype(np.uint8))
+        ref = scorer.embed_images(views)
+        gen = scorer.embed_images([pil_on_black(np.asarray(Image.open(run / d["path"]).convert("RGB")),
+                                                np.asarray(Image.open(run / d["mask_path"])))])[0]
+        return float(np.mean(ref @ gen))
+
+    sims = {}
+    for cid, d in first.items():
+        sims[cid] = hand(d["category_id"], d)
+        assert d["real_similarity"] == pytest.approx(sims[cid], abs=2e-3), cid
+    threshold = float(np.median(list(sims.values())))
+    cfg["build_pool"]["real_min_similarity"] = threshold
+    run2 = tmp_path / "run2"
+    write_run(run2, table, seed=9)
+    cfg["run_dir"] = str(run2)
+    summary = build_pool(run2, cfg, progress=False)
+    got = read_decisions(run2)
+    for cid, d in got.items():
+        want = "kept" if d["real_similarity"] >= threshold else "far from real instances"
+        assert d["decision"] == want
+    assert summary["preset"] == "divergen" and 0 < summary["added"] < len(table)
