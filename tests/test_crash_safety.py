@@ -119,6 +119,14 @@ def fake_run(run: Path, n: int = 60) -> None:
     write_shard(run / "score", 0, scores, ScoreStage.schema(None), [])
 
 
+def pool_rows_flushed(pool: Path) -> int:
+    """Rows a reader sees now (0 before the pool exists or while its header is being replaced)."""
+    try:
+        return len(InstancePool.open(pool))
+    except Exception:  # noqa: BLE001 - polled while another process writes
+        return 0
+
+
 def pool_rows(pool: Path) -> list[tuple]:
     return [(r["instance_id"], r["category_id"], r["candidate_id"], r["clip_score"])
             for r in InstancePool.open(pool).records().to_pylist()]
@@ -141,13 +149,13 @@ def build_pool_kill_cycle(tmp_path: Path, kills: int, seed: int) -> None:
     mid_run, shards_seen = 0, 0
     for _ in range(kills):
         target = int(rng.integers(1, len(expected)))
-        instances = run / "pool" / "instances"
         mid_run += kill_when(["build-pool", "--run", str(run), *args],
-                             lambda: instances.exists() and sum(1 for _ in instances.rglob("*.png")) >= target)
+                             lambda: pool_rows_flushed(run / "pool") >= target)
         assert_complete_files(run / "pool")
         if (run / "pool" / "pool.json").exists():
-            pool = InstancePool.open(run / "pool")  # every index row's file exists: PNGs are written first
+            pool = InstancePool.open(run / "pool")  # every index row's pixels exist: they are written first
             assert all((run / "pool" / p).is_file() for p in pool.paths)
+            assert all(pool.rgba(i).shape[2] == 4 for i in range(len(pool)))
             assert len(set(pool.instance_ids.tolist())) == len(pool)
             shards_seen = max(shards_seen, len(list((run / "pool" / "index").glob("*.parquet"))))
     assert mid_run >= min(2, kills), "the kills never landed in the middle of a run"
