@@ -110,7 +110,8 @@ def _check_not_foreign(out: Path, state: Path) -> None:
     """Refuse an --out that holds outputs this stage did not start (another tool, an older xpaste)."""
     if (state / "stage.json").exists():
         return
-    found = [n for n in ("images", "annotations.json", ".parts") if (out / n).exists()]
+    found = [n for n in ("images", "annotations.json", ".parts")  # an empty folder (a failed first write) is no output
+             if (out / n).exists() and not ((out / n).is_dir() and not any((out / n).iterdir()))]
     if found:
         raise XPasteError(f"the output folder already holds {', '.join(found)} from another run", out,
                           "choose a new --out, or pass --fresh to replace them")
@@ -166,7 +167,7 @@ def augment_dataset(dataset_path: str | os.PathLike, images_dir: str | os.PathLi
         "options": options,
     }
     stage_config = {**options, "images_dir": str(images_dir.resolve()), "pool": str(pool_path.resolve()),
-                    "fingerprint": fingerprint}
+                    "device": "cpu", "fingerprint": fingerprint}  # device: no GPU for Ray actors
     # The workers share one packed copy of the inputs; the per-annotation dicts are dropped from here on.
     packed = PackedDataset(dataset, n_images)
     header, categories = dict(dataset.header), dataset.categories

@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = list(sys.argv[1:] if argv is None else argv)
     STATE["debug"] = "--debug" in args
+    if STATE["debug"]:  # accepted anywhere on the line: it is a global flag of the root command
+        args = ["--debug"] + [a for a in args if a != "--debug"]
     try:
         return _invoke(build_app(), args)
     except KeyboardInterrupt:

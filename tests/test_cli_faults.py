@@ -1,0 +1,283 @@
+"""Faults end cleanly at the CLI, for every command: one line naming the path and a hint (exit 2) for a full disk,
+a read-only folder, permissions and open-file limits; `xpaste: interrupted` (exit 130) for Ctrl-C; `--debug`
+shows the traceback; nothing half-written under a final name, and a rerun resumes.
+
+Oracles: `os.strerror` (the system's text of each errno), the kernel itself (a real full / read-only tmpfs, a
+real SIGINT), and PIL / json / pyarrow reading back every file left under a final name."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from coco_fixtures import write_dataset
+
+from xpaste.cli import OS_FAULT_HINTS, main
+from xpaste.errors import XPasteError
+
+XPASTE = [sys.executable, "-m", "xpaste"]
+
+
+def one_error_line(capsys) -> str:
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1, err
+    assert "Traceback" not in err[0]
+    return err[0]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("data"), n_images=12, size=(120, 160))
+
+
+# ------------------------------------------------------------------ in-process: each kind, raised where a write is
+@pytest.mark.parametrize("code", sorted(OS_FAULT_HINTS))
+def test_each_os_fault_kind_is_one_line_naming_the_path(code, dataset, tmp_path, monkeypatch, capsys):
+    import xpaste.data.stats as stats
+
+    target = tmp_path / "out" / "stats.json"
+
+    def failing(rows, path):
+        raise OSError(code, os.strerror(code), str(path))
+
+    monkeypatch.setattr(stats, "write_stats", failing)
+    assert main(["stats", str(dataset[0]), "--out", str(target)]) == 2
+    line = one_error_line(capsys)
+    assert line.startswith("xpaste: error: ") and str(target) in line and os.strerror(code) in line
+    assert "hint:" in line
+
+
+def test_errors_without_errno_are_recognised_by_their_text(dataset, tmp_path, monkeypatch, capsys):
+    """pyarrow raises OSError without errno; chained errors keep their cause."""
+    import xpaste.data.stats as stats
+
+    text = f"Error writing bytes to file. Detail: [errno {errno.ENOSPC}] {os.strerror(errno.ENOSPC)}"
+    monkeypatch.setattr(stats, "write_stats", lambda rows, path: (_ for _ in ()).throw(OSError(text)))
+    assert main(["stats", str(dataset[0]), "--out", str(tmp_path / "s.json")]) == 2
+    assert os.strerror(errno.ENOSPC) in one_error_line(capsys)
+
+    def chained(rows, path):
+        try:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        except OSError as e:
+            raise RuntimeError("wrapped by a worker pool") from e
+
+    monkeypatch.setattr(stats, "write_stats", chained)
+    assert main(["stats", str(dataset[0]), "--out", str(tmp_path / "s.json")]) == 2
+    assert os.strerror(errno.EROFS) in one_error_line(capsys)
+
+
+def test_other_errors_are_not_swallowed_and_debug_shows_tracebacks(dataset, tmp_path, monkeypatch, capsys):
+    import xpaste.data.stats as stats
+
+    monkeypatch.setattr(stats, "write_stats", lambda rows, path: (_ for _ in ()).throw(
+        OSError(errno.EIO, os.strerror(errno.EIO), str(path))))
+    with pytest.raises(OSError):  # an I/O error is not a user's fault: a bug report needs the traceback
+        main(["stats", str(dataset[0]), "--out", str(tmp_path / "s.json")])
+    monkeypatch.setattr(stats, "write_stats", lambda rows, path: (_ for _ in ()).throw(
+        OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))))
+    with pytest.raises(OSError):
+        main(["--debug", "stats", str(dataset[0]), "--out", str(tmp_path / "s.json")])
+    monkeypatch.setattr(stats, "write_stats", lambda rows, path: (_ for _ in ()).throw(XPasteError("bad", path)))
+    with pytest.raises(XPasteError):
+        main(["stats", str(dataset[0]), "--out", str(tmp_path / "s.json"), "--debug"])
+    assert main(["stats", str(dataset[0]), "--out", str(tmp_path / "s.json")]) == 2
+    assert one_error_line(capsys).endswith(f"{tmp_path / 's.json'}: bad")
+
+
+def test_keyboard_interrupt_in_process(dataset, tmp_path, monkeypatch, capsys):
+    import xpaste.data.stats as stats
+
+    monkeypatch.setattr(stats, "category_stats", lambda ds: (_ for _ in ()).throw(KeyboardInterrupt()))
+    assert main(["stats", str(dataset[0])]) == 130
+    assert one_error_line(capsys) == "xpaste: interrupted"
+
+
+def test_usage_errors_exit_2_without_traceback(capsys):
+    assert main(["stats", "--no-such-flag"]) == 2
+    err = capsys.readouterr().err
+    assert "No such option" in err and "Traceback" not in err
+    assert main(["stats", "--help"]) == 0
+
+
+# ------------------------------------------------------------------ a real full disk and a read-only folder
+def mount_tmpfs(folder: Path, options: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()[:80]}")
+
+
+def fill(folder: Path) -> Path:
+    """Fill a tmpfs to the last byte (the kernel's ENOSPC is the oracle that it is full)."""
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        for size in (65536, 1):
+            try:
+                while True:
+                    f.write(b"\0" * size)
+            except OSError as e:
+                assert e.errno == errno.ENOSPC
+    return filler
+
+
+def assert_nothing_half_written(folder: Path) -> int:
+    """Every file under a final name (not a hidden temp file) reads back completely; returns how many."""
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    n = 0
+    for f in folder.rglob("*"):
+        if not f.is_file() or any(p.startswith(".") for p in f.relative_to(folder).parts) or f.name == "filler":
+            continue
+        n += 1
+        if f.suffix in (".png", ".jpg"):
+            with Image.open(f) as im:
+                im.load()
+        elif f.suffix == ".json":
+            json.loads(f.read_text())
+        elif f.suffix == ".parquet":
+            pq.read_table(f)
+    return n
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    disk = tmp_path / "small"
+    mount_tmpfs(disk, "size=1m")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    disk = tmp_path / "ro"
+    mount_tmpfs(disk, "ro,size=1m")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def pipeline_run(dataset, root: Path) -> Path:
+    """A small pipeline run (labelled folder -> GrabCut, no CLIP) whose pool build-pool writes."""
+    import shutil
+
+    from xpaste.data.coco import load_coco
+
+    ann, images = dataset
+    collection = root / "collection"
+    ds = load_coco(ann)
+    names = {c["id"]: c["name"] for c in ds.categories}
+    for a in ds.annotations[:6]:
+        img = next(i for i in ds.images if i["id"] == a["image_id"])
+        folder = collection / names[a["category_id"]].replace("/", "_")
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(images / img["file_name"], folder / f"{a['id']}.png")
+    run = root / "run"
+    base = ["--run", str(run), "--set", "score.clip=null"]
+    assert main(["retrieve", *base, "--categories", str(ann), "--folder", str(collection), "--labelled"]) == 0
+    assert main(["segment", *base, "--segmenter", "grabcut"]) == 0
+    return run
+
+
+def commands(dataset, pool: Path, run: Path, out: Path) -> dict[str, list[str]]:
+    ann, images = dataset
+    return {
+        "stats": ["stats", str(ann), "--out", str(out / "stats.json")],
+        "import-coco": ["pool", "import-coco", str(ann), "--images", str(images), "--out", str(out / "pool"),
+                        "--min-area", "100"],
+        "build-pool": ["build-pool", "--run", str(run), "--out", str(out / "built"), "--set", "score.clip=null",
+                       "--area-min", "0", "--area-max", "1"],
+        "augment": ["augment", "--dataset", str(ann), "--images", str(images), "--pool", str(pool),
+                    "--out", str(out / "aug"), "--copies", "2"],
+    }
+
+
+@pytest.fixture(scope="module")
+def sources(dataset, tmp_path_factory):
+    root = tmp_path_factory.mktemp("sources")
+    ann, images = dataset
+    assert main(["pool", "import-coco", str(ann), "--images", str(images), "--out", str(root / "pool"),
+                 "--min-area", "100"]) == 0
+    return root / "pool", pipeline_run(dataset, root)
+
+
+def test_disk_full_every_writing_command_one_line_then_resumes(dataset, sources, small_disk, capsys):
+    pool, run = sources
+    filler = fill(small_disk)
+    for name, argv in commands(dataset, pool, run, small_disk).items():
+        capsys.readouterr()
+        assert main(argv) == 2, name
+        line = one_error_line(capsys)
+        assert os.strerror(errno.ENOSPC) in line and str(small_disk) in line and "hint:" in line, (name, line)
+        assert_nothing_half_written(small_disk)
+    filler.unlink()  # space again: every command finishes
+    for name, argv in commands(dataset, pool, run, small_disk).items():
+        assert main(argv) == 0, name
+    assert assert_nothing_half_written(small_disk) > 0
+
+
+def test_read_only_output_folder_every_command_one_line(dataset, sources, read_only, capsys):
+    pool, run = sources
+    for name, argv in commands(dataset, pool, run, read_only).items():
+        capsys.readouterr()
+        assert main(argv) == 2, name
+        line = one_error_line(capsys)
+        assert os.strerror(errno.EROFS) in line and str(read_only) in line, (name, line)
+    assert not any(read_only.iterdir())
+
+
+# ------------------------------------------------------------------ a real SIGINT to a running command
+def interrupt(argv: list[str], ready) -> tuple[int, str]:
+    """Start `xpaste argv`, send SIGINT once ready(stderr so far) holds; (exit status, stderr)."""
+    p = subprocess.Popen(XPASTE + argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    err = bytearray()
+
+    def drain():
+        while chunk := os.read(p.stderr.fileno(), 65536):
+            err.extend(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    while not ready(err.decode("utf-8", "replace")):
+        if p.poll() is not None:
+            pytest.fail(f"{argv[0]} finished before the interrupt: {err.decode()[-300:]}")
+        time.sleep(0.005)
+    p.send_signal(signal.SIGINT)
+    p.wait(timeout=120)
+    reader.join(timeout=10)
+    return p.returncode, err.decode("utf-8", "replace")
+
+
+def progress(err: str) -> int:
+    counts = re.findall(r"(\d+)/(\d+)", err)
+    return int(counts[-1][0]) if counts else -1
+
+
+def test_sigint_to_import_coco_and_augment_exit_130_then_resume(sources, tmp_path):
+    many, many_images = write_dataset(tmp_path / "many", n_images=400, size=(120, 160))
+    pool, _ = sources
+    out = tmp_path / "pool"
+    argv = ["pool", "import-coco", str(many), "--images", str(many_images), "--out", str(out), "--min-area", "100"]
+    rc, err = interrupt(argv, lambda e: progress(e) >= 20)
+    assert rc == 130 and err.strip().splitlines()[-1] == "xpaste: interrupted" and "Traceback" not in err
+    aug = tmp_path / "aug"
+    argv = ["augment", "--dataset", str(many), "--images", str(many_images), "--pool", str(pool), "--out", str(aug),
+            "--copies", "2", "--blend", "poisson", "--max-paste", "10"]
+    images = aug / "images"
+    rc, err = interrupt(argv, lambda e: images.is_dir() and sum(not n.startswith(".") for n in os.listdir(images)) >= 5)
+    assert rc == 130 and err.strip().splitlines()[-1] == "xpaste: interrupted" and "Traceback" not in err
+    assert not (aug / "annotations.json").exists()
+    assert_nothing_half_written(aug)
+    r = subprocess.run(XPASTE + argv, capture_output=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode == 0, r.stderr.decode()[-500:]
+    doc = json.loads((aug / "annotations.json").read_text())
+    assert len(doc["images"]) == 2 * 400
