@@ -1,6 +1,9 @@
-"""detectron2 adapter: the dataset-dict conversion and paste, WITHOUT detectron2 (it is not installable here).
+"""detectron2 adapter.
 
-The `make_xpaste_mapper` DatasetMapper subclass needs detectron2 and is not exercised by these tests.
+* The dataset-dict conversion and paste (`paste_into_dataset_dict`), which need no detectron2.
+* `test_real_*`: the mapper inside a REAL detectron2 (`make install` installs the CPU wheel from
+  ../shared/wheels when it is there): `build_detection_train_loader`, the scale prior measured from
+  DATASETS.TRAIN, and two Mask R-CNN training steps on CPU. Skipped, saying why, without detectron2.
 """
 from __future__ import annotations
 
@@ -203,23 +206,75 @@ def test_bad_image_and_options_rejected(small_pool):
         paste_into_dataset_dict(d, image, cp)
 
 
-def test_add_xpaste_config_on_a_yacs_cfgnode(small_pool, tmp_path):
-    yacs_config = pytest.importorskip("yacs.config")  # not in the project env; run in a venv that has yacs
+def _yacs_cfg():
+    yacs_config = pytest.importorskip("yacs.config", reason="yacs comes with detectron2 (make install)")
     cfg = yacs_config.CfgNode()
     cfg.INPUT = yacs_config.CfgNode()
     add_xpaste_config(cfg)
+    return cfg
+
+
+def test_config_node_is_derived_from_paste_config(small_pool, tmp_path):
+    from xpaste.paste.config import PasteConfig
+
+    cfg = _yacs_cfg()
+    node = cfg.INPUT.XPASTE
+    options = PasteConfig.options()
+    assert set(node) == {o["name"].upper() for o in options} | {"POOL", "SCALE_PRIOR", "SEED"}
+    for o in options:  # same default, spelled once
+        assert node[o["name"].upper()] == o["default"], o["name"]
+    kwargs = copy_paste_kwargs_from_cfg(cfg)
+    assert kwargs == {"config": PasteConfig(), "seed": None, "scale_prior": None}
     cfg.merge_from_list(["INPUT.XPASTE.POOL", str(tmp_path), "INPUT.XPASTE.MAX_PASTE", "7",
-                         "INPUT.XPASTE.BLEND", "gaussian", "INPUT.XPASTE.SEED", "3"])
+                         "INPUT.XPASTE.BLEND", "gaussian", "INPUT.XPASTE.SEED", "3",
+                         "INPUT.XPASTE.ASPECT_JITTER", "(0.9, 1.1)", "INPUT.XPASTE.NUM_PASTE", "4",
+                         "INPUT.XPASTE.SCALE_PRIOR", "none"])
     cfg.freeze()
     kwargs = copy_paste_kwargs_from_cfg(cfg)
-    assert cfg.INPUT.XPASTE.POOL == str(tmp_path)
-    assert kwargs["max_paste"] == 7 and kwargs["blend"] == "gaussian" and kwargs["seed"] == 3
+    assert kwargs["config"] == PasteConfig(max_paste=7, blend="gaussian", aspect_jitter=(0.9, 1.1), num_paste=4)
+    assert kwargs["seed"] == 3 and kwargs["scale_prior"] == {}
     cp = CopyPaste(small_pool, **kwargs)
-    assert cp.max_paste == 7 and cp.sampling == "balanced"
-    assert yacs_config.CfgNode.load_cfg(cfg.dump()).INPUT.XPASTE.MAX_PASTE == 7  # yaml round trip
+    assert cp.max_paste == 7 and cp.sampling == "balanced" and cp.aspect_jitter == (0.9, 1.1)
+    assert type(cfg).load_cfg(cfg.dump()).INPUT.XPASTE.MAX_PASTE == 7  # yaml round trip
 
 
-def test_mapper_without_detectron2_says_so(small_pool):
+@pytest.mark.parametrize("key, value, match", [("BLEND", "soft", "blend"), ("MAX_PASTE", 0, "max_paste"),
+                                               ("ALPHA_THRESHOLD", 300, "alpha_threshold")])
+def test_config_node_bad_values_fail_in_one_line(key, value, match):
+    from xpaste.paste.config import PasteConfigError
+
+    cfg = _yacs_cfg()
+    cfg.INPUT.XPASTE[key] = value
+    with pytest.raises(PasteConfigError, match=match) as info:
+        copy_paste_kwargs_from_cfg(cfg)
+    assert "\n" not in str(info.value)
+
+
+def test_prior_of_dataset_dicts_matches_pycocotools(tmp_path):
+    from prior_fixtures import write_small_object_coco
+    from pycocotools.coco import COCO
+
+    from xpaste.integrations.detectron2 import scale_prior_from_dataset_dicts
+
+    js, _ = write_small_object_coco(tmp_path)
+    coco = COCO(str(js))
+    contiguous = {cid: i for i, cid in enumerate(sorted(coco.cats))}
+    dicts = []  # as detectron2's load_coco_json makes them: XYWH_ABS boxes, contiguous ids, crowd kept
+    for img_id, img in coco.imgs.items():
+        dicts.append({"height": img["height"], "width": img["width"], "annotations": [
+            {"bbox": a["bbox"], "bbox_mode": XYWH_ABS, "category_id": contiguous[a["category_id"]],
+             "iscrowd": a["iscrowd"]} for a in coco.imgToAnns[img_id]]})
+    dicts[1]["annotations"].append({"bbox": [0, 0, 250, 250], "bbox_mode": XYXY_ABS, "category_id": 0,
+                                    "pasted": True})  # an earlier paste: not the training set's
+    prior = scale_prior_from_dataset_dicts(dicts, category_map=contiguous)
+    for cid in coco.cats:
+        s = [np.sqrt(a["bbox"][2] * a["bbox"][3] / 256**2) for a in coco.loadAnns(coco.getAnnIds(catIds=[cid]))
+             if not a["iscrowd"]]
+        assert prior[cid] == pytest.approx((np.mean(s), np.std(s)))
+    assert set(scale_prior_from_dataset_dicts(dicts)) == {0, 1, 2}  # no map: keyed by contiguous id
+
+
+def test_mapper_without_detectron2_says_so(small_pool):  # the other side of the test_real_* tests
     try:
         import detectron2  # noqa: F401
     except ImportError:
@@ -230,3 +285,118 @@ def test_mapper_without_detectron2_says_so(small_pool):
 
     with pytest.raises(ImportError, match="needs detectron2"):
         make_xpaste_mapper(object(), True, pool=small_pool)
+
+
+# ----------------------------------------------------------------------------- real detectron2
+@pytest.fixture(scope="module")
+def d2_dataset(tmp_path_factory):
+    """A registered COCO training set of small objects; the cfg of a tiny-input Mask R-CNN R50-FPN."""
+    pytest.importorskip("detectron2", reason="detectron2 is not installed (make install installs "
+                        "../shared/wheels/detectron2-0.6-*.whl when that file exists)")
+    import os
+
+    import detectron2
+    from detectron2.config import get_cfg
+    from detectron2.data import DatasetCatalog
+    from detectron2.data.datasets import register_coco_instances
+    from prior_fixtures import write_small_object_coco
+
+    js, images_dir = write_small_object_coco(tmp_path_factory.mktemp("d2"))
+    name = "xpaste_small_objects_train"
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        from detectron2.data import MetadataCatalog
+
+        MetadataCatalog.remove(name)
+    register_coco_instances(name, {}, str(js), str(images_dir))
+    cfg = get_cfg()
+    # By path: detectron2.model_zoo imports pkg_resources, gone from setuptools >= 81 (wheels/README.md).
+    cfg.merge_from_file(os.path.join(os.path.dirname(detectron2.__file__), "model_zoo", "configs",
+                                     "COCO-InstanceSegmentation", "mask_rcnn_R_50_FPN_1x.yaml"))
+    add_xpaste_config(cfg)
+    cfg.DATASETS.TRAIN = (name,)
+    cfg.INPUT.MASK_FORMAT = "bitmask"
+    cfg.INPUT.MIN_SIZE_TRAIN = (256,)
+    cfg.INPUT.MAX_SIZE_TRAIN = 256
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.SOLVER.IMS_PER_BATCH = 2
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
+    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 32
+    cfg.MODEL.RPN.BATCH_SIZE_PER_IMAGE = 32
+    cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = 100
+    cfg.INPUT.XPASTE.MAX_PASTE = 20
+    cfg.INPUT.XPASTE.SEED = 0
+    return cfg, js
+
+
+def test_real_loader_pastes_with_the_training_prior(d2_dataset):
+    from detectron2.data import build_detection_train_loader
+    from prior_fixtures import assert_follows_prior, planned_scales, prior_pool, record_plans, training_median
+
+    from xpaste.integrations.detectron2 import make_xpaste_mapper
+
+    cfg, js = d2_dataset
+    mapper = make_xpaste_mapper(cfg, is_train=True, pool=prior_pool())
+    assert mapper.category_map == {1: 0, 2: 1, 3: 2}  # from the dataset's metadata
+    assert set(mapper.copy_paste.scale_prior) == {1, 2, 3}  # measured from DATASETS.TRAIN, keyed by pool id
+    plans = record_plans(mapper.copy_paste)
+    loader = iter(build_detection_train_loader(cfg, mapper=mapper))
+    out, labels = [], set()
+    for _ in range(8):
+        for d in next(loader):
+            inst = d["instances"]
+            assert d["image"].shape[1:] == (256, 256) and len(inst.pasted) == len(inst)
+            b = inst.gt_boxes.tensor[inst.pasted].numpy()
+            out.extend(np.sqrt((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])) / 256)
+            labels |= set(inst.gt_classes[inst.pasted].tolist())
+    expected = training_median(js)
+    assert_follows_prior(planned_scales(plans), expected)
+    assert len(out) >= 40 and abs(np.median(out) / expected - 1) < 0.2  # the boxes that reach the model
+    assert labels <= {0, 1, 2}
+
+
+def test_real_loader_without_a_training_set_warns(d2_dataset, monkeypatch):
+    import xpaste.paste.transform as transform_module
+    from prior_fixtures import prior_pool
+
+    from xpaste.integrations.detectron2 import make_xpaste_mapper
+
+    cfg = d2_dataset[0].clone()
+    cfg.DATASETS.TRAIN = ()
+    monkeypatch.setattr(transform_module, "_WARNED", set())
+    with pytest.warns(UserWarning, match="SCALE_PRIOR"):
+        mapper = make_xpaste_mapper(cfg, is_train=True, pool=prior_pool())
+    assert mapper.copy_paste.scale_prior == {}
+    cfg.INPUT.XPASTE.SCALE_PRIOR = str(d2_dataset[1])  # the json by path: keyed by the json's ids
+    mapper = make_xpaste_mapper(cfg, is_train=True, pool=prior_pool())
+    assert set(mapper.copy_paste.scale_prior) == {1, 2, 3}
+
+
+def test_real_mask_rcnn_trains_two_steps(d2_dataset):
+    import torch
+    from detectron2.data import build_detection_train_loader
+    from detectron2.modeling import build_model
+    from detectron2.utils.events import EventStorage
+    from prior_fixtures import prior_pool
+
+    from xpaste.integrations.detectron2 import make_xpaste_mapper
+
+    cfg, _ = d2_dataset
+    torch.manual_seed(0)
+    loader = iter(build_detection_train_loader(cfg, mapper=make_xpaste_mapper(cfg, True, pool=prior_pool())))
+    model = build_model(cfg)
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
+    with EventStorage(0):
+        for _ in range(2):
+            batch = next(loader)
+            assert any(d["instances"].pasted.any() for d in batch)  # the model trains on pasted objects
+            losses = model(batch)
+            assert set(losses) >= {"loss_mask", "loss_cls", "loss_box_reg"}
+            total = sum(losses.values())
+            assert torch.isfinite(total)
+            optimizer.zero_grad()
+            total.backward()
+            optimizer.step()

@@ -15,6 +15,12 @@ the same step as a plain function for custom mappers.
 Category ids: detectron2 dataset dicts hold CONTIGUOUS ids (0..K-1, `thing_dataset_id_to_contiguous_id`),
 while a pool holds the dataset's original ids. `category_map` maps pool id -> contiguous id; the mapper
 takes it from the training dataset's metadata unless given one.
+
+Options: `cfg.INPUT.XPASTE` holds one key per `PasteConfig` field (upper case, same default; see
+`xpaste.paste.config` for each one's meaning and source) plus POOL, SCALE_PRIOR and SEED, and the values are
+validated by `PasteConfig` when the mapper is built. Scale prior (method.md, Stage 4): SCALE_PRIOR may name
+the training json or `xpaste stats` output; left empty, the mapper measures it from the dataset dicts of
+`cfg.DATASETS.TRAIN` (original, non-crowd, non-pasted annotations), so X-Paste's sizes are the default.
 """
 from __future__ import annotations
 
@@ -25,11 +31,12 @@ import numpy as np
 
 from xpaste.core.sample import Sample
 from xpaste.core.targets import Targets
-from xpaste.integrations.workers import reseed_for_worker
-from xpaste.ops.masks import masks_to_rles, polygons_to_mask, rle_decode, tight_boxes
+from xpaste.integrations.common import (ISCROWD, PASTED, from_pool_label, invert_map, polygons_to_masks,
+                                        remap_prior, reseed_for_worker, scale_prior_from_records, source_rows,
+                                        to_pool_labels, tracked_targets)
+from xpaste.ops.masks import masks_to_rles, rle_decode, tight_boxes
 
 XYXY_ABS, XYWH_ABS = 0, 1  # detectron2.structures.BoxMode values (an IntEnum, so plain ints compare equal)
-_SRC = "_xpaste_source_index"  # input annotation of each output instance, -1 = pasted
 _FORMATS = ("BGR", "RGB")
 
 
@@ -65,8 +72,7 @@ def paste_into_dataset_dict(dataset_dict: dict, image: np.ndarray, copy_paste, r
     annos = list(dataset_dict.get("annotations", []))
     if any("keypoints" in a for a in annos):
         raise ValueError("keypoint annotations are not supported: pasted objects would have no keypoints")
-    inverse = None if category_map is None else {int(v): int(k) for k, v in category_map.items()}
-    targets = annotations_to_targets(annos, height, width, inverse)
+    targets = annotations_to_targets(annos, height, width, invert_map(category_map))
     rgb = image[..., ::-1] if image_format == "BGR" else image
     sample = Sample(np.ascontiguousarray(rgb), targets, {"image_id": dataset_dict.get("image_id")})
     out = copy_paste(sample, rng=rng)
@@ -103,12 +109,7 @@ def segmentation_to_mask(segm: Any, height: int, width: int) -> np.ndarray:
             raise ValueError(f"RLE size {size} differs from the image {(height, width)}")
         return rle_decode(segm)
     if isinstance(segm, (list, tuple)):
-        polygons = [np.asarray(p, dtype=np.float64).reshape(-1) for p in segm]
-        # Fewer than 3 points enclose no pixel (a crop can leave such slivers); pycocotools rejects them.
-        polygons = [p for p in polygons if len(p) >= 6]
-        if not polygons:
-            return np.zeros((height, width), bool)
-        return polygons_to_mask(polygons, height, width)
+        return polygons_to_masks([segm], height, width)[0]  # slivers of < 3 points cover nothing
     raise TypeError(f"unsupported segmentation type {type(segm).__name__}")
 
 
@@ -130,20 +131,19 @@ def annotations_to_targets(annos: list[dict], height: int, width: int,
         boxes[i] = bbox_to_xyxy(annos[i]["bbox"], annos[i].get("bbox_mode", XYXY_ABS))
     ids = [int(a["category_id"]) for a in annos]
     # Originals whose contiguous id has no pool category get -1: they only matter for 'present' sampling.
-    labels = ids if inverse_map is None else [inverse_map.get(c, -1) for c in ids]
+    labels = to_pool_labels(ids, invert_map(inverse_map))
     extra = {
-        _SRC: np.arange(n, dtype=np.int64),
-        "iscrowd": np.array([bool(a.get("iscrowd", 0)) for a in annos], bool),
-        "pasted": np.array([bool(a.get("pasted", False)) for a in annos], bool),  # kept from an earlier paste
+        ISCROWD: np.array([bool(a.get(ISCROWD, 0)) for a in annos], bool),
+        PASTED: np.array([bool(a.get(PASTED, False)) for a in annos], bool),  # kept from an earlier paste
     }
-    return Targets(boxes, masks, np.array(labels, np.int64), extra)
+    return tracked_targets(boxes, masks, labels, extra)
 
 
 def targets_to_annotations(t: Targets, annos: list[dict], category_map: Mapping[int, int] | None = None,
                            segmentation: str = "rle") -> list[dict]:
     """detectron2 annotations (XYXY_ABS) of pasted Targets; `annos` are the input annotations."""
-    src = t.extra[_SRC]
-    pasted = t.extra["pasted"].astype(bool)
+    src = source_rows(t)
+    pasted = t.extra[PASTED].astype(bool)
     segms = masks_to_rles(t.masks, t.boxes) if segmentation == "rle" else list(t.masks)
     areas = t.masks.sum(axis=(1, 2), dtype=np.int64)
     out = []
@@ -153,48 +153,81 @@ def targets_to_annotations(t: Targets, annos: list[dict], category_map: Mapping[
             if "area" in ann:
                 ann["area"] = float(areas[i])
         else:
-            pool_id = int(t.labels[i])
-            if category_map is not None and pool_id not in category_map:
-                raise KeyError(f"pool category {pool_id} has no contiguous id in category_map; "
-                               "map every pool category or use a pool of the training categories only")
-            ann = {"category_id": int(category_map[pool_id]) if category_map is not None else pool_id,
-                   "iscrowd": 0, "area": float(areas[i])}
+            ann = {"category_id": from_pool_label(int(t.labels[i]), category_map, "category_map"),
+                   ISCROWD: 0, "area": float(areas[i])}
         ann["bbox"] = [float(v) for v in t.boxes[i]]
         ann["bbox_mode"] = XYXY_ABS
         ann["segmentation"] = segms[i]
-        ann["pasted"] = bool(pasted[i])
+        ann[PASTED] = bool(pasted[i])
         out.append(ann)
     return out
 
 
 # ----------------------------------------------------------------------------- config and mapper
 def add_xpaste_config(cfg) -> None:
-    """Add cfg.INPUT.XPASTE.* (a yacs / detectron2 CfgNode) with the defaults of `CopyPaste`."""
-    node = type(cfg)()  # the caller's CfgNode class: yacs, fvcore or detectron2
-    node.POOL = ""  # pool folder (xpaste pool build / import)
-    node.MAX_PASTE = 20  # pasted objects per image ~ U[0, MAX_PASTE)
-    node.SAMPLING = "balanced"  # balanced | uniform | present | weighted
-    node.BLEND = "hard"  # hard | alpha | gaussian | poisson
-    node.SCALE_PRIOR = ""  # optional `xpaste stats` json: per-category object scale
-    node.FLIP_PROB = 0.5
-    node.MAX_ROTATION = 0.0
-    node.COLOR_JITTER = 0.0
-    node.SEED = -1  # < 0: unseeded; mixed with each DataLoader worker's seed
+    """Add cfg.INPUT.XPASTE (a yacs / fvcore / detectron2 CfgNode of the caller's class): one upper-case key
+    per `PasteConfig` field with its default (`PasteConfig.options()` gives each one's help), plus
+
+    - POOL: the pool folder (`xpaste pool build` / `import-coco` output);
+    - SCALE_PRIOR: "" (measure it from cfg.DATASETS.TRAIN), a training COCO/LVIS json or `xpaste stats`
+      output, or "none" (no prior: every category uses NO_PRIOR_SCALE; not X-Paste's sizes);
+    - SEED: < 0 unseeded; mixed with each DataLoader worker's seed.
+    """
+    from xpaste.paste.config import PasteConfig
+
+    node = type(cfg)()
+    node.POOL = ""
+    node.SCALE_PRIOR = ""
+    node.SEED = -1
+    for option in PasteConfig.options():
+        node[option["name"].upper()] = option["default"]
     cfg.INPUT.XPASTE = node
 
 
 def copy_paste_kwargs_from_cfg(cfg) -> dict[str, Any]:
-    """CopyPaste keyword arguments from cfg.INPUT.XPASTE."""
-    x = cfg.INPUT.XPASTE
-    kwargs: dict[str, Any] = {"max_paste": int(x.MAX_PASTE), "sampling": str(x.SAMPLING), "blend": str(x.BLEND),
-                              "flip_prob": float(x.FLIP_PROB), "max_rotation": float(x.MAX_ROTATION),
-                              "color_jitter": float(x.COLOR_JITTER),
-                              "seed": None if int(x.SEED) < 0 else int(x.SEED)}
-    if x.SCALE_PRIOR:
-        from xpaste.data.stats import load_stats, scale_prior_from_stats
+    """`CopyPaste` keyword arguments from cfg.INPUT.XPASTE: `config` (a validated `PasteConfig`; a bad value
+    raises `PasteConfigError` naming the option), `seed`, and `scale_prior` (the SCALE_PRIOR file, {} for
+    "none", or None when it is to be measured from the training datasets)."""
+    from xpaste.paste.config import PasteConfig
 
-        kwargs["scale_prior"] = scale_prior_from_stats(load_stats(x.SCALE_PRIOR))
-    return kwargs
+    x = cfg.INPUT.XPASTE
+    options = {}
+    for name in PasteConfig.field_names():
+        key = name.upper()
+        if key in x:  # a config made by an older add_xpaste_config lacks newer keys: defaults apply
+            value = x[key]
+            options[name] = list(value) if isinstance(value, tuple) else value
+    prior = str(x.SCALE_PRIOR or "")
+    return {"config": PasteConfig.from_dict(options), "seed": None if int(x.SEED) < 0 else int(x.SEED),
+            "scale_prior": {} if prior.lower() == "none" else (prior or None)}
+
+
+def scale_prior_from_dataset_dicts(dataset_dicts: list[dict], category_map: Mapping[int, int] | None = None
+                                   ) -> dict[int, tuple[float, float]]:
+    """The X-Paste scale prior of detectron2 dataset dicts (before any augmentation), keyed by pool id.
+
+    sqrt(box area / image area) per original annotation (crowd and `pasted` ones left out, boxes in
+    XYXY_ABS or XYWH_ABS), mean and population std per contiguous id, by the rule of `xpaste stats`.
+    `category_map` (pool id -> contiguous id) re-keys it by pool id; None: pool ids are the contiguous ids.
+    """
+    def records():
+        for i, d in enumerate(dataset_dicts):
+            annos = []
+            for a in d.get("annotations", []):
+                x0, y0, x1, y1 = bbox_to_xyxy(a["bbox"], a.get("bbox_mode", XYXY_ABS))
+                annos.append({"category_id": a["category_id"], "bbox": [x0, y0, x1 - x0, y1 - y0],
+                              ISCROWD: a.get(ISCROWD, 0), PASTED: a.get(PASTED, False)})
+            yield i, d["height"], d["width"], annos
+
+    return remap_prior(scale_prior_from_records(records()), category_map)
+
+
+def _training_dicts(cfg) -> list[dict]:
+    """The dataset dicts of cfg.DATASETS.TRAIN. Loading them also fills the datasets' metadata
+    (`load_coco_json` sets thing_dataset_id_to_contiguous_id only when it runs)."""
+    from detectron2.data import DatasetCatalog
+
+    return [d for name in cfg.DATASETS.TRAIN for d in DatasetCatalog.get(name)]
 
 
 def make_xpaste_mapper(cfg, is_train: bool = True, pool=None, category_map: Mapping[int, int] | None = None,
@@ -203,12 +236,16 @@ def make_xpaste_mapper(cfg, is_train: bool = True, pool=None, category_map: Mapp
 
     `pool`: an InstancePool, a path, or None for cfg.INPUT.XPASTE.POOL. `category_map`: pool id ->
     contiguous id; default: the `thing_dataset_id_to_contiguous_id` of cfg.DATASETS.TRAIN[0] when its
-    metadata has one, else identity. Keyword arguments override the CopyPaste options from the config.
+    metadata has one, else identity. Keyword arguments (PasteConfig fields, `scale_prior`, `seed`) override
+    the config. The scale prior is measured from cfg.DATASETS.TRAIN unless SCALE_PRIOR or `scale_prior=`
+    gives one (see the module docstring).
+
+    Raises: PasteConfigError for a bad option, ValueError without a pool, ImportError without detectron2.
     """
     mapper_class = _mapper_class()
     from detectron2.data import DatasetMapper, MetadataCatalog
 
-    from xpaste.paste.transform import CopyPaste
+    from xpaste.paste.transform import CopyPaste, warn_missing_prior
     from xpaste.pool.store import InstancePool
 
     if not is_train:
@@ -218,10 +255,19 @@ def make_xpaste_mapper(cfg, is_train: bool = True, pool=None, category_map: Mapp
         raise ValueError("no pool: set cfg.INPUT.XPASTE.POOL or pass pool=")
     if isinstance(pool, (str, os.PathLike)):
         pool = InstancePool.open(pool)
+    kwargs = {**copy_paste_kwargs_from_cfg(cfg), **copy_paste_kwargs}
+    dicts = _training_dicts(cfg) if cfg.DATASETS.TRAIN and (category_map is None or
+                                                             kwargs.get("scale_prior") is None) else None
     if category_map is None and cfg.DATASETS.TRAIN:
         meta = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
         category_map = getattr(meta, "thing_dataset_id_to_contiguous_id", None)
-    copy_paste = CopyPaste(pool, **{**copy_paste_kwargs_from_cfg(cfg), **copy_paste_kwargs})
+    if kwargs.get("scale_prior") is None:
+        if dicts is None:
+            warn_missing_prior("make_xpaste_mapper without cfg.DATASETS.TRAIN or INPUT.XPASTE.SCALE_PRIOR")
+            kwargs["scale_prior"] = {}
+        else:  # X-Paste's prior of the training set (method.md, Stage 4)
+            kwargs["scale_prior"] = scale_prior_from_dataset_dicts(dicts, category_map)
+    copy_paste = CopyPaste(pool, **kwargs)
     return mapper_class(cfg, True, copy_paste, category_map)
 
 
