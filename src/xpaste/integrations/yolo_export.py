@@ -39,7 +39,7 @@ import yaml
 
 from xpaste.data.coco import decode_annotation_mask, load_coco
 from xpaste.errors import XPasteError
-from xpaste.io import resolve_inside
+from xpaste.io import copy_file_atomic, resolve_inside, write_bytes_atomic
 
 _BLOCK = 4_000_000  # point pairs per distance block in _closest (bounds its memory to ~100 MB)
 
@@ -220,7 +220,7 @@ def _place(src: Path, dst: Path) -> None:
     try:
         os.link(src, dst)
     except OSError:
-        shutil.copy2(src, dst)
+        copy_file_atomic(src, dst)
 
 
 # ----------------------------------------------------------------------------- exporter
@@ -292,13 +292,13 @@ def export_yolo_seg(dataset_json: str | os.PathLike, images_dir: str | os.PathLi
             xy = np.clip(poly / np.array([w, h], np.float32), 0.0, 1.0).reshape(-1)
             lines.append(" ".join([str(class_of[int(ann["category_id"])])] + [f"{v:.6f}" for v in xy]))
         label.parent.mkdir(parents=True, exist_ok=True)
-        label.write_text("\n".join(lines) + ("\n" if lines else ""))
+        write_bytes_atomic(label, ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8"), durable=False)
         written += len(lines)
         merged += _duplicate_rows(lines)
     data = {"path": str(out.resolve()), "train": f"images/{split}",
             "val": "images/val" if n_val else f"images/{split}", "names": names}
     yaml_path = out / "data.yaml"
-    yaml_path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    write_bytes_atomic(yaml_path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True).encode("utf-8"))
     summary = f"export-yolo: {len(images)} images, {written} instances written"
     if skipped:
         summary += f"; skipped {sum(skipped.values())} annotations: " + ", ".join(

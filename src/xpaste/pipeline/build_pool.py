@@ -322,11 +322,10 @@ def build_pool(run_dir: str | Path, config: Any, progress: bool = True) -> dict:
     Raises XPasteError for missing stage outputs, a bad preset, or a DiverGen filter without a real pool.
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
     from tqdm import tqdm
 
     from xpaste.core.instance import content_hash, crop_to_alpha
-    from xpaste.io import write_json_atomic
+    from xpaste.io import write_json_atomic, write_parquet_atomic
     from xpaste.pool.store import InstancePool
 
     start = time.perf_counter()
@@ -374,10 +373,7 @@ def build_pool(run_dir: str | Path, config: Any, progress: bool = True) -> dict:
         log.info("%d cut-outs were already in %s (an earlier, interrupted build stored them)", resumed, out)
     schema = decisions_schema()
     table = pa.Table.from_pylist([{k: d.get(k) for k in schema.names} for d in decisions], schema=schema)
-    (run_dir / "build_pool").mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / "build_pool" / ".decisions.parquet.tmp"
-    pq.write_table(table, tmp)
-    tmp.replace(run_dir / "build_pool" / "decisions.parquet")
+    write_parquet_atomic(run_dir / "build_pool" / "decisions.parquet", table)
     counts: dict[str, int] = {}
     for d in decisions:
         counts[d["decision"]] = counts.get(d["decision"], 0) + 1
