@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -157,3 +158,58 @@ def test_divergen_filter_against_real_instances(clip_model, tmp_path):
         assert all(np.isfinite(r["real_similarity"]) for r in table if r["category_id"] == 1)
     assert decisions[-1.0] == {(1, "kept"), (2, "kept")}
     assert decisions[1.01] == {(1, "far from real instances"), (2, "kept")}
+
+
+def test_labelled_category_names_cannot_leave_the_collection(tmp_path):
+    """Categories named '../secret', by absolute path, or by a symlinked folder copy nothing from outside."""
+    coll, secret = tmp_path / "coll", tmp_path / "secret"
+    (coll / "cup").mkdir(parents=True)
+    secret.mkdir()
+    (coll / "cup" / "a.png").write_bytes(disc_png(1))
+    (secret / "private.png").write_bytes(disc_png(2))
+    os.symlink(secret, coll / "linked")
+    for cats in ("cup,../secret", f"cup,{secret}", "cup,linked"):
+        run = tmp_path / f"run-{len(cats)}"
+        assert main(["retrieve", "--run", str(run), "--categories", cats, "--folder", str(coll),
+                     "--set", "retrieve.labelled=true"]) == 0
+        rows = pq.read_table(run / "retrieve" / "shard-000000.parquet").to_pylist()
+        assert [(r["category"], os.path.realpath(r["url"])) for r in rows] == [
+            ("cup", os.path.realpath(coll / "cup" / "a.png"))], cats
+        copied = sorted(p for p in (run / "images").rglob("*") if p.is_file())
+        assert [p.read_bytes() for p in copied] == [disc_png(1)], cats  # the secret image is nowhere in the run
+
+
+class _MalformedHandler(_Handler):
+    """A k-NN reply with malformed entries next to good ones."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        host = f"http://127.0.0.1:{self.server.server_address[1]}"
+        results = [{"url": f"{host}/img/1.png", "similarity": 0.3, "id": 1}, 17, None,
+                   {"caption": "no url", "id": 2}, {"url": f"{host}/img/2.png", "similarity": "n/a"},
+                   {"url": f"{host}/img/3.png", "similarity": 0.2, "id": 3}]
+        data = json.dumps(results).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def test_knn_malformed_results_listed_in_the_skip_log(tmp_path):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _MalformedHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        run = tmp_path / "run"
+        assert main(["retrieve", "--run", str(run), "--categories", "cup", "--knn-url", url,
+                     "--knn-indice", "test-index", "--per-category", "6"]) == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    rows = pq.read_table(run / "retrieve" / "shard-000000.parquet").to_pylist()
+    assert sorted(r["url"].rsplit("/", 1)[-1] for r in rows) == ["1.png", "3.png"]
+    skipped = json.loads((run / "retrieve" / "shard-000000.skipped.json").read_text())
+    reasons = sorted(s["reason"] for s in skipped)
+    assert len(reasons) == 4 and sum("not an object" in r for r in reasons) == 2, reasons
+    assert any("no url" in r for r in reasons) and any("similarity" in r for r in reasons), reasons

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -13,8 +14,8 @@ import pytest
 from PIL import Image
 
 from xpaste.errors import XPasteError
-from xpaste.retrieve import (KnnClient, download, is_simple_background, list_images, most_common_colour,
-                             rank_folder, simple_background_fraction)
+from xpaste.retrieve import (KnnClient, download, is_simple_background, labelled_folder, list_images,
+                             most_common_colour, rank_folder, simple_background_fraction)
 
 
 def _png(rgb: np.ndarray, fmt: str = "PNG") -> bytes:
@@ -140,7 +141,7 @@ def test_rank_folder_scores_filters_ties_and_skips(colour_folder):
     result = rank_folder(paths, ["red", "green", "blue"], scorer, top_k=3, batch_size=3, progress=False)
     assert sum(scorer.batches) == 6 and max(scorer.batches) <= 3  # each readable image embedded once
     assert sorted(os.path.basename(p) for p, _ in result.skipped) == ["corrupt.png", "empty.jpg"]
-    assert dict(result.skipped)[str(colour_folder / "empty.jpg")] == "ValueError: empty file"
+    assert "empty" in dict(result.skipped)[str(colour_folder / "empty.jpg")]  # the reader says why
     red = result.candidates[0]
     # red1/red2 tie at 100 and are ordered by path; then noisy_red (mean ~(255,30,30): 98.6 > orange's 89.4)
     assert [os.path.basename(c.path) for c in red] == ["red1.png", "red2.png", "noisy_red.png"]
@@ -179,6 +180,32 @@ def test_rank_folder_with_tiny_open_clip(colour_folder, tmp_path_factory):
         got = result.candidates[c]
         assert [cand.path for cand in got] == [str(readable[i]) for i in best]
         np.testing.assert_allclose([cand.score for cand in got], expected[best], atol=1e-3)
+
+
+def test_labelled_folder_never_leaves_the_collection(tmp_path):
+    """Category names are data: whatever they say, the folder used is strictly inside the collection
+    (checked with os.path.realpath / commonpath, not with xpaste's own resolver)."""
+    coll, secret = tmp_path / "coll", tmp_path / "secret"
+    for d in (coll / "cup", coll / "a b" / "c", secret):
+        d.mkdir(parents=True)
+    os.symlink(secret, coll / "link-out")  # a folder link leaving the collection
+    os.symlink(coll / "cup", coll / "link-in")  # a folder link staying inside
+    os.symlink(tmp_path, coll / "cup" / "up")  # a link to a parent, below an ordinary folder
+    root = os.path.realpath(coll)
+
+    def inside(p):
+        return p is not None and os.path.commonpath([root, os.path.realpath(p)]) == root and \
+            os.path.realpath(p) != root
+
+    refused = ["../secret", str(secret), "cup/../../secret", "link-out", "link-out/", "cup/up/secret", "", ".",
+               "cup/..", "/", "..", "\0x"]
+    for name in refused:
+        assert labelled_folder(coll, [name]) is None, name
+    assert labelled_folder(coll, ["../secret", "cup"]) == (coll / "cup").resolve()  # falls back to the dir name
+    for name, real in [("cup", coll / "cup"), ("a b/c", coll / "a b" / "c"), ("link-in", coll / "cup")]:
+        got = labelled_folder(coll, [name])
+        assert inside(got) and os.path.realpath(got) == os.path.realpath(real), name
+    assert labelled_folder(coll, ["nothing here"]) is None
 
 
 # --- k-NN client and downloads on a loopback server ---------------------------------------------------
@@ -340,3 +367,160 @@ def test_download_records_failures_and_resumes(server, tmp_path):
     assert [d.path for d in again] == [d.path for d in got]
     assert all(d.attempts == 0 for d in again if d.status == "ok")  # already on disk: not fetched again
     assert server.hits["ok0.png"] == hits_before["ok0.png"]
+
+
+# --- hostile k-NN servers: slow drips, stalls, malformed replies (loopback, each bounded in time) -----------
+class _Hostile:
+    """What a hostile server sent before the client hung up, per path."""
+
+    def __init__(self, results: list | None = None):
+        self.sent: dict[str, int] = {}
+        self.total: dict[str, int] = {}
+        self.results = results or []
+        self.lock = threading.Lock()
+
+
+DRIP_BYTES, DRIP_PAUSE = 300, 0.03  # a drip lasts at most 9 s, so a broken client cannot hang the test run
+
+
+def _hostile_handler(state: _Hostile, good_png: bytes):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"
+
+        def log_message(self, *args):
+            pass
+
+        def _drip(self, name: str, data: bytes) -> None:
+            """Write one byte at a time, counting what went out until the client hangs up."""
+            with state.lock:
+                state.total[name] = len(data)
+                state.sent[name] = 0
+            for i in range(len(data)):
+                try:
+                    self.wfile.write(data[i:i + 1])
+                    self.wfile.flush()
+                except OSError:
+                    return
+                with state.lock:
+                    state.sent[name] = i + 1
+                time.sleep(DRIP_PAUSE)
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            host, port = self.server.server_address
+            body = json.dumps(state.results).replace("{base}", f"http://{host}:{port}").encode()
+            if self.path.startswith("/drip"):  # the k-NN reply itself dripped
+                return self._drip("knn", b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+                                  + b" " * DRIP_BYTES)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            name = self.path.rsplit("/", 1)[-1]
+            if name == "drip-body.png":  # headers at once, then a byte at a time
+                self.send_response(200)
+                self.send_header("Content-Length", str(DRIP_BYTES))
+                self.end_headers()
+                self.wfile.flush()
+                return self._drip(name, good_png[:DRIP_BYTES])
+            if name == "drip-headers.png":  # even the header block arrives a byte at a time
+                return self._drip(name, b"HTTP/1.0 200 OK\r\nX-Slow: " + b"x" * DRIP_BYTES + b"\r\n\r\n")
+            if name == "stall.png":  # headers, then silence for longer than the read timeout
+                self.send_response(200)
+                self.send_header("Content-Length", "1000")
+                self.end_headers()
+                self.wfile.flush()
+                time.sleep(2)
+                return
+            if name == "good.png":
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(good_png)))
+                self.end_headers()
+                self.wfile.write(good_png)
+                return
+            if name == "garbage.png":
+                data = b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 50
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                return
+            self.send_error(404)
+
+    return Handler
+
+
+@pytest.fixture
+def hostile(monkeypatch):
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    state = _Hostile()
+    good = _png(np.random.default_rng(5).integers(0, 256, (70, 80, 3), dtype=np.uint8))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _hostile_handler(state, good))
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
+    thread.start()
+    state.base = "http://127.0.0.1:%d" % httpd.server_address[1]
+    yield state
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(5)
+
+
+@pytest.mark.parametrize("name", ["drip-body.png", "drip-headers.png"])
+def test_slow_drip_is_cut_off_at_the_deadline(hostile, tmp_path, name):
+    """A server sending a byte every 30 ms never trips a 5 s read timeout; the 0.5 s deadline must end the
+    attempt (headers or body), and a deadline overrun is not retried. The server counts what it got out."""
+    [d] = download([f"{hostile.base}/img/{name}"], tmp_path, timeout=5, retries=2, backoff=0.001, deadline_s=0.5)
+    assert d.status.startswith("error: ") and "deadline" in d.status and d.path is None
+    assert d.attempts == 1
+    time.sleep(0.2)  # the server notices the hang-up at its next write
+    assert 0 < hostile.sent[name] < hostile.total[name] / 2, hostile.sent  # cut off well before the end
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stalled_read_times_out_and_is_retried(hostile, tmp_path):
+    """No byte for longer than `timeout`: a transient failure (retried), far inside the deadline."""
+    [d] = download([f"{hostile.base}/img/stall.png"], tmp_path, timeout=0.3, retries=1, backoff=0.001,
+                   deadline_s=60)
+    assert d.status.startswith("error: ") and "timed out" in d.status.lower() and d.attempts == 2
+
+
+def test_knn_reply_dripped_is_cut_off(hostile):
+    """The k-NN reply itself dripped (a byte per 30 ms, under the 0.1 s read timeout): cut off at the deadline."""
+    hostile.results = [{"url": "{base}/img/good.png", "similarity": 0.2}]
+    client = KnnClient(hostile.base + "/drip", "idx", timeout=0.1, retries=0)  # deadline: 30 x timeout = 3 s
+    with pytest.raises(XPasteError, match="deadline"):
+        client.query("a cup", 1)
+    time.sleep(0.2)
+    assert hostile.sent["knn"] < hostile.total["knn"] / 2
+
+
+def test_malformed_results_are_listed_and_skipped(hostile, tmp_path):
+    """Every entry of a k-NN reply gets a record; only the good one is fetched and stored."""
+    hostile.results = [
+        {"url": "{base}/img/good.png", "caption": "fine", "similarity": 0.31, "id": 1},
+        42, None, ["{base}/img/good.png"], "not a url",
+        {"caption": "no url", "similarity": 0.2},
+        {"url": None, "similarity": 0.2},
+        {"url": 7, "similarity": 0.2},
+        {"url": "{base}/img/good.png?2", "similarity": "high"},
+        {"url": "{base}/img/good.png?3", "similarity": float("nan")},  # json.dumps writes NaN; json.loads reads it
+        {"url": "{base}/img/good.png?4", "similarity": True},
+        {"url": "{base}/img/garbage.png", "similarity": 0.1},
+    ]
+    results = KnnClient(hostile.base, "idx", retries=0).query("a cup", 12)
+    assert len(results) == 12
+    got = download(results, tmp_path / "dl", retries=0, workers=3, timeout=5, min_side=16)
+    assert len(got) == 12
+    assert [d.status for d in got][0] == "ok" and got[0].caption == "fine" and got[0].similarity == 0.31
+    reasons = [d.status for d in got[1:]]
+    assert all(r.startswith("error: ") for r in reasons), reasons
+    expected = ["not an object", "not an object", "not an object", "scheme", "no url", "no url", "url is a int",
+                "similarity 'high'", "similarity nan", "similarity true", "not a decodable image"]
+    assert [e in r.lower() for e, r in zip(expected, reasons)] == [True] * 11, reasons
+    stored = sorted(p.name for p in (tmp_path / "dl").iterdir())
+    assert stored == [hashlib.sha1(results[0]["url"].encode()).hexdigest() + ".png"]
