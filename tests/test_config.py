@@ -184,3 +184,11 @@ def test_cli_refuses_before_writing_anything(argv, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("xpaste: error:") and "Traceback" not in err[0]
     assert not run.exists()
+
+
+def test_the_example_config_loads_and_keeps_the_documented_values():
+    example = yaml.safe_load((SRC.parents[1] / "examples" / "pipeline.yaml").read_text())
+    cfg = C.load_config(SRC.parents[1] / "examples" / "pipeline.yaml")
+    assert cfg.build_pool.preset == example["build_pool"]["preset"] == "xpaste"
+    assert list(cfg.segment.segmenters) == example["segment"]["segmenters"]
+    assert cfg.generate.per_category == example["generate"]["per_category"]

@@ -132,3 +132,38 @@ def test_unknown_config_key_and_missing_categories(tmp_path, capsys):
     assert main(["segment", "--run", str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err
     assert "no candidate images" in err and "Traceback" not in err
+
+
+def test_run_pipeline_python_api_equals_xpaste_run(tmp_path):
+    """`run_pipeline(PipelineConfig)` (what the demo calls) and `xpaste run CONFIG` build the same pool; the run's
+    recorded config.yaml loads back to the same config; the report's counts are the pool's."""
+    import shutil
+
+    import yaml
+
+    from xpaste.data.coco import load_coco
+    from xpaste.pipeline import JobReport, PipelineConfig, load_config, run_pipeline
+
+    ann, images = write_dataset(tmp_path / "data", n_images=4, size=(120, 160))
+    ds = load_coco(ann)
+    for a in ds.annotations[:6]:
+        img = next(i for i in ds.images if i["id"] == a["image_id"])
+        folder = tmp_path / "collection" / ("cup" if a["category_id"] == 1 else "fire_hydrant")
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(images / img["file_name"], folder / f"{a['id']}.png")
+    raw = {"run_dir": str(tmp_path / "api"), "shard_size": 2, "categories": {"source": "cup,fire_hydrant"},
+           "generate": {"enabled": False}, "retrieve": {"enabled": True, "folder": str(tmp_path / "collection"),
+                                                        "labelled": True},
+           "segment": {"segmenters": ["grabcut"]}, "score": {"clip": None},
+           "build_pool": {"area_min": 0.0, "area_max": 1.0}}
+    report = run_pipeline(PipelineConfig.from_dict(raw))
+    assert isinstance(report, JobReport) and [p.job for p in report.parts] == ["retrieve", "segment", "build-pool"]
+    pool = InstancePool.open(report.out)
+    assert report.counts["added"] == len(pool) > 0
+    assert load_config(tmp_path / "api" / "config.yaml") == PipelineConfig.from_dict(raw)
+
+    cli_config = tmp_path / "cli.yaml"
+    cli_config.write_text(yaml.safe_dump({**raw, "run_dir": str(tmp_path / "cli")}))
+    assert main(["run", str(cli_config)]) == 0
+    ids = lambda p: sorted(InstancePool.open(p).records().column("instance_id").to_pylist())  # noqa: E731
+    assert ids(tmp_path / "cli" / "pool") == ids(report.out)
