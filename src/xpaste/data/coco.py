@@ -4,6 +4,10 @@ The raw json dicts are kept as they are (every field preserved, LVIS' `frequency
 so a dataset that is loaded and written again loses nothing. Validation happens once, at load time, with
 one clear error naming the file and the offending id; mask decoding is deferred to `load_sample` because an
 LVIS-sized file has 1.27M annotations and decoding them all up front would take minutes.
+
+No annotation disappears silently: `load_sample` lists every annotation it does not convert with a reason
+code (SKIP_REASONS; `count_skipped_by_reason` tallies them for summaries), and keeps the valid parts of a
+multi-part polygon. Images are read by `xpaste.imageio` (as displayed: EXIF orientation applied).
 """
 from __future__ import annotations
 
