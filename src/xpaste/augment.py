@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import numbers
 import os
 import sys
 from dataclasses import dataclass, field
@@ -53,7 +54,7 @@ class AugmentReport:
 def _int_option(name: str, value: Any, low: int | None = None, none_ok: bool = False) -> int | None:
     if value is None and none_ok:
         return None
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise XPasteError(f"--{name} must be an integer, got {value!r}")
     if low is not None and value < low:
         raise XPasteError(f"--{name} must be at least {low}, got {value}")
@@ -98,7 +99,7 @@ def check_paths(dataset_path: Path, images_dir: Path, pool_path: Path, out: Path
     if not pool_path.is_dir():
         raise XPasteError("pool folder not found", pool_path)
     o, d, i, p = (x.resolve() for x in (out, dataset_path, images_dir, pool_path))
-    if d in (o / "annotations.json", o / "augment_log.json"):
+    if d in (o / "annotations.json", o / "augment_log.json") or _inside(d, o / "images") or _inside(d, o / ".xpaste"):
         raise XPasteError("--out would overwrite the dataset json", out, "choose a new output folder")
     if _inside(i, o) or _inside(o / "images", i):
         raise XPasteError("--out would write into the images folder (--images)", out, "choose a new output folder")
@@ -182,7 +183,6 @@ def augment_dataset(dataset_path: str | os.PathLike, images_dir: str | os.PathLi
             import shutil
 
             shutil.rmtree(out / ".parts")
-        (out / "images").mkdir(parents=True, exist_ok=True)
         from xpaste.pipeline.runner import run_stage
 
         result = run_stage(stage, engine=engine, progress=progress, fresh=fresh, ray_address=ray_address,

@@ -127,8 +127,9 @@ class AugmentStage(Stage):
                      "pool": "the pool (--pool)", "scale_prior": "the scale prior (--scale-prior)"}
 
     def __init__(self, out: Path, config: dict, packed: PackedDataset, categories: list[dict], prior: dict):
-        super().__init__(Path(out) / STATE_DIR, config)
-        self.out = Path(out)
+        out = Path(out).resolve()  # Ray actors and forked workers write here whatever their folder
+        super().__init__(out / STATE_DIR, config)
+        self.out = out
         self.packed, self.categories, self.prior = packed, categories, prior
         self._transform = None
 
