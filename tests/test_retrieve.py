@@ -524,3 +524,41 @@ def test_malformed_results_are_listed_and_skipped(hostile, tmp_path):
     assert [e in r.lower() for e, r in zip(expected, reasons)] == [True] * 11, reasons
     stored = sorted(p.name for p in (tmp_path / "dl").iterdir())
     assert stored == [hashlib.sha1(results[0]["url"].encode()).hexdigest() + ".png"]
+
+
+def test_https_reads_whole_images_and_cuts_drips(tmp_path, monkeypatch):
+    """The deadline wrapper sits on the TLS socket too: a whole image over https, a dripping one cut off."""
+    import shutil
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a throw-away certificate")
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the default https context trusts our certificate
+    state = _Hostile()
+    good = _png(np.random.default_rng(6).integers(0, 256, (200, 220, 3), dtype=np.uint8))  # > one TLS record
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _hostile_handler(state, good))
+    httpd.daemon_threads = True
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
+    thread.start()
+    try:
+        base = "https://127.0.0.1:%d/img/" % httpd.server_address[1]
+        ok, drip = download([base + "good.png", base + "drip-body.png"], tmp_path / "dl", retries=0, workers=1,
+                            timeout=5, deadline_s=0.5)
+        time.sleep(0.2)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+    assert ok.status == "ok" and ok.bytes == len(good) and (ok.width, ok.height) == (220, 200)
+    assert Image.open(ok.path).tobytes() == Image.open(io.BytesIO(good)).tobytes()  # PIL: the same pixels
+    assert "deadline" in drip.status and state.sent["drip-body.png"] < DRIP_BYTES / 2

@@ -77,13 +77,13 @@ class _DeadlineSocket:
             raise _DeadlinePassed("deadline passed")
         self._sock.settimeout(min(self._timeout, left))
 
-    def recv_into(self, buffer, nbytes: int = 0, flags: int = 0) -> int:
+    def recv_into(self, buffer, *args) -> int:  # arguments as given: an SSLSocket reads 0 bytes for nbytes=0
         self._arm()
-        return self._sock.recv_into(buffer, nbytes, flags)
+        return self._sock.recv_into(buffer, *args)
 
-    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+    def recv(self, *args) -> bytes:
         self._arm()
-        return self._sock.recv(bufsize, flags)
+        return self._sock.recv(*args)
 
     def makefile(self, mode: str = "r", buffering=None, **kwargs):
         if "w" in mode:
