@@ -56,8 +56,13 @@ class SegmentStage(Stage):
         return pa.schema([("candidate_id", pa.string()), ("category_id", pa.int64()), ("segmenter", pa.string()),
                           ("mask_path", pa.string()), ("area_frac", pa.float64()), ("components", pa.int64())])
 
+    #: The masks' rule, part of the fingerprint: outputs made under an older rule are not resumed silently.
+    rule = "per-image min-max to 0-255; foreground > 128"
+    change_labels = {"rule": "the mask rule (per-image min-max normalisation)"}
+
     def fingerprint(self) -> dict:
-        return {"segmenters": list(self.config["segment"]["segmenters"]), "shard_size": self.config["shard_size"]}
+        return {"segmenters": list(self.config["segment"]["segmenters"]), "shard_size": self.config["shard_size"],
+                "rule": self.rule}
 
     def plan(self) -> list[dict]:
         items = [{"candidate_id": r["candidate_id"], "category_id": r["category_id"], "category": r["category"],
@@ -121,9 +126,14 @@ class ScoreStage(Stage):
         return pa.schema([("candidate_id", pa.string()), ("category_id", pa.int64()), ("segmenter", pa.string()),
                           ("clip_score", pa.float64()), ("embedding", pa.list_(pa.float32()))])
 
+    #: What CLIP is shown, part of the fingerprint: scores made under an older rule are not resumed silently.
+    rule = "whole image, white outside mask > 128, vs 'a photo of {name}'"
+    change_labels = {"rule": "the scoring rule (whole image, white outside the binary mask)"}
+
     def fingerprint(self) -> dict:
         s = self.config["score"]
-        return {"clip": s["clip"], "pretrained": s["pretrained"], "shard_size": self.config["shard_size"]}
+        return {"clip": s["clip"], "pretrained": s["pretrained"], "shard_size": self.config["shard_size"],
+                "rule": self.rule}
 
     def plan(self) -> list[dict]:
         items = segment_rows_with_paths(self.run_dir)
