@@ -141,3 +141,33 @@ def test_unknown_pool_category_is_a_clear_error(dataset, tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "categories [1]" in err and "Traceback" not in err
+
+
+def test_annotations_not_written_are_counted_by_reason(tmp_path, capsys):
+    """Broken source annotations are skipped, each counted once (not once per copy) under its reason code,
+    in the console summary and in augment_log.json; the counts come from the annotations broken here."""
+    ann, images = write_dataset(tmp_path / "data", n_images=4)
+    pool = tmp_path / "pool"
+    assert main(["pool", "import-coco", str(ann), "--images", str(images), "--out", str(pool),
+                 "--min-area", "100"]) == 0
+    doc = json.loads(ann.read_text())
+    broken = {"degenerate_polygon": [], "size_mismatch": []}
+    for a in doc["annotations"][:2]:
+        a["segmentation"] = [[1.0, 2.0, 3.0, 4.0]]  # two points: no polygon
+        broken["degenerate_polygon"].append(a["id"])
+    a = doc["annotations"][3]
+    a["segmentation"] = {"size": [7, 9], "counts": [63]}
+    broken["size_mismatch"].append(a["id"])
+    ann.write_text(json.dumps(doc))
+    capsys.readouterr()
+    assert main(["augment", "--dataset", str(ann), "--images", str(images), "--pool", str(pool),
+                 "--out", str(tmp_path / "out"), "--copies", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "source annotations not written: 3 (degenerate_polygon: 2, size_mismatch: 1)" in out
+    log = json.loads((tmp_path / "out" / "augment_log.json").read_text())
+    assert log["skipped_annotations_by_reason"] == {k: len(v) for k, v in broken.items()}
+    assert sorted(int(item.split("#")[1]) for item, _ in log["skipped_annotations"]) == sorted(
+        broken["degenerate_polygon"] + broken["size_mismatch"])
+    written = json.loads((tmp_path / "out" / "annotations.json").read_text())
+    sources = {a.get("source_annotation_id") for a in written["annotations"]}
+    assert not sources & set(broken["degenerate_polygon"] + broken["size_mismatch"])
