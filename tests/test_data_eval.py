@@ -323,3 +323,28 @@ def test_cli_prints_100_for_id_zero(tmp_path):
     assert result.exit_code == 0, result.output
     ap_line = next(line for line in result.output.splitlines() if line.startswith("AP "))
     assert ap_line.split()[1] == "100.0"
+
+
+@pytest.mark.parametrize("value, as_int", [(None, 0), (False, 0), (True, 1)])
+def test_iscrowd_null_or_bool_read_as_meant(tmp_path, value, as_int):
+    gt, preds = make_case(first_id=1, seed=11)
+    clean = copy.deepcopy(gt)
+    gt["annotations"][3]["iscrowd"] = value
+    clean["annotations"][3]["iscrowd"] = as_int
+    ours = evaluate(_write(tmp_path, "gt.json", gt), _write(tmp_path, "p.json", preds), iou_type="bbox")
+    assert [ours[k] for k in COCO_METRICS] == coco_direct(clean, preds, "bbox")
+
+
+@pytest.mark.parametrize("field, value, iou_type, words", [
+    ("bbox", [1, 2, 3], "bbox", "malformed bbox"),
+    ("area", "big", "segm", "non-numeric area"),
+    ("segmentation", [[1, 2, "x", 4, 5, 6]], "segm", "unreadable segmentation"),
+    ("segmentation", {"size": [H + 1, W], "counts": "abc"}, "segm", "RLE size"),
+])
+def test_malformed_gt_fields_refused_in_one_line(tmp_path, field, value, iou_type, words):
+    gt, preds = make_case(first_id=1)
+    gt["annotations"][2][field] = value
+    path = _write(tmp_path, "gt.json", gt)
+    with pytest.raises(XPasteError, match=words) as info:
+        evaluate(path, _write(tmp_path, "p.json", preds), iou_type=iou_type)
+    assert info.value.path == str(path) and "annotation id 3" in str(info.value)

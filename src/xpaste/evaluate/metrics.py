@@ -120,12 +120,12 @@ def _normalise_gt(gt: dict, path, iou_type: str) -> dict:
     images = {img["id"]: img for img in gt["images"]}
     anns = []
     for new_id, ann in enumerate(gt["annotations"], 1):
-        ann = {**ann, "id": new_id, "iscrowd": ann.get("iscrowd", 0)}
-        what = f"ground-truth annotation #{new_id - 1}"
+        what = f"ground-truth annotation id {ann['id']}"
+        # COCOeval reads int(iscrowd); null, true and false are read as what they mean
+        ann = {**ann, "id": new_id, "iscrowd": int(bool(ann.get("iscrowd") or 0))}
         masked = has_mask(ann)
         if not masked and (iou_type == "segm" or "bbox" not in ann):
-            raise XPasteError(f"{what} (id {gt['annotations'][new_id - 1]['id']}) has no segmentation"
-                              f"{'' if iou_type == 'segm' else ' and no bbox'}", path,
+            raise XPasteError(f"{what} has no segmentation{'' if iou_type == 'segm' else ' and no bbox'}", path,
                               "mask AP needs a mask on every ground-truth annotation; use --iou-type bbox"
                               if iou_type == "segm" else None)
         if masked:
@@ -134,11 +134,11 @@ def _normalise_gt(gt: dict, path, iou_type: str) -> dict:
                 rle_b = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
                 ann.setdefault("area", float(mask_utils.area(rle_b)))
                 ann.setdefault("bbox", [float(v) for v in mask_utils.toBbox(rle_b)])
-        else:
-            box = ann["bbox"]
-            if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
-                raise XPasteError(f"{what} has a malformed bbox {box!r} (expected [x, y, w, h])", path)
-            ann.setdefault("area", float(box[2] * box[3]))
+        box = ann["bbox"]
+        if (iou_type == "bbox" or not masked) and not (
+                isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
+            raise XPasteError(f"{what} has a malformed bbox {box!r} (expected [x, y, w, h])", path)
+        ann.setdefault("area", float(box[2] * box[3]))
         if not _is_number(ann["area"]):
             raise XPasteError(f"{what} has a non-numeric area {ann['area']!r}", path)
         anns.append(ann)
