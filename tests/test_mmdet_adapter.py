@@ -279,3 +279,76 @@ def test_mmdet_dataloader_workers_differ_and_repeat(mmdet_env, tmp_path, pool_di
     assert all(np.array_equal(a, b) for a, b in zip(first, second))  # same torch seed: same pastes
     assert not np.array_equal(first[0], first[1])  # worker 0 and worker 1 are reseeded differently
     assert pickle.loads(pickle.dumps(pipe.transforms[-1]))._copy_paste is None  # no pool in the pickle
+
+
+# ----------------------------------------------------------------------------- options and the scale prior
+def test_options_validated_when_the_transform_is_built(tmp_path):
+    from xpaste.integrations.mmdet import XPasteCopyPaste
+    from xpaste.paste.config import PasteConfig, PasteConfigError
+
+    with pytest.raises(PasteConfigError, match="blend"):  # a pool path is opened lazily: options are not
+        XPasteCopyPaste(str(tmp_path / "pool"), blend="soft")
+    with pytest.raises(PasteConfigError, match="unknown paste option"):
+        XPasteCopyPaste(str(tmp_path / "pool"), max_pastes=3)
+    t = XPasteCopyPaste(str(tmp_path / "pool"), max_paste=7, alpha_threshold=127, seed=3)
+    assert t.config == PasteConfig(max_paste=7, alpha_threshold=127) and t.seed == 3
+
+
+def _mmdet_dataset(tmp_path, classes, **transform_kwargs):
+    from mmdet.registry import DATASETS
+    from prior_fixtures import prior_pool, write_small_object_coco
+
+    js, images_dir = write_small_object_coco(tmp_path)
+    pipeline = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations", with_bbox=True, with_mask=True),
+                dict(type="RandomFlip", prob=0.5),
+                dict(type="XPasteCopyPaste", pool=prior_pool(), classes=classes, **transform_kwargs)]
+    ds = DATASETS.build(dict(type="CocoDataset", ann_file=str(js), data_prefix=dict(img=str(images_dir) + "/"),
+                             metainfo=dict(classes=classes), pipeline=pipeline, test_mode=False))
+    return ds, js
+
+
+def test_mmdet_dataset_prior_through_the_hook(mmdet_env, tmp_path):
+    from types import SimpleNamespace
+
+    from mmdet.registry import HOOKS
+    from prior_fixtures import assert_follows_prior, planned_scales, record_plans, training_median
+    from pycocotools.coco import COCO
+
+    # mmdet labels categories in the json's order (CocoDataset: cat_ids = get_cat_ids(cat_names=classes)),
+    # so `classes` lists them in that order: labels 0, 1, 2 are json and pool ids 1, 2, 3.
+    classes = ("cup", "dog", "kite")
+    ds, js = _mmdet_dataset(tmp_path, classes, max_paste=20, seed=0)
+    hook = HOOKS.build(dict(type="XPasteScalePriorHook"))
+    hook.before_train(SimpleNamespace(train_dataloader=SimpleNamespace(dataset=ds)))
+    transform = ds.pipeline.transforms[-1]
+    copy_paste = transform._paster()
+    coco = COCO(str(js))  # the oracle: per category mean of sqrt(box area / image area), crowd left out
+    for cid in (1, 2, 3):
+        s = [np.sqrt(a["bbox"][2] * a["bbox"][3]) / 256 for a in coco.loadAnns(coco.getAnnIds(catIds=[cid]))
+             if not a["iscrowd"]]
+        assert copy_paste.scale_prior[cid] == pytest.approx((np.mean(s), np.std(s)))
+    plans = record_plans(copy_paste)
+    for _ in range(3):
+        for i in range(len(ds)):
+            ds[i]
+    assert_follows_prior(planned_scales(plans), training_median(js))
+
+
+def test_mmdet_explicit_prior_wins_and_no_prior_warns(mmdet_env, tmp_path, monkeypatch):
+    import warnings
+
+    import xpaste.paste.transform as transform_module
+    from xpaste.integrations.mmdet import attach_scale_prior
+
+    ds, js = _mmdet_dataset(tmp_path / "a", ("cup", "dog", "kite"), scale_prior={1: (0.2, 0.0)})
+    assert attach_scale_prior(ds) == 0
+    assert ds.pipeline.transforms[-1]._paster().scale_prior == {1: (0.2, 0.0)}
+    monkeypatch.setattr(transform_module, "_WARNED", set())
+    ds, _ = _mmdet_dataset(tmp_path / "b", ("cup", "dog", "kite"))
+    with pytest.warns(UserWarning, match="XPasteScalePriorHook"):
+        ds[0]
+    ds, _ = _mmdet_dataset(tmp_path / "c", ("cup", "dog", "kite"), scale_prior=str(js))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        ds[0]
+    assert set(ds.pipeline.transforms[-1]._paster().scale_prior) == {1, 2, 3}

@@ -23,6 +23,12 @@ does not update.
 Labels: mmdet uses contiguous labels 0..K-1 (the index in `metainfo["classes"]`), a pool uses the dataset's
 category ids. Give `classes` (matched to the pool's category names) or `label_map` {pool id: label}; with
 neither, pool ids are used as labels unchanged.
+
+Scale prior (method.md, Stage 4: X-Paste sizes each pasted object by its category's sizes in the training
+set): add `custom_hooks = [dict(type="XPasteScalePriorHook")]`, which measures it from the training
+dataset's `ann_file` before training starts (a pipeline transform cannot see its dataset), or pass
+`scale_prior=<the training json>` to the transform. Without either, the transform warns once when it first
+runs and sizes objects by `no_prior_scale`. Options are `PasteConfig` fields, validated when it is built.
 """
 from __future__ import annotations
 
@@ -33,31 +39,25 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from xpaste.core.sample import Sample
-from xpaste.core.targets import Targets
-from xpaste.integrations.workers import reseed_for_worker
-from xpaste.ops.masks import polygons_to_mask, tight_boxes
+from xpaste.integrations.common import (IGNORE, from_pool_label, label_map_from_names, polygons_to_masks,
+                                        remap_prior, reseed_for_worker, source_rows, to_pool_labels,
+                                        tracked_targets)
+from xpaste.ops.masks import tight_boxes
 
 try:  # mmcv (or mmcv-lite) gives the base class mmengine pipelines expect; the helpers work without it.
     from mmcv.transforms import BaseTransform as _Base
 except ImportError:  # pragma: no cover - depends on the environment
     _Base = object
+try:
+    from mmengine.hooks import Hook as _HookBase
+except ImportError:  # pragma: no cover - depends on the environment
+    _HookBase = object
 
-_SRC = "_xpaste_source_index"
+__all__ = ["XPasteCopyPaste", "XPasteScalePriorHook", "attach_scale_prior", "label_map_from_classes",
+           "paste_arrays", "polygons_to_masks", "register"]
 
 
 # ----------------------------------------------------------------------------- numpy conversions
-def polygons_to_masks(polygons: Sequence[Sequence[np.ndarray]], height: int, width: int) -> np.ndarray:
-    """(N, H, W) bool masks of PolygonMasks-style polygons (per instance a list of flat xy arrays)."""
-    out = np.zeros((len(polygons), height, width), bool)
-    for i, polys in enumerate(polygons):
-        # Fewer than 3 points enclose no pixel (crops leave such slivers); pycocotools rejects them.
-        polys = [np.asarray(p, np.float64).reshape(-1) for p in polys]
-        polys = [p for p in polys if len(p) >= 6]
-        if polys:
-            out[i] = polygons_to_mask(polys, height, width)
-    return out
-
-
 def paste_arrays(img: np.ndarray, boxes: np.ndarray, masks: np.ndarray, labels: np.ndarray,
                  ignore_flags: np.ndarray, copy_paste, rng: np.random.Generator | None = None,
                  label_map: Mapping[int, int] | None = None) -> dict[str, np.ndarray]:
@@ -84,30 +84,23 @@ def paste_arrays(img: np.ndarray, boxes: np.ndarray, masks: np.ndarray, labels: 
     nonempty = masks.any(axis=(1, 2))
     tight[~nonempty] = boxes[~nonempty]
     # Originals' labels in pool-id space, so 'present' sampling compares like with like.
-    inverse = None if label_map is None else {int(v): int(k) for k, v in label_map.items()}
-    pool_labels = labels if inverse is None else np.array([inverse.get(int(c), -1) for c in labels], np.int64)
-    targets = Targets(tight, masks, pool_labels, {_SRC: np.arange(n, dtype=np.int64), "ignore": ignore_flags})
+    targets = tracked_targets(tight, masks, to_pool_labels(labels, label_map), {IGNORE: ignore_flags})
     out = copy_paste(Sample(np.ascontiguousarray(img[..., ::-1]), targets), rng=rng)
     t = out.targets
-    src = t.extra[_SRC]
+    src = source_rows(t)
     kept = src >= 0
     new_labels = np.empty(len(t), np.int64)
     new_labels[kept] = labels[src[kept]]
     for i in np.flatnonzero(~kept):
-        pool_id = int(t.labels[i])
-        if label_map is not None and pool_id not in label_map:
-            raise KeyError(f"pool category {pool_id} has no label in label_map/classes; map every pool "
-                           "category or use a pool of the training classes only")
-        new_labels[i] = label_map[pool_id] if label_map is not None else pool_id
+        new_labels[i] = from_pool_label(int(t.labels[i]), label_map, "label_map/classes")
     return {"img": np.ascontiguousarray(out.image[..., ::-1]), "boxes": t.boxes.astype(np.float32),
             "masks": t.masks.astype(np.uint8), "labels": new_labels,
-            "ignore_flags": t.extra["ignore"].astype(bool) & kept, "pasted": ~kept}
+            "ignore_flags": t.extra[IGNORE].astype(bool) & kept, "pasted": ~kept}
 
 
 def label_map_from_classes(classes: Sequence[str], pool_categories: Mapping[int, str]) -> dict[int, int]:
     """{pool category id: index in `classes`} for the pool categories whose name is in `classes`."""
-    index = {str(name): i for i, name in enumerate(classes)}
-    return {int(cid): index[name] for cid, name in pool_categories.items() if name in index}
+    return label_map_from_names(list(classes), pool_categories)
 
 
 # ----------------------------------------------------------------------------- the transform
@@ -115,24 +108,39 @@ class XPasteCopyPaste(_Base):
     """Paste pool instances into mmdet 3.x results (see the module docstring).
 
     `pool`: a pool folder (opened lazily in each process, so DataLoader workers open their own) or an
-    InstancePool. `classes` / `label_map`: pool category -> mmdet label (see the module docstring). Other
-    keyword arguments go to `xpaste.CopyPaste` (max_paste, sampling, blend, scale_prior, seed, ...). Each
+    InstancePool. `classes` / `label_map`: pool category -> mmdet label (see the module docstring).
+    `scale_prior`: the training set's prior (its annotation json, `xpaste stats` output or a mapping keyed
+    by pool category id); left out, `attach_scale_prior(dataset)` / `XPasteScalePriorHook` measure it from
+    the dataset's `ann_file`, and a transform that runs without any prior warns once. Every other keyword
+    is a `PasteConfig` field (max_paste, sampling, blend, ...) plus `seed` and `category_weights`; they are
+    validated when the transform is built (a bad one raises `PasteConfigError`, in one line). Each
     DataLoader worker reseeds from its torch seed mixed with `seed`, so workers differ and runs repeat.
     """
 
-    def __init__(self, pool: Any, max_paste: int = 20, classes: Sequence[str] | None = None,
-                 label_map: Mapping[int, int] | None = None, **copy_paste_kwargs: Any) -> None:
+    def __init__(self, pool: Any, classes: Sequence[str] | None = None, label_map: Mapping[int, int] | None = None,
+                 scale_prior: Any = None, seed: int | None = None,
+                 category_weights: Mapping[int, float] | None = None, **options: Any) -> None:
+        from xpaste.paste.config import PasteConfig
+
         if classes is not None and label_map is not None:
             raise ValueError("give classes or label_map, not both")
         self.pool = os.fspath(pool) if isinstance(pool, (str, os.PathLike)) else pool
         self.classes = None if classes is None else [str(c) for c in classes]
         self.label_map = None if label_map is None else {int(k): int(v) for k, v in label_map.items()}
-        self.copy_paste_kwargs = {"max_paste": int(max_paste), **copy_paste_kwargs}
+        self.config = PasteConfig.from_dict(options)  # fails here, before any pipeline runs
+        self.seed = seed
+        self.category_weights = None if category_weights is None else dict(category_weights)
+        self.scale_prior = os.fspath(scale_prior) if isinstance(scale_prior, os.PathLike) else scale_prior
+        self._label_prior: dict | None = None  # measured from the dataset, keyed by mmdet label
         self._copy_paste = None
         self._owner_pid: int | None = None
         self._worker_key: tuple | None = None
         if not isinstance(self.pool, str):
-            self._build()  # an in-memory pool: fail early on bad options
+            self._build(check_only=True)  # an in-memory pool: fail early on bad classes / weights
+
+    @property
+    def copy_paste_kwargs(self) -> dict:
+        return {"config": self.config, "seed": self.seed, "category_weights": self.category_weights}
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -140,7 +148,28 @@ class XPasteCopyPaste(_Base):
             state["_copy_paste"] = None
         return state
 
-    def _build(self) -> None:
+    def set_dataset_prior(self, label_prior: Mapping[int, tuple[float, float]]) -> None:
+        """Use `label_prior` ({mmdet label: (mean, std)}) unless a `scale_prior` was given explicitly."""
+        if self.scale_prior is None:
+            self._label_prior = {int(k): tuple(v) for k, v in label_prior.items()}
+            self._copy_paste = None  # rebuilt with it on next use
+
+    def _prior(self, pool, check_only: bool = False) -> Any:
+        if self.scale_prior is not None:
+            return self.scale_prior
+        if self._label_prior is None and check_only:  # a hook may still attach the dataset's prior
+            return {}
+        if self._label_prior is None:
+            from xpaste.paste.transform import warn_missing_prior
+
+            warn_missing_prior("mmdet XPasteCopyPaste (add custom_hooks=[dict(type='XPasteScalePriorHook')] or "
+                               "pass scale_prior=<ann_file>)")
+            return {}
+        # pool id -> label; with neither classes nor label_map, pool ids are the labels.
+        return remap_prior(self._label_prior, self.label_map if self.label_map is not None
+                           else {int(c): int(c) for c in pool.categories})
+
+    def _build(self, check_only: bool = False) -> None:
         from xpaste.paste.transform import CopyPaste
         from xpaste.pool.store import InstancePool
 
@@ -149,13 +178,14 @@ class XPasteCopyPaste(_Base):
             self.label_map = label_map_from_classes(self.classes, pool.categories)
             if not self.label_map:
                 raise ValueError(f"no pool category name is in classes (pool has {sorted(pool.categories.values())[:5]}...)")
-        self._copy_paste = CopyPaste(pool, **self.copy_paste_kwargs)
-        self._owner_pid = os.getpid()
+        copy_paste = CopyPaste(pool, scale_prior=self._prior(pool, check_only), **self.copy_paste_kwargs)
+        if not check_only:
+            self._copy_paste, self._owner_pid = copy_paste, os.getpid()
 
     def _paster(self):
         if self._copy_paste is None or (isinstance(self.pool, str) and self._owner_pid != os.getpid()):
             self._build()
-        self._worker_key = reseed_for_worker(self._copy_paste, self.copy_paste_kwargs.get("seed"), self._worker_key)
+        self._worker_key = reseed_for_worker(self._copy_paste, self.seed, self._worker_key)
         return self._copy_paste
 
     def transform(self, results: dict) -> dict:
@@ -173,7 +203,8 @@ class XPasteCopyPaste(_Base):
             masks = polygons_to_masks(gt_masks.masks, height, width)
         n = len(masks)
         labels = results.get("gt_bboxes_labels", np.zeros(n, np.int64))
-        out = paste_arrays(img, boxes, masks, labels, results.get("gt_ignore_flags"), self._paster(),
+        copy_paste = self._paster()
+        out = paste_arrays(img, boxes, masks, labels, results.get("gt_ignore_flags"), copy_paste,
                            label_map=self.label_map)
         from mmdet.structures.mask import BitmapMasks
 
@@ -194,17 +225,67 @@ class XPasteCopyPaste(_Base):
         return self.transform(results)
 
     def __repr__(self) -> str:
+        changed = {k: v for k, v in self.config.to_dict().items() if v != getattr(type(self.config)(), k)}
         return (f"{type(self).__name__}(pool={self.pool!r}, classes={'given' if self.classes else None}, "
-                f"{', '.join(f'{k}={v!r}' for k, v in self.copy_paste_kwargs.items())})")
+                f"seed={self.seed!r}, {', '.join(f'{k}={v!r}' for k, v in changed.items())})")
+
+
+# ----------------------------------------------------------------------------- the prior of the dataset
+def _base_datasets(dataset: Any) -> list:
+    """The datasets inside mmengine wrappers (ConcatDataset.datasets, RepeatDataset / ClassBalancedDataset
+    .dataset), innermost first."""
+    if hasattr(dataset, "datasets"):
+        return [d for inner in dataset.datasets for d in _base_datasets(inner)]
+    if hasattr(dataset, "dataset") and not hasattr(dataset, "ann_file"):
+        return _base_datasets(dataset.dataset)
+    return [dataset]
+
+
+def attach_scale_prior(dataset: Any) -> int:
+    """Give every `XPasteCopyPaste` in the pipelines of `dataset` (an mmdet dataset, possibly wrapped) the
+    scale prior of that dataset's `ann_file`, measured by `xpaste stats`' rule on its original annotations
+    (crowd and `pasted` ones left out) and keyed by mmdet label through the dataset's `cat2label`.
+    Transforms given an explicit `scale_prior` keep it. Returns how many transforms got a prior."""
+    from xpaste.data.stats import resolve_scale_prior
+
+    count = 0
+    for ds in _base_datasets(dataset):
+        transforms = [t for t in getattr(getattr(ds, "pipeline", None), "transforms", [])
+                      if isinstance(t, XPasteCopyPaste) and t.scale_prior is None]
+        ann_file = getattr(ds, "ann_file", None)
+        if not transforms or not ann_file:
+            continue
+        by_json_id = resolve_scale_prior(ann_file)
+        cat2label = getattr(ds, "cat2label", None)  # CocoDataset / LVISDataset: json category id -> label
+        label_prior = by_json_id if not cat2label else remap_prior(by_json_id, {v: k for k, v in cat2label.items()})
+        for t in transforms:
+            t.set_dataset_prior(label_prior)
+            count += 1
+    return count
+
+
+class XPasteScalePriorHook(_HookBase):
+    """mmengine hook (`custom_hooks = [dict(type="XPasteScalePriorHook")]`): before training, measures the
+    training dataset's scale prior and hands it to its `XPasteCopyPaste` transforms (`attach_scale_prior`).
+    It runs before the DataLoader starts its workers, so every worker inherits the prior."""
+
+    priority = "NORMAL"
+
+    def before_train(self, runner) -> None:
+        attach_scale_prior(runner.train_dataloader.dataset)
 
 
 def register(force: bool = False) -> None:
-    """Register `XPasteCopyPaste` in mmdet's TRANSFORMS registry (done on import when mmdet is present)."""
+    """Register `XPasteCopyPaste` (TRANSFORMS) and `XPasteScalePriorHook` (HOOKS) in mmdet's registries
+    (done on import when mmdet is present)."""
     from mmdet.registry import TRANSFORMS
 
-    if TRANSFORMS.module_dict.get("XPasteCopyPaste") is XPasteCopyPaste:
-        return  # already registered (module imported twice, e.g. custom_imports and user code)
-    TRANSFORMS.register_module(module=XPasteCopyPaste, force=force)
+    from mmdet.registry import HOOKS
+
+    if TRANSFORMS.module_dict.get("XPasteCopyPaste") is not XPasteCopyPaste:  # not twice (custom_imports + code)
+        TRANSFORMS.register_module(module=XPasteCopyPaste, force=force)
+    if HOOKS.module_dict.get("XPasteScalePriorHook") is not XPasteScalePriorHook:
+        HOOKS.register_module(module=XPasteScalePriorHook, force=force)
 
 
 def _register_if_available() -> None:
