@@ -185,8 +185,7 @@ def test_opening_many_rows_reads_few_files(tmp_path):
     """The index of 200k rows (as a 1M-row pool's, scaled down): one part after close, numeric columns only."""
     rows = 200_000
     root = tmp_path / "p"
-    with PoolWriter.create(root, CATS) as w:
-        pass
+    PoolWriter.create(root, CATS).close()
     table = pa.table({"instance_id": [f"{i:020x}" for i in range(rows)], "category_id": np.full(rows, 3),
                       "category": [""] * rows, "path": ["data/shard-000000.bin"] * rows,
                       "width": np.ones(rows, np.int64), "height": np.ones(rows, np.int64),

@@ -11,7 +11,6 @@ import threading
 import numpy as np
 import pytest
 from conftest import make_cutout
-from PIL import Image
 
 from xpaste.errors import XPasteError
 from xpaste.pool.categories import match_categories

@@ -106,7 +106,7 @@ class PoolWriter:
     def open(cls, path: str | os.PathLike) -> PoolWriter:
         """Open an existing version 2 pool for appending. Raises XPasteError (no pool, version 1, locked)."""
         root = Path(path)
-        header = read_header(root)
+        read_header(root)  # no pool here: refused before a lock file is created
         locks = ExitStack()
         locks.enter_context(exclusive_lock(root, "pool"))
         try:
