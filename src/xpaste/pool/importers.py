@@ -60,8 +60,10 @@ def import_coco(dataset_path: str | os.PathLike, images_dir: str | os.PathLike, 
 
     dataset = load_coco(dataset_path)
     report = ImportReport()
-    with InstancePool.create(out, dataset.categories, config={"import": "coco", "dataset": str(dataset_path),
-                                                              "min_area": min_area}, exist_ok=append) as pool:
+    # absolute dataset and images paths: build-pool's DiverGen filter finds each real instance's source image
+    source = {"import": "coco", "dataset": os.path.abspath(dataset_path), "images": os.path.abspath(images_dir)}
+    with InstancePool.create(out, dataset.categories, config={**source, "min_area": min_area},
+                             exist_ok=append) as pool:
         for image in tqdm(dataset.images, desc="import-coco", unit="img", disable=not progress):
             try:
                 sample = load_sample(dataset, image["id"], images_dir)
