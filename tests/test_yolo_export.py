@@ -347,3 +347,55 @@ def test_skips_are_counted_by_reason(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "1 instances written" in out and "skipped 3 annotations" in out
     assert "1 crowd" in out and "1 empty mask" in out and "1 no usable segmentation" in out
+
+
+def test_image_size_checked_as_ultralytics_reads_it(tmp_path):
+    """A JPEG with EXIF orientation 6 (stored 60x40, displayed 40x60): the dataset must give the displayed
+    size, which is what ultralytics' loader reports (its shape), else the export is refused in one line."""
+    from PIL import ImageOps
+
+    (tmp_path / "data").mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(tmp_path / "data/r.jpg", exif=exif)
+    shown = ImageOps.exif_transpose(Image.open(tmp_path / "data/r.jpg")).size  # PIL: (40, 60) as displayed
+    sq = np.zeros((shown[1], shown[0]), bool)
+    sq[5:20, 5:30] = True
+
+    def export(w, h, out):
+        doc = {"images": [{"id": 1, "file_name": "r.jpg", "width": w, "height": h}],
+               "categories": [{"id": 1, "name": "t"}],
+               "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": rle(sq), "area": 375.0,
+                                "bbox": [5, 5, 25, 15], "iscrowd": 0}]}
+        (tmp_path / "ds.json").write_text(json.dumps(doc))
+        return export_yolo_seg(tmp_path / "ds.json", tmp_path / "data", tmp_path / out)
+
+    with pytest.raises(XPasteError, match="as displayed"):
+        export(60, 40, "stored")  # the stored size: the label would be stretched onto the upright image
+    assert not (tmp_path / "stored").exists()
+    export(*shown, "shown")
+    [label] = ultralytics_labels(tmp_path / "shown/images/train", {0: "t"}).values()
+    assert tuple(label["shape"]) == (shown[1], shown[0])
+    assert iou(raster(label["segments"][0], shown[1], shown[0]), sq) == 1.0
+
+
+def test_duplicate_rows_ultralytics_drops_are_announced(tmp_path, capsys):
+    """Two identical instances: ultralytics keeps one (its rule), while a different shape with the same box
+    stays; the summary announces exactly what ultralytics drops."""
+    h, w = 20, 20
+    (tmp_path / "data").mkdir()
+    Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(tmp_path / "data/x.png")
+    a = np.zeros((h, w), bool)
+    a[2:10, 2:10] = True
+    b = a.copy()
+    b[5, 5] = False  # another object, same box
+    anns = [{"id": i + 1, "image_id": 1, "category_id": 1, "segmentation": rle(m), "area": float(m.sum()),
+             "bbox": [2, 2, 8, 8], "iscrowd": 0} for i, m in enumerate([a, b, a])]
+    (tmp_path / "ds.json").write_text(json.dumps({"images": [{"id": 1, "file_name": "x.png", "height": h,
+                                                              "width": w}],
+                                                  "categories": [{"id": 1, "name": "t"}], "annotations": anns}))
+    export_yolo_seg(tmp_path / "ds.json", tmp_path / "data", tmp_path / "yolo")
+    [label] = ultralytics_labels(tmp_path / "yolo/images/train", {0: "t"}).values()
+    kept = len(label["segments"])  # what ultralytics itself keeps of the 3 rows
+    assert kept == 2
+    assert f"note: {3 - kept} instances repeat another of their image exactly" in capsys.readouterr().out

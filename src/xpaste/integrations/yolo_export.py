@@ -39,6 +39,7 @@ import yaml
 
 from xpaste.data.coco import decode_annotation_mask, load_coco
 from xpaste.errors import XPasteError
+from xpaste.imageio import image_size
 from xpaste.io import copy_file_atomic, resolve_inside, write_bytes_atomic
 
 _BLOCK = 4_000_000  # point pairs per distance block in _closest (bounds its memory to ~100 MB)
@@ -96,11 +97,16 @@ def mask_to_polygon(mask: np.ndarray) -> np.ndarray | None:
     """
     import cv2
 
-    m = np.ascontiguousarray(np.asarray(mask, dtype=bool), dtype=np.uint8)
+    m = np.asarray(mask, dtype=bool)
     if m.ndim != 2:
         raise ValueError(f"mask must be 2-D, got shape {m.shape}")
-    contours, _ = cv2.findContours(m, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
-    parts = [c.reshape(-1, 2).astype(np.int64) for c in contours if len(c)]
+    rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+    if not len(rows):
+        return None
+    y0, x0 = int(rows[0]), int(cols[0])  # trace inside the tight box: the same contours, far less work
+    crop = np.ascontiguousarray(m[y0:int(rows[-1]) + 1, x0:int(cols[-1]) + 1], dtype=np.uint8)
+    contours, _ = cv2.findContours(crop, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    parts = [c.reshape(-1, 2).astype(np.int64) + (x0, y0) for c in contours if len(c)]
     if not parts:
         return None
     root, children, entry = _spanning_tree(parts)
@@ -201,15 +207,10 @@ def plan_layout(file_names: list, splits: list[str], out_dir: str | os.PathLike)
 
 
 def _duplicate_rows(lines: list[str]) -> int:
-    """How many label rows ultralytics' `verify_image_label` drops as duplicates (same class and box)."""
-    if len(lines) < 2:
-        return 0
-    from ultralytics.utils.ops import segments2boxes
-
-    rows = [line.split() for line in lines]
-    classes = np.array([r[0] for r in rows], np.float32).reshape(-1, 1)
-    boxes = segments2boxes([np.array(r[1:], np.float32).reshape(-1, 2) for r in rows])
-    return len(rows) - len(np.unique(np.concatenate([classes, boxes], 1), axis=0))
+    """How many label rows ultralytics' `verify_image_label` drops as duplicates: rows with the same class and
+    box whose polygons are the same too (8.4.190: distinct polygons sharing a class and box are kept). Equal
+    6-decimal text is equal float32 values and vice versa, so equal lines are exactly those rows."""
+    return len(lines) - len(set(lines))
 
 
 def _place(src: Path, dst: Path) -> None:
@@ -234,11 +235,12 @@ def export_yolo_seg(dataset_json: str | os.PathLike, images_dir: str | os.PathLi
     (coordinates normalised by the image's width / height to [0, 1], 6 decimals; polygon from
     `annotation_polygon`), and out/data.yaml. Classes are 0..K-1 in category-id order (`names` keeps the category
     names). Crowd annotations are skipped (YOLO has no ignore regions), as are annotations without a usable
-    mask (`annotation_polygon`); each skip is counted by reason in the printed summary. Images without instances get an empty label
-    file (background images). With `val_fraction` in (0, 1) a seeded random share of the images goes to
-    images/val, else `val` points at `split`. Raises ValueError for a bad `val_fraction` and XPasteError (before
-    writing anything) for an image ultralytics could not pair with its label, a missing image, or a non-empty
-    images/ or labels/ without `overwrite`.
+    mask (`annotation_polygon`); each skip is counted by reason in the printed summary. Images without
+    instances get an empty label file (background images). With `val_fraction` in (0, 1) a seeded random
+    share of the images goes to images/val, else `val` points at `split`. Raises ValueError for a bad `val_fraction` and XPasteError (before
+    writing anything) for an image ultralytics could not pair with its label, a missing image, an image whose
+    displayed size (EXIF orientation applied, as ultralytics reads it) is not the dataset's width x height, or
+    a non-empty images/ or labels/ without `overwrite`.
     """
     dataset = load_coco(dataset_json)
     out = Path(out_dir)
@@ -262,6 +264,11 @@ def export_yolo_seg(dataset_json: str | os.PathLike, images_dir: str | os.PathLi
         src = resolve_inside(images_dir, info["file_name"], "file_name")
         if not src.is_file():
             raise XPasteError("image file not found", src)
+        shown, stated = image_size(src), (int(info["width"]), int(info["height"]))
+        if shown != stated:  # ultralytics scales the normalised label by the image as displayed
+            raise XPasteError(f"image is {shown[0]}x{shown[1]} as displayed (EXIF orientation applied) but the "
+                              f"dataset says {stated[0]}x{stated[1]}", src,
+                              "fix width/height in the dataset (or the image): the labels would not fit it")
         sources.append(src)
     for sub in ("images", "labels"):
         if (out / sub).exists() and any((out / sub).iterdir()):
@@ -307,7 +314,7 @@ def export_yolo_seg(dataset_json: str | os.PathLike, images_dir: str | os.PathLi
         summary += (f"; {untraced} polygon annotations cover no pixel for pycocotools (lines): written with "
                     "their own points")
     if merged:
-        summary += (f"; note: {merged} instances repeat the class and box of another in their image, and "
-                    "ultralytics keeps only one of each such group (its duplicate-label rule)")
+        summary += (f"; note: {merged} instances repeat another of their image exactly (class and polygon), and "
+                    "ultralytics keeps one of each such group (its duplicate-label rule)")
     print(summary)
     return yaml_path

@@ -11,4 +11,5 @@ from xpaste.retrieve.folder import Candidate, RetrievalResult, labelled_folder, 
 from xpaste.retrieve.knn import Download, KnnClient, download
 
 __all__ = ["simple_background_fraction", "is_simple_background", "most_common_colour", "labelled_folder",
-           "list_images", "load_rgb", "rank_folder", "Candidate", "RetrievalResult", "KnnClient", "Download", "download"]
+           "list_images", "load_rgb", "rank_folder", "Candidate", "RetrievalResult", "KnnClient", "Download",
+           "download"]
