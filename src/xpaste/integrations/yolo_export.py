@@ -237,10 +237,10 @@ def export_yolo_seg(dataset_json: str | os.PathLike, images_dir: str | os.PathLi
     names). Crowd annotations are skipped (YOLO has no ignore regions), as are annotations without a usable
     mask (`annotation_polygon`); each skip is counted by reason in the printed summary. Images without
     instances get an empty label file (background images). With `val_fraction` in (0, 1) a seeded random
-    share of the images goes to images/val, else `val` points at `split`. Raises ValueError for a bad `val_fraction` and XPasteError (before
-    writing anything) for an image ultralytics could not pair with its label, a missing image, an image whose
-    displayed size (EXIF orientation applied, as ultralytics reads it) is not the dataset's width x height, or
-    a non-empty images/ or labels/ without `overwrite`.
+    share of the images goes to images/val, else `val` points at `split`. Raises ValueError for a bad
+    `val_fraction` and XPasteError (before writing anything) for an image ultralytics could not pair with its
+    label, a missing image, an image whose displayed size (EXIF orientation applied, as ultralytics reads it)
+    is not the dataset's width x height, or a non-empty images/ or labels/ without `overwrite`.
     """
     dataset = load_coco(dataset_json)
     out = Path(out_dir)
