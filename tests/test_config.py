@@ -25,7 +25,7 @@ def all_keys() -> list[tuple[str, dataclasses.Field, typing.Any]]:
     for f in dataclasses.fields(C.PipelineConfig):
         if f.name in C.SECTIONS:
             for g in dataclasses.fields(typing.get_type_hints(C.PipelineConfig)[f.name]):
-                if not g.name.startswith("_"):
+                if not g.name.startswith("_") and not g.metadata.get("paste"):  # paste: PasteConfig's own test below
                     out.append((f"{f.name}.{g.name}",) + C.field_of(f"{f.name}.{g.name}"))
         else:
             out.append((f.name,) + C.field_of(f.name))
@@ -192,3 +192,24 @@ def test_the_example_config_loads_and_keeps_the_documented_values():
     assert cfg.build_pool.preset == example["build_pool"]["preset"] == "xpaste"
     assert list(cfg.segment.segmenters) == example["segment"]["segmenters"]
     assert cfg.generate.per_category == example["generate"]["per_category"]
+
+
+def test_augment_paste_options_are_paste_configs_and_checked_before_running():
+    from xpaste.paste.config import PasteConfig
+
+    assert C.PipelineConfig().augment.paste == PasteConfig()
+    for opt in PasteConfig.options():
+        hint = opt["type"]
+        inner = typing.get_args(hint)[0] if typing.get_origin(hint) is typing.Union else hint
+        wrong = {int: "many", float: "high", str: "5", bool: "maybe"}.get(inner, "{a: 1}")
+        with pytest.raises(C.ConfigError) as e:
+            C.load_config(None, [f"augment.paste.{opt['name']}={wrong}"])
+        assert "augment.paste" in str(e.value) and opt["name"] in str(e.value)
+        if opt["choices"]:
+            with pytest.raises(C.ConfigError, match=opt["name"]):
+                C.load_config(None, [f"augment.paste.{opt['name']}={opt['choices'][0]}x"])
+    cfg = C.load_config(None, ["augment.paste.blend=poisson", "augment.paste.uniform_scale=[0.1, 0.2]"])
+    assert cfg.augment.paste == PasteConfig(blend="poisson", uniform_scale=(0.1, 0.2))
+    assert C.PipelineConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(C.ConfigError, match="augment.dataset"):
+        C.load_config(None, ["augment.enabled=true"])

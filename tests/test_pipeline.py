@@ -155,15 +155,30 @@ def test_run_pipeline_python_api_equals_xpaste_run(tmp_path):
            "generate": {"enabled": False}, "retrieve": {"enabled": True, "folder": str(tmp_path / "collection"),
                                                         "labelled": True},
            "segment": {"segmenters": ["grabcut"]}, "score": {"clip": None},
-           "build_pool": {"area_min": 0.0, "area_max": 1.0}}
+           "build_pool": {"area_min": 0.0, "area_max": 1.0},
+           "augment": {"enabled": True, "dataset": str(ann), "images": str(images), "copies": 2,
+                       "paste": {"blend": "alpha", "num_paste": 2}}}
     report = run_pipeline(PipelineConfig.from_dict(raw))
-    assert isinstance(report, JobReport) and [p.job for p in report.parts] == ["retrieve", "segment", "build-pool"]
-    pool = InstancePool.open(report.out)
-    assert report.counts["added"] == len(pool) > 0
+    assert isinstance(report, JobReport)
+    assert [p.job for p in report.parts] == ["retrieve", "segment", "build-pool", "augment"]
+    pool = InstancePool.open(report.parts[2].out)
+    assert report.parts[2].counts["added"] == len(pool) > 0
+    assert report.out == str(tmp_path / "api" / "augmented") and report.counts["images written"] == 2 * 4
     assert load_config(tmp_path / "api" / "config.yaml") == PipelineConfig.from_dict(raw)
 
     cli_config = tmp_path / "cli.yaml"
     cli_config.write_text(yaml.safe_dump({**raw, "run_dir": str(tmp_path / "cli")}))
     assert main(["run", str(cli_config)]) == 0
     ids = lambda p: sorted(InstancePool.open(p).records().column("instance_id").to_pylist())  # noqa: E731
-    assert ids(tmp_path / "cli" / "pool") == ids(report.out)
+    assert ids(tmp_path / "cli" / "pool") == ids(report.parts[2].out)
+    # the augment stage of the pipeline writes what `xpaste augment` writes with the same options
+    assert main(["augment", "--dataset", str(ann), "--images", str(images), "--pool", str(tmp_path / "cli" / "pool"),
+                 "--out", str(tmp_path / "aug"), "--copies", "2", "--blend", "alpha", "--num-paste", "2"]) == 0
+    reference = (tmp_path / "aug" / "annotations.json").read_bytes()
+    for folder in (tmp_path / "api" / "augmented", tmp_path / "cli" / "augmented"):
+        # the json records the pool's path (info.xpaste.pool): the same bytes once that is the same
+        assert (folder / "annotations.json").read_bytes().replace(b"/api/pool", b"/cli/pool") == reference
+        names = sorted(p.name for p in (tmp_path / "aug" / "images").iterdir())
+        assert names == sorted(p.name for p in (folder / "images").iterdir()) and len(names) == 8
+        assert all((folder / "images" / n).read_bytes() == (tmp_path / "aug" / "images" / n).read_bytes()
+                   for n in names)

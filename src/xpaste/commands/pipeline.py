@@ -141,7 +141,5 @@ def run_cmd(
     from xpaste.pipeline.stages import run_pipeline
 
     report = run_pipeline(load_config(config, list(set_ or [])))
-    for part in report.parts:
-        _echo_report(part)
-    typer.echo(report.summary())
+    _echo_report(report)
     typer.echo("stage times: " + ", ".join(f"{p.job} {p.seconds:.1f} s" for p in report.parts))

@@ -62,7 +62,9 @@ class _Section:
                 continue
             key = f"{prefix}{f.name}"
             value = getattr(self, f.name)
-            if dataclasses.is_dataclass(hints[f.name]):
+            if f.metadata.get("paste"):
+                value = _paste_config(value, key)
+            elif dataclasses.is_dataclass(hints[f.name]):
                 if isinstance(value, dict):
                     value = hints[f.name].from_dict(value, f"{key}.")
                 elif not isinstance(value, hints[f.name]):
@@ -104,9 +106,23 @@ class _Section:
             value = getattr(self, f.name)
             if value is None and f.metadata.get("unset"):
                 continue
-            out[f.name] = value.to_dict() if isinstance(value, _Section) else (
+            out[f.name] = value.to_dict() if hasattr(value, "to_dict") else (
                 list(value) if isinstance(value, tuple) else value)
         return out
+
+
+def _paste_config(value: Any, key: str):
+    """The paste options as `xpaste.paste.config.PasteConfig` (their one home), from a mapping or None."""
+    from xpaste.paste.config import PasteConfig
+
+    if value is None or isinstance(value, PasteConfig):
+        return value if value is not None else PasteConfig()
+    if not isinstance(value, dict):
+        raise ConfigError(f"config key {key} must be a mapping of paste options, got {value!r}")
+    try:
+        return PasteConfig.from_dict(value)
+    except XPasteError as e:
+        raise ConfigError(f"config key {key}: {e.message}", hint=e.hint) from None
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -337,6 +353,29 @@ class BuildPoolConfig(_Section):
 
 
 @dataclass(frozen=True)
+class AugmentConfig(_Section):
+    """`xpaste run` ends with augment when enabled: the dataset pasted with the pool build-pool wrote. Options
+    left out take `xpaste.augment.augment_dataset`'s defaults; the paste options are `PasteConfig`'s (one home)."""
+
+    enabled: bool = _key(False, "run augment after build-pool in `xpaste run`", cli=False)
+    dataset: Optional[str] = _key(None, "COCO/LVIS annotation json to augment", cli=False)
+    images: Optional[str] = _key(None, "folder the json's file_name entries are relative to", cli=False)
+    out: Optional[str] = _key(None, "output folder (default RUN/augmented)", cli=False)
+    copies: Optional[int] = _key(None, "augmented copies per image", lo=1, cli=False, unset=True)
+    seed: Optional[int] = _key(None, "seed of the paste plans", lo=0, cli=False, unset=True)
+    scale_prior: Optional[str] = _key(None, "'dataset', 'none', or an `xpaste stats` json", cli=False, unset=True)
+    image_format: Optional[str] = _key(None, "auto (png stays png, else jpg) | png", choices=("auto", "png"),
+                                       cli=False, unset=True)
+    max_images: Optional[int] = _key(None, "only the first N images (a subset run)", lo=1, cli=False)
+    paste: Any = field(default=None, metadata={"paste": True})
+
+    def _check(self) -> None:
+        prefix = getattr(self, "_prefix", "")
+        if self.enabled and not (self.dataset and self.images):
+            raise ConfigError(f"config key {prefix}enabled: augment needs {prefix}dataset and {prefix}images")
+
+
+@dataclass(frozen=True)
 class PipelineConfig(_Section):
     """The whole pipeline (`xpaste run CONFIG`). Build with `load_config` or `PipelineConfig.from_dict`."""
 
@@ -353,9 +392,10 @@ class PipelineConfig(_Section):
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     build_pool: BuildPoolConfig = field(default_factory=BuildPoolConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
-SECTIONS = ("ray", "categories", "generate", "retrieve", "segment", "score", "build_pool")
+SECTIONS = ("ray", "categories", "generate", "retrieve", "segment", "score", "build_pool", "augment")
 
 
 def field_of(key: str) -> tuple[dataclasses.Field, Any]:
@@ -438,6 +478,9 @@ def _types_only(cls, data: dict, prefix: str) -> None:
         if key not in fields:
             raise ConfigError(f"unknown config key {prefix}{key}", hint=_nearest(str(key), list(fields), prefix))
         hint = _hints(cls)[key]
+        if fields[key].metadata.get("paste"):
+            _paste_config(value, f"{prefix}{key}")
+            continue
         if dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):
                 raise ConfigError(f"config key {prefix}{key} must be a mapping of keys, got {value!r}")

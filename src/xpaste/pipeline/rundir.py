@@ -8,6 +8,7 @@ Layout of a run folder (every file written atomically, `xpaste.io.atomic_path`):
     images/, masks/        the stages' image and mask files (paths in the shards are relative to the run)
     build_pool/            decisions.parquet, summary.json
     pool/                  the instance pool (unless build_pool.out names another folder)
+    augmented/             images/ + annotations.json when augment is enabled (unless augment.out is set)
 """
 from __future__ import annotations
 
@@ -58,6 +59,11 @@ class RunDir:
         """The pool build-pool writes: `build_pool.out`, else RUN/pool."""
         out = config["build_pool"]["out"]
         return Path(out) if out else self.root / "pool"
+
+    def augmented_dir(self, config: dict) -> Path:
+        """The augmented dataset `xpaste run` writes when augment is enabled: `augment.out`, else RUN/augmented."""
+        out = config["augment"]["out"]
+        return Path(out) if out else self.root / "augmented"
 
     @property
     def categories_file(self) -> Path:

@@ -73,19 +73,40 @@ def build_pool_job(config: Any, progress: bool = True) -> JobReport:
     return JobReport("build-pool", summary["pool"], counts, [], float(summary.get("seconds", 0.0)))
 
 
+def augment_job(config: Any, progress: bool = True) -> JobReport:
+    """Augment `augment.dataset` with the pool build-pool wrote (`xpaste.augment.augment_dataset`), into
+    `augment.out` (default RUN/augmented); options left out take augment_dataset's defaults."""
+    from xpaste.augment import augment_dataset
+    from xpaste.paste.config import PasteConfig
+    from xpaste.pipeline.rundir import RunDir
+
+    start = time.perf_counter()
+    cfg = _as_dict(config)
+    a, run = cfg["augment"], RunDir(cfg["run_dir"])
+    out = run.augmented_dir(cfg)
+    options = {k: a[k] for k in ("copies", "seed", "scale_prior", "image_format", "max_images") if a.get(k) is not None}
+    report = augment_dataset(a["dataset"], a["images"], run.pool_dir(cfg), out, workers=cfg["workers"],
+                             engine=cfg["engine"], ray_address=cfg["ray_address"], progress=progress,
+                             paste=PasteConfig.from_dict(a["paste"]), **options)
+    counts = {"images written": report.images_written, "images resumed": report.images_resumed,
+              "annotations": report.annotations, "pasted": report.pasted}
+    failures = [{"item": name, "reason": why} for name, why in report.failed]
+    return JobReport("augment", str(out), counts, failures, time.perf_counter() - start)
+
+
 def enabled_stages(config: Any) -> list[str]:
     """The stages `run_pipeline` runs: generate/retrieve when enabled, segment, score unless score.clip is
-    null (the pool is then built without CLIP scores), build-pool."""
+    null (the pool is then built without CLIP scores), build-pool, and augment when enabled."""
     cfg = _as_dict(config)
     names = [n for n in ("generate", "retrieve") if cfg[n]["enabled"]] + ["segment"]
     if cfg["score"]["clip"] is not None:
         names.append("score")
-    return names + ["build-pool"]
+    return names + ["build-pool"] + (["augment"] if cfg["augment"]["enabled"] else [])
 
 
 def run_pipeline(config: Any, progress: bool = True) -> JobReport:
     """Run the enabled stages in order (see `enabled_stages`), each resumable; returns a 'run' JobReport whose
-    parts are the stages' reports and whose counts are the pool's (candidates, added).
+    parts are the stages' reports and whose out and counts are the last stage's (the pool, or augment's).
 
     config: a `PipelineConfig` (or its `to_dict()`). Raises XPasteError (a stage's inputs changed since it was
     started, missing inputs), OSError (disk full, ...) and KeyboardInterrupt; finished shards are kept."""
@@ -94,11 +115,12 @@ def run_pipeline(config: Any, progress: bool = True) -> JobReport:
     parts = []
     for name in enabled_stages(cfg):
         log.info("== %s", name)
-        part = build_pool_job(cfg, progress) if name == "build-pool" else run_stage_job(name, cfg, False, progress)
-        log.info("%s", part.summary())
+        part = (build_pool_job(cfg, progress) if name == "build-pool" else augment_job(cfg, progress)
+                if name == "augment" else run_stage_job(name, cfg, False, progress))
+        log.debug("%s", part.summary())
         parts.append(part)
     if cfg["score"]["clip"] is None:
         log.info("score: skipped (score.clip is null: the pool was built without CLIP scores)")
-    pool = parts[-1]
-    return JobReport("run", pool.out, dict(pool.counts), [f for p in parts for f in p.failures],
+    last = parts[-1]  # the pool, or the augmented dataset when augment ran
+    return JobReport("run", last.out, dict(last.counts), [f for p in parts for f in p.failures],
                      time.perf_counter() - start, parts)
