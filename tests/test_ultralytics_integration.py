@@ -191,3 +191,46 @@ def test_yolo_seg_trains_with_online_pasting(tmp_path, no_network):
     assert transform.calls == len(SEEN) >= 4 and transform.pasted > 0
     assert all(s["cls_ok"] and s["boxes_ok"] and s["segments_ok"] for s in SEEN), SEEN
     assert no_network == []
+
+
+# ----------------------------------------------------------------------------- the scale prior by default
+def test_trainer_measures_the_prior_from_the_training_labels(tmp_path, no_network):
+    from prior_fixtures import (assert_follows_prior, planned_scales, prior_pool, record_plans, training_median,
+                                write_small_object_coco)
+    from pycocotools.coco import COCO
+
+    js, images = write_small_object_coco(tmp_path / "coco")
+    data_yaml = export_yolo_seg(js, images, tmp_path / "yolo")
+    trainer = xpaste_trainer(prior_pool(), max_paste=20, seed=0)(overrides=dict(
+        model="yolo11n-seg.yaml", data=str(data_yaml), imgsz=256, batch=2, workers=0, device="cpu", plots=False,
+        epochs=1, project=str(tmp_path / "runs"), name="prior"))
+    trainer.model = trainer.get_model(cfg="yolo11n-seg.yaml", verbose=False)  # what _setup_train does first
+    dataset = trainer.build_dataset(trainer.data["train"], mode="train", batch=2)
+    copy_paste = trainer.xpaste_transform.copy_paste
+    coco = COCO(str(js))  # the oracle: per category sqrt(box area / image area) of the json, crowd left out
+    for cid in (1, 2, 3):
+        s = [np.sqrt(a["bbox"][2] * a["bbox"][3]) / 256 for a in coco.loadAnns(coco.getAnnIds(catIds=[cid]))
+             if not a["iscrowd"]]
+        # YOLO-seg keeps polygons only: boxes come back from them (within a pixel of the json's, ~7 %).
+        assert copy_paste.scale_prior[cid][0] == pytest.approx(np.mean(s), rel=0.08)
+    plans = record_plans(copy_paste)
+    for _ in range(3):
+        for i in range(len(dataset)):
+            dataset[i]
+    assert_follows_prior(planned_scales(plans), training_median(js))
+
+
+def test_hand_built_transform_warns_once_without_a_prior(monkeypatch):
+    import warnings
+
+    import xpaste.paste.transform as transform_module
+    from xpaste.paste.config import PasteConfigError
+
+    monkeypatch.setattr(transform_module, "_WARNED", set())
+    with pytest.warns(UserWarning, match="XPasteYOLOTransform"):
+        XPasteYOLOTransform(make_pool(), num_paste=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        XPasteYOLOTransform(make_pool(), num_paste=1, scale_prior={1: (0.1, 0.01)})
+    with pytest.raises(PasteConfigError, match="flip_prob"):
+        XPasteYOLOTransform(make_pool(), scale_prior={}, flip_prob=2)

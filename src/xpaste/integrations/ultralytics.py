@@ -8,6 +8,13 @@ Online pasting (checked against ultralytics 8.4.190):
     from xpaste.integrations.ultralytics import xpaste_trainer
     YOLO("yolo11n-seg.pt").train(data="data.yaml", trainer=xpaste_trainer(pool, max_paste=10))
 
+Scale prior (method.md, Stage 4): given a pool, the trainer measures X-Paste's per-category prior from the
+training labels of the data yaml (the train split's YOLO-seg polygons -> boxes, sqrt(w * h) in image
+fractions, as `xpaste stats` measures sqrt(box area / image area)) unless `scale_prior=` is given.
+A transform built by hand takes `scale_prior=` (a training json, `xpaste stats` output, or a mapping keyed
+by pool category id; `scale_prior_from_yolo_labels` measures one from a YOLODataset's labels) and warns
+once without one.
+
 `xpaste_trainer` returns a `SegmentationTrainer` subclass whose `build_dataset` installs an
 `XPasteYOLOTransform` in the training dataset's pipeline right after ultralytics' geometric step (Mosaic +
 RandomPerspective, the analogue of the large-scale jitter X-Paste pastes after), so MixUp, HSV and flips then
@@ -29,13 +36,12 @@ from ultralytics.utils.instance import Instances
 from ultralytics.utils.ops import resample_segments
 
 from xpaste.core.sample import Sample
-from xpaste.core.targets import Targets
-from xpaste.integrations.workers import reseed_for_worker
+from xpaste.integrations.common import (label_map_from_names, remap_prior, reseed_for_worker,
+                                        scale_prior_from_records, source_rows, tracked_targets)
 from xpaste.integrations.yolo_export import export_yolo_seg, mask_to_polygon  # noqa: F401  (re-exported)
-from xpaste.paste.transform import CopyPaste
+from xpaste.paste.transform import CopyPaste, warn_missing_prior
 
 SEGMENT_POINTS = 1000  # ultralytics resamples every polygon to this many points (YOLODataset.update_labels_info)
-_SRC = "_xpaste_source_index"  # input row of each output instance, -1 = pasted
 
 
 # ----------------------------------------------------------------------------- online transform
@@ -44,9 +50,7 @@ def _class_map(pool, names: Mapping[int, str] | list | None, class_map: Mapping[
     if class_map is not None:
         mapping = {int(k): int(v) for k, v in class_map.items()}
     elif names is not None:
-        items = names.items() if isinstance(names, Mapping) else enumerate(names)
-        by_name = {str(n): int(i) for i, n in items}
-        mapping = {cid: by_name[n] for cid, n in pool.categories.items() if n in by_name}
+        mapping = label_map_from_names(names, pool.categories)
     else:  # export_yolo_seg's numbering of the dataset the pool was cut from
         mapping = {cid: i for i, cid in enumerate(sorted(pool.categories))}
     missing = sorted(set(np.unique(pool.category_ids).tolist()) - set(mapping))
@@ -69,11 +73,14 @@ class XPasteYOLOTransform:
     """
 
     def __init__(self, pool_or_copy_paste: Any, *, names: Mapping[int, str] | list | None = None,
-                 class_map: Mapping[int, int] | None = None, **kwargs: Any) -> None:
+                 class_map: Mapping[int, int] | None = None, scale_prior: Any = None, **options: Any) -> None:
         cp = pool_or_copy_paste
-        if not isinstance(cp, CopyPaste):
-            cp = CopyPaste(cp, **kwargs)
-        elif kwargs:
+        if not isinstance(cp, CopyPaste):  # options: PasteConfig fields, config, seed, category_weights
+            if scale_prior is None:
+                warn_missing_prior(type(self).__name__)
+                scale_prior = {}
+            cp = CopyPaste(cp, scale_prior=scale_prior, **options)
+        elif options or scale_prior is not None:
             raise TypeError("pass CopyPaste options either to CopyPaste or here with a pool, not both")
         self.copy_paste = cp
         self.class_map = _class_map(cp.pool, names, class_map)
@@ -125,12 +132,12 @@ class XPasteYOLOTransform:
                           max(ext[i, 3], ys[-1] + 1))
         cls_int = cls.reshape(-1).astype(np.int64)
         labels_pool = np.array([self._to_pool.get(int(c), -1 - int(c)) for c in cls_int], np.int64)
-        targets = Targets(ext, masks, labels_pool, {_SRC: np.arange(n, dtype=np.int64)})
+        targets = tracked_targets(ext, masks, labels_pool)
         rgb = np.ascontiguousarray(img[..., ::-1])
         out = self.copy_paste(Sample(rgb, targets, {"im_file": labels.get("im_file")}))
 
         t = out.targets
-        src = t.extra[_SRC]
+        src = source_rows(t)
         length = segments.shape[1] if segments.ndim == 3 and segments.shape[1] else SEGMENT_POINTS
         new_boxes, new_segs, new_cls = [], [], []
         areas_before = masks.sum(axis=(1, 2))
@@ -159,6 +166,25 @@ class XPasteYOLOTransform:
         labels["instances"] = result
         labels["cls"] = np.array(new_cls, dtype=cls.dtype).reshape(m, 1)
         return labels
+
+
+# ----------------------------------------------------------------------------- the training set's prior
+def scale_prior_from_yolo_labels(labels: list[dict], class_map: Mapping[int, int] | None = None
+                                 ) -> dict[int, tuple[float, float]]:
+    """X-Paste's scale prior of a YOLODataset's `labels` (one dict per training image: `cls` (N, 1) and
+    normalised xywh `bboxes` (N, 4), the boxes ultralytics derives from the polygons), keyed by pool id.
+
+    sqrt(w * h) of a normalised box is sqrt(box area / image area), the scale `xpaste stats` measures; mean
+    and population std per class by the same rule. `class_map` {pool id: class} re-keys it by pool id
+    (None: keyed by class)."""
+    def records():
+        for i, lb in enumerate(labels):
+            boxes = np.asarray(lb.get("bboxes", np.zeros((0, 4))), np.float64).reshape(-1, 4)
+            cls = np.asarray(lb.get("cls", np.zeros((0, 1)))).reshape(-1)
+            yield i, 1.0, 1.0, [{"category_id": int(c), "bbox": [0.0, 0.0, float(b[2]), float(b[3])]}
+                                for c, b in zip(cls, boxes)]
+
+    return remap_prior(scale_prior_from_records(records()), class_map)
 
 
 # ----------------------------------------------------------------------------- hooking into training
@@ -207,7 +233,9 @@ class XPasteSegmentationTrainer(SegmentationTrainer):
     """SegmentationTrainer that pastes into its training set; configure it with `xpaste_trainer`.
 
     The transform is built lazily in `build_dataset`, once the trainer knows the data.yaml `names`, so a pool
-    maps onto the YOLO classes by category name unless `class_map` / `names` were given.
+    maps onto the YOLO classes by category name unless `class_map` / `names` were given, and, given a pool
+    without `scale_prior=`, with the scale prior of the training labels (`scale_prior_from_yolo_labels`).
+    A CopyPaste or transform given ready-made is used as it was built.
     """
 
     xpaste_source: Any = None  # a pool, a CopyPaste or a ready XPasteYOLOTransform
@@ -223,6 +251,10 @@ class XPasteSegmentationTrainer(SegmentationTrainer):
                     options = dict(self.xpaste_options)
                     if "class_map" not in options:
                         options.setdefault("names", self.data["names"])
+                    if not isinstance(transform, CopyPaste) and options.get("scale_prior") is None:
+                        # X-Paste's prior, measured on this training set (labels of the data yaml's train)
+                        class_map = _class_map(transform, options.get("names"), options.get("class_map"))
+                        options["scale_prior"] = scale_prior_from_yolo_labels(dataset.labels, class_map)
                     transform = XPasteYOLOTransform(transform, **options)
                 self.xpaste_transform = transform  # one transform per trainer, also across OOM rebuilds
             install_xpaste(dataset, transform)
