@@ -19,6 +19,7 @@ import logging
 import numbers
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,17 @@ class AugmentReport:
     skipped_annotations: list[tuple[str, str]] = field(default_factory=list)  # ("file#ann id", why), unique
     skipped_by_reason: dict[str, int] = field(default_factory=dict)  # reason code -> source annotations
     out: str = ""
+    seconds: float = 0.0
+
+    def job_report(self):
+        """The same outcome as the `xpaste.jobs.JobReport` every job returns."""
+        from xpaste.jobs import JobReport
+
+        counts = {"images written": self.images_written, "already done": self.images_resumed,
+                  "annotations": self.annotations, "pasted": self.pasted,
+                  **{f"not written ({k})": v for k, v in self.skipped_by_reason.items()}}
+        return JobReport("augment", self.out, counts, [{"item": f, "reason": w} for f, w in self.failed],
+                         self.seconds)
 
     def summary(self) -> str:
         text = (f"{self.images_written} images written ({self.images_resumed} already done), "
@@ -140,6 +152,7 @@ def augment_dataset(dataset_path: str | os.PathLike, images_dir: str | os.PathLi
                                                file_digest, images_digest, pool_digest)
     from xpaste.pool.store import InstancePool
 
+    started = time.perf_counter()
     config = check_options(copies, seed, workers, engine, image_format, max_images, scale_prior, paste,
                            paste_kwargs)
     dataset_path, images_dir, pool_path, out = (Path(p) for p in (dataset_path, images_dir, pool_path, out_dir))
@@ -190,6 +203,7 @@ def augment_dataset(dataset_path: str | os.PathLike, images_dir: str | os.PathLi
         report = AugmentReport(out=str(out), images_resumed=result.items_resumed)
         info = {"xpaste": {"dataset": str(dataset_path.resolve()), "pool": str(pool_path.resolve()), **options}}
         _assemble(stage, header, categories, info, report)
+        report.seconds = time.perf_counter() - started
     for file_name, why in report.failed:
         print(f"xpaste: skipped {file_name}: {why}", file=sys.stderr)
     log.debug("%s: %s", out, report.summary())

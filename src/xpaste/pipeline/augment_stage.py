@@ -54,13 +54,13 @@ class PackedDataset:
     """
 
     def __init__(self, dataset, n_images: int):
-        chunks, offsets = [], [0]
-        for image in dataset.images[:n_images]:
-            chunk = json.dumps([image, dataset.annotations_for(image["id"])], ensure_ascii=False).encode()
-            chunks.append(chunk)
-            offsets.append(offsets[-1] + len(chunk))
-        self.blob = np.frombuffer(b"".join(chunks), dtype=np.uint8)
-        self.offsets = np.asarray(offsets, dtype=np.int64)
+        blob = bytearray()  # grown in place (no list of chunks, no join): the peak stays near its final size
+        offsets = np.zeros(n_images + 1, dtype=np.int64)
+        for i, image in enumerate(dataset.images[:n_images]):
+            blob += json.dumps([image, dataset.annotations_for(image["id"])], ensure_ascii=False).encode()
+            offsets[i + 1] = len(blob)
+        self.blob = np.frombuffer(blob, dtype=np.uint8)
+        self.offsets = offsets
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
