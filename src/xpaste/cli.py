@@ -57,8 +57,9 @@ def build_app():
 def configure_logging(verbosity: int = 0) -> None:
     """-1 (--quiet): warnings and errors only, no progress bars; 0: info; 1 (--verbose): debug.
 
-    Messages go to stderr as `xpaste: message`. Progress bars are tqdm's; --quiet turns them off through
-    tqdm's documented `TQDM_DISABLE` environment variable (inherited by worker processes too).
+    Messages go to stderr as `xpaste: message`. Progress bars are tqdm's; --quiet turns every one of them off
+    (jobs pass `disable=` themselves, which tqdm's `TQDM_DISABLE` variable does not override, so this process's
+    tqdm is told directly; the variable is set too, for processes started later).
     """
     import os
 
@@ -72,8 +73,22 @@ def configure_logging(verbosity: int = 0) -> None:
         root.addHandler(handler)
         root.propagate = False
     root.setLevel(level)
-    if verbosity < 0:
+    import tqdm
+
+    patched = getattr(tqdm.tqdm.__init__, "_xpaste_original", None)
+    if verbosity < 0 and patched is None:
         os.environ["TQDM_DISABLE"] = "1"
+        original = tqdm.tqdm.__init__
+
+        def quiet_init(self, *args, **kwargs):
+            kwargs["disable"] = True
+            original(self, *args, **kwargs)
+
+        quiet_init._xpaste_original = original  # type: ignore[attr-defined]
+        tqdm.tqdm.__init__ = quiet_init
+    elif verbosity >= 0 and patched is not None:  # a later invocation in the same process (tests, the demo)
+        os.environ.pop("TQDM_DISABLE", None)
+        tqdm.tqdm.__init__ = patched
 
 
 def os_fault(exc: BaseException) -> OSError | None:

@@ -76,7 +76,7 @@ def build_demo_dataset(root: Path) -> tuple[Path, Path]:
     """Write root/images/*.png and root/annotations.json; returns (json, images dir)."""
     from xpaste.data.coco import annotation_from_mask
     from xpaste.io import write_image_atomic, write_json_atomic
-    from xpaste.ops.masks import largest_component
+    from xpaste.ops.masks import binarize, largest_component
     from xpaste.segment.grabcut import GrabCutSegmenter
 
     data = _skimage_data_dir()
@@ -101,7 +101,7 @@ def build_demo_dataset(root: Path) -> tuple[Path, Path]:
         h, w = rgb.shape[:2]
         rgb = _load_rgb_array(rgb[round(fy0 * h) : round(fy1 * h), round(fx0 * w) : round(fx1 * w)], 320)
         soft = segmenter.segment([rgb], [category])[0]
-        add_image(rgb, f"{category}.png", [largest_component(soft > 128)], category)
+        add_image(rgb, f"{category}.png", [largest_component(binarize(soft))], category)
     coins = _load_rgb(data / "coins.png", 384)
     add_image(coins, "coins.png", _coin_masks(coins), "coin")
     for file in TEXTURES:
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     stage("xpaste augment", lambda: cli([
         "augment", "--dataset", str(paths["json"]), "--images", str(paths["images"]), "--pool", str(pool),
         "--out", str(augmented), "--copies", str(args.copies), "--seed", str(args.seed),
-        "--workers", str(args.workers), "--max-paste", "8"]))
+        "--workers", str(args.workers), "--max-paste", "8", "--fresh"]))  # inputs are rebuilt on every run
     stage("preview sheet", lambda: write_preview(augmented, out / "preview.png"))
     report = out / "report"
     stage("xpaste report", lambda: cli(["report", str(pool), str(augmented), "--run", str(run_dir),
