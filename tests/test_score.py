@@ -9,7 +9,8 @@ from tiny_models import make_tiny_open_clip  # noqa: F401 - also used by other t
 
 from xpaste.errors import XPasteError
 from xpaste.score import composite_on_white, prompt_for
-from xpaste.score.filters import adaptive_threshold, best_per_image, dedup_by_embedding, select_instances
+from xpaste.score.filters import (adaptive_threshold, best_per_image, category_bars, dedup_by_embedding,
+                                  select_instances)
 
 @pytest.fixture(scope="session")
 def scorer(tmp_path_factory):
@@ -157,17 +158,54 @@ def test_best_per_image():
     assert best[:2].tolist() == [22.0, 26.0] and np.isnan(best[2])
 
 
-def test_select_instances_area_range_and_categories():
-    scores = np.array([30.0, 20.5, 19.0, 35.0, 18.0, 17.5, np.nan])
-    areas = np.array([0.5, 0.5, 0.5, 0.99, 0.3, 0.02, 0.5])
-    keep = select_instances(scores, areas, t=21, d=1)
-    # bar = min(21, 30 - 1) = 21 (the 35 has area 0.99 and does not count); 0.02 is too small
-    assert keep.tolist() == [True, False, False, False, False, False, False]
+def test_select_instances_bar_over_every_score():
+    """Two segmenters x seven images. Category 1's best score (35) belongs to a whole-image mask (area 0.99):
+    it cannot be kept, yet it sets the bar: min(40, 35 - 1) = 34 with t = 40."""
+    scores = np.array([[30.0, 20.5, 19.0, 35.0, 18.0, 17.5, np.nan],
+                       [12.0, 34.5, np.nan, 10.0, 18.5, 99.0, 20.0]])
+    areas = np.array([[0.5, 0.5, 0.5, 0.99, 0.3, 0.02, 0.5],
+                      [0.5, 0.5, 0.0, 0.5, 0.3, 0.0, 0.0]])
     cats = np.array([1, 1, 1, 1, 2, 2, 2])
-    keep = select_instances(scores, areas, t=21, d=1, categories=cats)
-    # category 2's best valid score is 18 -> bar 17; the 17.5 is out by area, the NaN never passes
-    assert keep.tolist() == [True, False, False, False, True, False, False]
-    assert select_instances(scores, areas, area_range=(0.0, 1.0))[3]
+    sel = select_instances(scores, areas, cats, t=40, d=1)
+    assert sel.winner.tolist() == [0, 1, 0, 0, 1, 0, 0]  # 99.0 has an empty mask: never wins
+    # category 2's max is 99 (the empty mask's score counts): bar min(40, 98) = 40
+    assert sel.bar.tolist() == [34.0] * 4 + [40.0] * 3
+    assert sel.reason.tolist() == ["below CLIP bar", "kept", "below CLIP bar", "area out of range",
+                                   "below CLIP bar", "area out of range", "below CLIP bar"]
+    assert sel.keep.tolist() == [False, True, False, False, False, False, False]
+    assert category_bars(scores, cats, t=21, d=1) == {1: 21.0, 2: 21.0}
+    all_empty = select_instances(np.array([[5.0]]), np.array([[0.0]]))
+    assert all_empty.winner.tolist() == [-1] and all_empty.reason.tolist() == ["empty mask"]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_select_instances_matches_a_hand_loop(seed):
+    r = np.random.default_rng(seed)
+    n_seg, n = int(r.integers(1, 5)), int(r.integers(1, 40))
+    scores = r.uniform(5, 40, (n_seg, n))
+    scores[r.random((n_seg, n)) < 0.1] = np.nan
+    areas = np.where(r.random((n_seg, n)) < 0.3, r.choice([0.0, 0.01, 0.97], (n_seg, n)), r.uniform(0, 1, (n_seg, n)))
+    cats = r.integers(1, 4, n)
+    t = float(r.choice([21.0, 30.0, 100.0]))
+    sel = select_instances(scores, areas, cats, t=t, d=1.0)
+    for j in range(n):
+        finite = [scores[i, k] for i in range(n_seg) for k in range(n)
+                  if cats[k] == cats[j] and scores[i, k] == scores[i, k]]
+        bar = min(t, max(finite) - 1.0) if finite else t
+        best = None
+        for i in range(n_seg):
+            better = best is None or (scores[i, j] == scores[i, j] and not scores[best, j] >= scores[i, j])
+            if areas[i, j] > 0 and better:
+                best = i
+        if best is None:
+            reason = "empty mask"
+        elif not 0.05 <= areas[best, j] <= 0.95:
+            reason = "area out of range"
+        else:
+            reason = "kept" if scores[best, j] >= bar else "below CLIP bar"
+        assert sel.bar[j] == pytest.approx(bar)
+        assert sel.winner[j] == (-1 if best is None else best)
+        assert sel.reason[j] == reason
 
 
 def test_dedup_identical_and_orthogonal():

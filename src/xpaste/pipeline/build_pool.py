@@ -30,6 +30,10 @@ from xpaste.errors import XPasteError
 from xpaste.pipeline.masks import ScoreStage, SegmentStage, read_candidates
 from xpaste.pipeline.rundir import load_mask, load_rgb, resolve_categories
 from xpaste.pipeline.shards import read_stage
+from xpaste.score.filters import AREA, BAR, EMPTY, KEPT
+
+__all__ = ["PRESETS", "DEFAULT_PRESET", "apply_preset", "build_pool", "cutout", "decisions_schema", "RealViews",
+           "KEPT", "EMPTY", "AREA", "BAR", "DUPLICATE", "IDENTICAL", "FAR"]
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +51,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 DEFAULT_PRESET = "xpaste"
 
-#: Decisions a candidate can get, in the order they are checked.
-KEPT, EMPTY, AREA, BAR, DUPLICATE, IDENTICAL, FAR = ("kept", "empty mask", "area out of range", "below CLIP bar",
-                                                     "near duplicate", "identical pixels", "far from real instances")
+#: Decisions a candidate can get, in the order they are checked (the first four from `select_instances`).
+DUPLICATE, IDENTICAL, FAR = "near duplicate", "identical pixels", "far from real instances"
 
 
 def _section(config: Any, name: str) -> dict:
@@ -92,23 +95,8 @@ def apply_preset(options: Mapping, name: str | None = None) -> dict:
     return out
 
 
-def category_bars(scores: list[dict], t: float, d: float) -> dict[int, float]:
-    """Per-category bar min(t, max - d), the max over every finite (segmenter, image) score of the category.
-
-    scores: rows with category_id and clip_score (100 x cosine). Categories without a finite score get t.
-    """
-    best: dict[int, float] = {}
-    for row in scores:
-        s = float(row["clip_score"])
-        if np.isfinite(s):
-            cid = int(row["category_id"])
-            best[cid] = max(best.get(cid, -np.inf), s)
-    cats = {int(r["category_id"]) for r in scores}
-    return {c: float(min(t, best[c] - d)) if c in best else float(t) for c in cats}
-
-
 def _decisions(run_dir: Path, config: Any, b: dict) -> list[dict]:
-    from xpaste.score.filters import dedup_by_embedding
+    from xpaste.score.filters import dedup_by_embedding, select_instances
 
     candidates = {r["candidate_id"]: r for r in read_candidates(run_dir)}
     segments = {(r["candidate_id"], r["segmenter"]): r
@@ -120,35 +108,34 @@ def _decisions(run_dir: Path, config: Any, b: dict) -> list[dict]:
     if not scores:
         raise XPasteError("no CLIP scores in this run", run_dir,
                           "run `xpaste score` first, or set score.clip to null to build without CLIP")
-    bars = category_bars(scores, float(b["t"]), float(b["d"]))
-    best: dict[str, dict] = {}
-    for row in scores:  # per image, the best-scoring segmenter (ties: the earlier row)
-        if segments[(row["candidate_id"], row["segmenter"])]["area_frac"] <= 0:
-            best.setdefault(row["candidate_id"], None)  # an empty mask (a white composite) never wins
-            continue
-        current = best.get(row["candidate_id"])
-        finite = np.isfinite(row["clip_score"])
-        if current is None or (finite and not np.isfinite(current["clip_score"])) or \
-                (finite and row["clip_score"] > current["clip_score"]):
-            best[row["candidate_id"]] = row
-    lo, hi = float(b["area_min"]), float(b["area_max"])
+    # the score table as (segmenter, candidate) matrices: segmenters in config order (ties go to the earlier)
+    configured = list(_section(config, "segment")["segmenters"])
+    order = configured + sorted({r["segmenter"] for r in scores} - set(configured))
+    row_of = {name: i for i, name in enumerate(order)}
+    cids = sorted({r["candidate_id"] for r in scores})
+    col_of = {cid: j for j, cid in enumerate(cids)}
+    score = np.full((len(order), len(cids)), np.nan)
+    area = np.zeros((len(order), len(cids)))  # a missing (segmenter, image) pair is an empty mask: never wins
+    present = np.zeros((len(order), len(cids)), bool)
+    by_pair = {}
+    for r in scores:
+        i, j = row_of[r["segmenter"]], col_of[r["candidate_id"]]
+        score[i, j] = r["clip_score"]
+        area[i, j] = segments[(r["candidate_id"], r["segmenter"])]["area_frac"]
+        present[i, j] = True
+        by_pair[(i, j)] = r
+    sel = select_instances(score, area, [int(candidates[c]["category_id"]) for c in cids], float(b["t"]),
+                           float(b["d"]), (float(b["area_min"]), float(b["area_max"])))
     decisions = []
-    for cid in sorted(best):
-        row = best[cid]
-        if row is None:  # every segmenter's mask of this image is empty
-            first = next(r for r in scores if r["candidate_id"] == cid)
-            seg = segments[(cid, first["segmenter"])]
-            decisions.append({**candidates[cid], "segmenter": first["segmenter"], "clip_score": float("nan"),
-                              "area_frac": 0.0, "mask_path": seg["mask_path"], "embedding": None,
-                              "decision": EMPTY, "bar": bars[int(first["category_id"])]})
-            continue
-        seg = segments[(cid, row["segmenter"])]
-        score = float(row["clip_score"])
-        bar = bars[int(row["category_id"])]
-        decision = AREA if not lo <= seg["area_frac"] <= hi else (BAR if not score >= bar else KEPT)
-        decisions.append({**candidates[cid], "segmenter": row["segmenter"], "clip_score": score,
+    for j, cid in enumerate(cids):
+        i = int(sel.winner[j]) if sel.winner[j] >= 0 else int(np.flatnonzero(present[:, j])[0])
+        seg, row = segments[(cid, order[i])], by_pair[(i, j)]
+        empty = sel.reason[j] == EMPTY
+        decisions.append({**candidates[cid], "segmenter": order[i],
+                          "clip_score": float("nan") if empty else float(row["clip_score"]),
                           "area_frac": float(seg["area_frac"]), "mask_path": seg["mask_path"],
-                          "embedding": np.asarray(row["embedding"], np.float32), "decision": decision, "bar": bar})
+                          "embedding": None if empty else np.asarray(row["embedding"], np.float32),
+                          "decision": str(sel.reason[j]), "bar": float(sel.bar[j])})
     if b["dedup"] is not None:
         for cat_id in sorted({d["category_id"] for d in decisions}):
             kept = sorted((d for d in decisions if d["category_id"] == cat_id and d["decision"] == KEPT),

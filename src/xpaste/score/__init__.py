@@ -5,8 +5,8 @@ The CLIP scorer lives in `xpaste.score.clip` (needs the `clip` extra) and is rea
 """
 from __future__ import annotations
 
-from xpaste.score.filters import (adaptive_threshold, best_per_image, dedup_by_embedding,
-                                  select_instances)
+from xpaste.score.filters import (Selection, adaptive_threshold, best_per_image, category_bars,
+                                  dedup_by_embedding, select_instances)
 from xpaste.score.present import composite_on_black, composite_on_white, real_instance_view
 
 #: name -> "module:Class" for scorers built from a config string.
@@ -16,7 +16,8 @@ SCORERS: dict[str, str] = {"clip": "xpaste.score.clip:ClipScorer"}
 PROMPT_TEMPLATE = "a photo of {name}"
 
 __all__ = ["SCORERS", "PROMPT_TEMPLATE", "composite_on_white", "composite_on_black", "real_instance_view",
-           "prompt_for", "adaptive_threshold", "best_per_image", "select_instances", "dedup_by_embedding"]
+           "prompt_for", "adaptive_threshold", "best_per_image", "category_bars", "select_instances", "Selection",
+           "dedup_by_embedding"]
 
 
 def prompt_for(name: str, template: str = PROMPT_TEMPLATE) -> str:
