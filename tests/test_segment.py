@@ -200,3 +200,47 @@ def test_rembg_missing_model_names_it(monkeypatch):
         build_segmenter("rembg:/nonexistent/model.onnx")
     with pytest.raises(XPasteError, match="unknown rembg model"):
         build_segmenter("rembg:not-a-model")
+
+
+# --- the segment stage enforces the contract for any backend ----------------------------------------
+
+class RawSegmenter:
+    """A third-party backend that returns its raw output: logits for one image, a dim 0..100 matte for another."""
+
+    name = "raw"
+
+    def __init__(self):
+        self.outputs = []
+
+    def segment(self, images, prompts):
+        r = np.random.default_rng(len(self.outputs))
+        out = [r.normal(size=img.shape[:2]) * 4 if k % 2 == 0 else r.integers(0, 101, img.shape[:2]).astype(np.uint8)
+               for k, img in enumerate(images)]
+        self.outputs.extend(out)
+        return out
+
+
+def test_segment_stage_normalises_every_backend_per_image(tmp_path):
+    """What the stage stores is skimage's per-image rescale of the raw output to 0..255, and its area is the
+    fraction of that map > 128 (method.md, Stage 2)."""
+    from PIL import Image
+    from skimage import exposure
+
+    from xpaste.pipeline.masks import SegmentStage
+
+    images = random_images(4) + random_images(5)
+    items = []
+    for k, img in enumerate(images):
+        (tmp_path / "images").mkdir(exist_ok=True)
+        Image.fromarray(img).save(tmp_path / "images" / f"{k}.png")
+        items.append({"candidate_id": f"c{k}", "category_id": 1, "category": "cup", "path": f"images/{k}.png"})
+    stage = SegmentStage(tmp_path, {"segment": {"segmenters": ["raw"], "batch_size": 4}, "shard_size": 8})
+    raw = RawSegmenter()
+    stage._segmenters = [("raw", raw)]
+    rows, skipped = stage.process(items)
+    assert not skipped and len(rows) == len(images) == len(raw.outputs)
+    for row, out in zip(rows, raw.outputs):
+        stored = np.asarray(Image.open(tmp_path / row["mask_path"]))
+        want = exposure.rescale_intensity(out.astype(np.float64), in_range="image", out_range=(0.0, 255.0))
+        assert stored.dtype == np.uint8 and np.abs(stored - want).max() <= 0.5 + 1e-9
+        assert row["area_frac"] == pytest.approx(float((np.rint(want) > 128).mean()))

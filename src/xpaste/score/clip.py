@@ -24,6 +24,8 @@ _SCHEMAS = ("hf-hub:", "local-dir:")
 class ClipScorer:
     """Image/text embeddings (L2-normalised float32) and the paper's score 100 x cosine.
 
+    Images go through the model's own open_clip preprocessing (`self.preprocess`), never cropped here.
+
     device: None picks CUDA when available; fp16 weights are used on CUDA (fp16=None).
     batch_size: images (and texts) per forward pass.
     """
@@ -88,7 +90,10 @@ class ClipScorer:
 
     def score_cutouts(self, images: list[np.ndarray], soft_masks: list[np.ndarray],
                       names: list[str]) -> np.ndarray:
-        """The paper's cut-out score: each cut-out composited on white vs `a photo of {name}`."""
+        """X-Paste's cut-out score (method.md, Stage 2): (N,) float32 100 x cosine between each whole (H, W, 3)
+        uint8 image shown white outside its binary mask (> 128; `composite_on_white`), through open_clip's
+        preprocessing (bicubic resize of the short side to the model's size, 224 for ViT-L/14, and a centre
+        crop), and `a photo of {name}` (LVIS underscores as spaces)."""
         composites = [composite_on_white(img, m) for img, m in zip(images, soft_masks, strict=True)]
         return self.score(composites, [prompt_for(n) for n in names])
 
