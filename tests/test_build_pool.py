@@ -375,3 +375,43 @@ def test_divergen_filter_mean_cosine_to_real_instances(tmp_path, tiny_clip):
         want = "kept" if d["real_similarity"] >= threshold else "far from real instances"
         assert d["decision"] == want
     assert summary["preset"] == "divergen" and 0 < summary["added"] < len(table)
+
+
+def test_no_import_cycle_through_the_pool_building_modules():
+    """Every `import xpaste...` (top-level or inside a function) read with ast: no cycle passes through
+    pipeline/masks, pipeline/build_pool, score/* or segment/* (pipeline/masks <-> pipeline/stages was one)."""
+    import ast
+
+    src = ROOT / "src"
+    modules = {".".join(p.relative_to(src).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in (src / "xpaste").rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                # `from xpaste.pipeline import stages` imports the module xpaste.pipeline.stages
+                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                targets = []
+            deps.update(t for t in targets if t in modules and t != name)
+        graph[name] = deps
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, todo = set(), [start]
+        while todo:
+            m = todo.pop()
+            if m == goal:
+                return True
+            if m not in seen:
+                seen.add(m)
+                todo.extend(graph.get(m, ()))
+        return False
+
+    mine = [m for m in modules if m in ("xpaste.pipeline.masks", "xpaste.pipeline.build_pool", "xpaste.ops.masks")
+            or m.startswith(("xpaste.score", "xpaste.segment"))]
+    assert "xpaste.pipeline.stages" in modules and len(mine) >= 10
+    cycles = [(m, d) for m in mine for d in graph[m] if reaches(d, m)]
+    assert not cycles, cycles
