@@ -1,11 +1,24 @@
-"""Reference training: torchvision Mask R-CNN on a COCO/LVIS dataset, with or without an xpaste pool.
+"""Reference training: torchvision Mask R-CNN R50-FPN on a COCO/LVIS dataset, with or without an xpaste pool.
 
-Run it twice with the same seed and schedule, once with `--pool`, then compare with `xpaste eval --compare`
-(see examples/README.md). Recipe, as in X-Paste: repeat-factor sampling (LVIS), large-scale jitter (resize by
-U(0.1, 2.0), random crop / pad to a square canvas, horizontal flip), then the paste, SGD with warm-up and
-steps at 2/3 and 8/9 of the run. The data order and the jitter of every sample are drawn from `--seed`
-alone, so the two runs see the same images, crops and flips and differ only by the pasted objects.
-Runs on CPU for a smoke test and on CUDA unchanged (`--amp` for mixed precision on CUDA).
+What it is: a small, reproducible A/B harness. Run it twice with the same seed and schedule, once with
+`--pool`, then compare with `xpaste eval --compare` (examples/README.md, docs/training.md). The data order
+and the jitter of every sample are drawn from `--seed` alone, so the two runs see the same images, crops
+and flips and differ only by the pasted objects. Runs on CPU for a smoke test and on CUDA unchanged (`--amp`
+for mixed precision on CUDA).
+
+The paste follows X-Paste (method.md, Stage 4): large-scale jitter (resize by U(0.1, 2.0) of the canvas,
+random crop of at most `--min-size` square), horizontal flip, then the paste ON THE UNPADDED CROP (the
+canvas is image content, never padding), sized by the per-category scale prior measured on the training
+json's original annotations, and only then padding (bottom/right) to the square canvas. Repeat-factor
+sampling (LVIS, t = 0.001) counts original annotations only: pasted ones (`"pasted": true` in an `xpaste
+augment` output) would make every category frequent.
+
+How it differs from the paper's recipe (CenterNet2 R50 / Swin-L, federated loss, AdamW lr 1e-4 with
+warm-up cosine, 180k iterations at batch 64, EMA, fp16, LSJ at 640 for R50 and 896 for Swin-L): the
+detector is torchvision's Mask R-CNN R50-FPN (no CenterNet2, no federated loss, no EMA), trained with SGD
+(lr 0.02 x batch / 16, momentum 0.9, linear warm-up, steps at 2/3 and 8/9 of the run). Its numbers are
+therefore comparable between its own baseline and X-Paste runs, not with the paper's table. Use the paper's
+canvas: `--min-size 640` (R50, the default); 896 is the paper's Swin-L canvas.
 """
 from __future__ import annotations
 
@@ -23,6 +36,7 @@ from torchvision.models.detection import MaskRCNN, maskrcnn_resnet50_fpn
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.misc import FrozenBatchNorm2d
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 from xpaste.data.coco import load_coco, load_sample, read_image_rgb
 from xpaste.io import resolve_inside, write_json_atomic
@@ -92,8 +106,10 @@ class CocoInstances(torch.utils.data.Dataset):
         return len(self.ids)
 
     def categories_per_image(self) -> list[set[int]]:
-        return [{int(a["category_id"]) for a in self.coco.annotations_for(i) if not a.get("iscrowd", 0)}
-                for i in self.ids]
+        """Categories of each image's original annotations: crowd regions and pasted objects (an `xpaste
+        augment` output marks them `"pasted": true`) are not the training set's statistics (method.md)."""
+        return [{int(a["category_id"]) for a in self.coco.annotations_for(i)
+                 if not a.get("iscrowd", 0) and not a.get("pasted", False)} for i in self.ids]
 
     def __getitem__(self, key):
         index, seed = key if isinstance(key, tuple) else (key, None)
@@ -117,19 +133,57 @@ class CocoInstances(torch.utils.data.Dataset):
         return image, target
 
 
-def build_transform(canvas: int, lsj: tuple[float, float], pool_path: Path | None, seed: int, max_paste: int):
+class RandomCropUpTo(v2.Transform):
+    """Crop a random `size` x `size` window; a side shorter than `size` is kept whole (no padding)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = int(size)
+
+    def make_params(self, flat_inputs: list) -> dict:
+        h, w = v2.query_size(flat_inputs)
+        ch, cw = min(h, self.size), min(w, self.size)
+        top = int(torch.randint(0, h - ch + 1, ()))
+        left = int(torch.randint(0, w - cw + 1, ()))
+        return {"top": top, "left": left, "height": ch, "width": cw}
+
+    def transform(self, inpt, params: dict):
+        return self._call_kernel(F.crop, inpt, **params)
+
+
+class PadTo(v2.Transform):
+    """Pad bottom/right with zeros to `size` x `size` (as detectron2's LSJ pads); boxes do not move."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = int(size)
+
+    def make_params(self, flat_inputs: list) -> dict:
+        h, w = v2.query_size(flat_inputs)
+        return {"padding": [0, 0, max(self.size - w, 0), max(self.size - h, 0)]}
+
+    def transform(self, inpt, params: dict):
+        return self._call_kernel(F.pad, inpt, padding=params["padding"], fill=0)
+
+
+def build_transform(canvas: int, lsj: tuple[float, float], pool_path: Path | None, seed: int, max_paste: int,
+                    scale_prior=None):
+    """Large-scale jitter, crop (unpadded), flip, [paste], pad to the canvas, float.
+
+    The paste sees the unpadded crop, so pasted objects land on image content and are sized relative to
+    it; `scale_prior` (the training json, `xpaste stats` output or a mapping) sizes them as X-Paste does.
+    """
     from xpaste.integrations.torchvision import XPasteCopyPaste, sanitize_labels_getter
 
-    steps = [v2.ScaleJitter((canvas, canvas), scale_range=lsj, antialias=True),
-             v2.RandomCrop(canvas, pad_if_needed=True), v2.RandomHorizontalFlip(),
-             v2.SanitizeBoundingBoxes(min_size=1)]
+    steps = [v2.ScaleJitter((canvas, canvas), scale_range=lsj, antialias=True), RandomCropUpTo(canvas),
+             v2.RandomHorizontalFlip(), v2.SanitizeBoundingBoxes(min_size=1)]
     if pool_path is not None:
         from xpaste.pool.store import InstancePool
 
-        # Pasted after the jitter, on the final canvas, as X-Paste does.
-        steps += [XPasteCopyPaste(InstancePool.open(pool_path), max_paste=max_paste, seed=seed),
+        steps += [XPasteCopyPaste(InstancePool.open(pool_path), scale_prior=scale_prior, max_paste=max_paste,
+                                  seed=seed),
                   v2.SanitizeBoundingBoxes(min_size=1, labels_getter=sanitize_labels_getter)]
-    return v2.Compose(steps + [v2.ToDtype(torch.float32, scale=True)])
+    return v2.Compose(steps + [PadTo(canvas), v2.ToDtype(torch.float32, scale=True)])
 
 
 def collate(batch):
@@ -196,7 +250,8 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=None, help="default 0.02 x batch-size / 16 (linear scaling)")
     p.add_argument("--warmup-iters", type=int, default=1000)
     p.add_argument("--rfs-threshold", type=float, default=0.001, help="repeat-factor t; 0 disables")
-    p.add_argument("--min-size", type=int, default=640, help="training canvas (square) and test shorter side")
+    p.add_argument("--min-size", type=int, default=640,
+                   help="training canvas (square) and test shorter side; the paper: 640 (R50), 896 (Swin-L)")
     p.add_argument("--max-size", type=int, default=1024, help="test longer side cap")
     p.add_argument("--lsj", type=float, nargs=2, default=(0.1, 2.0), help="large-scale jitter scale range")
     p.add_argument("--max-paste", type=int, default=20, help="pasted objects per image ~ U[0, max)")
@@ -222,7 +277,9 @@ def main(argv=None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)  # model initialisation: identical with and without a pool
     cat_ids = sorted(int(c["id"]) for c in load_coco(args.dataset).categories)
-    transform = build_transform(args.min_size, tuple(args.lsj), args.pool, args.seed, args.max_paste)
+    # X-Paste's scale prior: measured on the training json's original annotations (crowd and pasted left out).
+    transform = build_transform(args.min_size, tuple(args.lsj), args.pool, args.seed, args.max_paste,
+                                scale_prior=args.dataset)
     dataset = CocoInstances(args.dataset, args.images, transform, cat_ids)
     if args.pool is not None:
         from xpaste.pool.store import InstancePool

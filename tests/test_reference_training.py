@@ -92,3 +92,66 @@ def test_smoke_training_with_and_without_pool(script, tmp_path):
     # Same seed and schedule: same learning rates; the first step sees the same initial model.
     assert [x["lr"] for x in runs["base"]] == [x["lr"] for x in runs["xpaste"]]
     assert sum(x["pasted"] for x in runs["base"]) == 0 and sum(x["pasted"] for x in runs["xpaste"]) > 0
+
+
+def _jittered(script, pool, js, images, canvas, scale, seed=4):
+    """One sample through the example's transform with the jitter scale fixed, without and with a pool."""
+    cat_ids = [1, 2, 3, 4]
+    out = []
+    for pool_path in (None, pool):
+        transform = script.build_transform(canvas, (scale, scale), pool_path, seed=0, max_paste=20, scale_prior={})
+        out.append(script.CocoInstances(js, images, transform, cat_ids)[(0, seed)])
+    return out
+
+
+@pytest.mark.parametrize("scale, seed", [(0.3, 4), (0.5, 5), (0.8, 6)])
+def test_paste_lands_on_the_unpadded_crop(script, tmp_path, scale, seed):
+    """The canvas of the paste is image content: no pasted pixel on the padding, which stays zero."""
+    from xpaste.pool.importers import import_coco
+
+    js, images = write_dataset(tmp_path / "coco", n_images=2)  # 72 x 96 images
+    pool = tmp_path / "pool"
+    import_coco(js, images, pool, min_area=100, progress=False)
+    canvas = 160
+    (plain, _), (pasted, target) = _jittered(script, pool, js, images, canvas, scale, seed)
+    assert tuple(plain.shape) == tuple(pasted.shape) == (3, canvas, canvas)
+    # The content is where the (noisy, never all-zero) image is; everything else is padding.
+    content = plain.abs().sum(0) > 0
+    rows, cols = np.flatnonzero(content.any(1).numpy()), np.flatnonzero(content.any(0).numpy())
+    h, w = rows[-1] + 1, cols[-1] + 1
+    assert (h, w) == (int(72 * min(canvas / 72, canvas / 96) * scale), int(96 * min(canvas / 72, canvas / 96) * scale))
+    assert target["num_pasted"] > 0
+    masks = target["masks"].numpy().astype(bool)
+    assert not masks[:, h:, :].any() and not masks[:, :, w:].any()  # no object on the padding
+    assert float(pasted[:, h:, :].abs().sum()) == 0 and float(pasted[:, :, w:].abs().sum()) == 0
+
+
+def test_repeat_factors_count_original_annotations_only(script, tmp_path):
+    """An `xpaste augment` output adds pasted annotations of every category to every image: left in, they
+    would make every category frequent (method.md). The factors must equal those of the originals alone."""
+    js, images = write_dataset(tmp_path / "coco", n_images=6)
+    data = json.loads(js.read_text())
+    originals = tmp_path / "originals.json"
+    originals.write_text(json.dumps(data))
+    next_id = max(a["id"] for a in data["annotations"]) + 1
+    for img in data["images"]:
+        for cat in (1, 2, 3, 4):
+            data["annotations"].append({"id": next_id, "image_id": img["id"], "category_id": cat, "iscrowd": 0,
+                                        "bbox": [1, 1, 5, 5], "area": 25.0, "pasted": True,
+                                        "segmentation": [[1, 1, 6, 1, 6, 6, 1, 6]]})
+            next_id += 1
+    augmented = tmp_path / "augmented.json"
+    augmented.write_text(json.dumps(data))
+
+    def factors(path):
+        ds = script.CocoInstances(path, images, None, [1, 2, 3, 4])
+        return script.repeat_factors(ds.categories_per_image(), threshold=0.9)
+
+    # The oracle: categories per image read by pycocotools from the json without pasted annotations.
+    from pycocotools.coco import COCO
+
+    coco = COCO(str(originals))
+    expected = script.repeat_factors([{a["category_id"] for a in coco.imgToAnns[i] if not a["iscrowd"]}
+                                      for i in sorted(coco.imgs)], threshold=0.9)
+    np.testing.assert_allclose(factors(augmented), expected)
+    assert (expected > 1).any()  # some category is rare enough to repeat: the check can tell them apart
