@@ -298,10 +298,15 @@ def test_shapes_survive_through_ultralytics(tmp_path, encoding):
         assert iou(got, truth) >= (1.0 if parts == 1 else 0.95), (ann["name"], iou(got, truth))
 
 
-def test_mask_to_polygon_random_masks():
+@pytest.mark.parametrize("max_tree_parts", [1000, 2])  # 2: the chain used for masks with very many parts
+def test_mask_to_polygon_random_masks(monkeypatch, max_tree_parts):
     """Random masks: ultralytics' polygon2mask of the polygon covers every mask pixel; a one-piece mask (any
     number of holes) comes back exactly; an empty mask gives None."""
     import cv2
+
+    import xpaste.integrations.yolo_export as yolo_export
+
+    monkeypatch.setattr(yolo_export, "MAX_TREE_PARTS", max_tree_parts)
 
     rng = np.random.default_rng(7)
     exact = 0
@@ -322,10 +327,10 @@ def test_mask_to_polygon_random_masks():
         assert poly.ndim == 2 and poly.shape[1] == 2 and len(poly) >= 3
         got = polygon2mask((h, w), [poly.reshape(-1)], color=1).astype(bool)
         assert not (truth & ~got).any(), t
-        if cv2.connectedComponents(m, connectivity=8)[0] == 2:
+        if cv2.connectedComponents(m, connectivity=8)[0] == 2 and max_tree_parts > 2:  # tree bridges: exact
             assert np.array_equal(got, truth), t
             exact += 1
-    assert exact > 50  # the exactness branch really ran
+    assert exact > 50 or max_tree_parts == 2  # the exactness branch really ran
 
 
 def test_skips_are_counted_by_reason(tmp_path, capsys):

@@ -22,7 +22,8 @@ Rules, each taken from ultralytics itself:
   zero-width bridges, each walked there and back (ultralytics' own COCO converter joins parts the same way,
   `merge_multi_segment`). Under the even-odd rule a bridge changes no parity, so holes stay holes; the only
   error is the pixels a bridge crosses (none for a hole, whose bridge runs through the object; a short line
-  for separate parts: bridges form a minimum spanning tree in Chebyshev distance, the pixel length of a line).
+  for separate parts: bridges join the closest boundary pixels and form a minimum spanning tree in Chebyshev
+  distance, the pixel length of a line; above MAX_TREE_PARTS parts, a cheaper chain).
 * Thin objects stay: a 1-pixel line traces to a 2-point contour, written as the 3-point polygon (p0, p1, p0),
   a single pixel as (p, p, p); a label row needs >= 3 points (ultralytics refuses a file mixing 5-column rows).
 """
@@ -43,6 +44,7 @@ from xpaste.imageio import image_size
 from xpaste.io import copy_file_atomic, resolve_inside, write_bytes_atomic
 
 _BLOCK = 4_000_000  # point pairs per distance block in _closest (bounds its memory to ~100 MB)
+MAX_TREE_PARTS = 500  # contours joined by a minimum spanning tree; beyond, by a chain (see _chain)
 
 
 # ----------------------------------------------------------------------------- masks -> one polygon
@@ -63,8 +65,25 @@ def _box_gap(p: np.ndarray, q: np.ndarray) -> int:
     return int(max(0, q[0] - p[2], p[0] - q[2], q[1] - p[3], p[1] - q[3]))
 
 
+def _chain(parts: list[np.ndarray]) -> tuple[int, dict[int, list[tuple[int, int]]], dict[int, int]]:
+    """A path instead of a tree, in raster order of the contours' first points: O(points), for masks with
+    thousands of parts (noise), where the spanning tree's pairwise search would take too long."""
+    order = sorted(range(len(parts)), key=lambda k: (int(parts[k][0, 1]), int(parts[k][0, 0])))
+    children: dict[int, list[tuple[int, int]]] = {k: [] for k in range(len(parts))}
+    entry = {order[0]: 0}
+    for a, b in zip(order, order[1:]):
+        i, j, _ = _closest(parts[a], parts[b])
+        children[a].append((i, b))
+        entry[b] = j
+    return order[0], children, entry
+
+
 def _spanning_tree(parts: list[np.ndarray]) -> tuple[int, dict[int, list[tuple[int, int]]], dict[int, int]]:
-    """Prim's minimum spanning tree over contours: (root, children {k: [(point index, child)]}, entry point)."""
+    """Prim's minimum spanning tree over contours: (root, children {k: [(point index, child)]}, entry point).
+
+    Above MAX_TREE_PARTS contours, `_chain` instead (same rules, longer bridges)."""
+    if len(parts) > MAX_TREE_PARTS:
+        return _chain(parts)
     boxes = [np.concatenate([p.min(axis=0), p.max(axis=0)]) for p in parts]
     root = max(range(len(parts)), key=lambda k: (boxes[k][2] - boxes[k][0]) * (boxes[k][3] - boxes[k][1]))
     children: dict[int, list[tuple[int, int]]] = {k: [] for k in range(len(parts))}
@@ -88,6 +107,18 @@ def _spanning_tree(parts: list[np.ndarray]) -> tuple[int, dict[int, list[tuple[i
     return root, children, entry
 
 
+def _drop_straight(path: np.ndarray) -> np.ndarray:
+    """Drop the inner points of straight runs (same horizontal, vertical or diagonal step direction): a line
+    along such a run covers exactly the run's pixels, so the rasterised polygon does not change."""
+    if len(path) < 3:
+        return path
+    step = np.diff(path, axis=0)
+    unit = np.sign(step)
+    regular = (step[:, 0] == 0) | (step[:, 1] == 0) | (np.abs(step[:, 0]) == np.abs(step[:, 1]))
+    inner = regular[:-1] & regular[1:] & (unit[:-1] == unit[1:]).all(axis=1) & unit[1:].any(axis=1)
+    return path[np.concatenate([[True], ~inner, [True]])]
+
+
 def mask_to_polygon(mask: np.ndarray) -> np.ndarray | None:
     """One (M, 2) float32 polygon (x, y pixel coordinates, M >= 3) for an (H, W) bool mask; None if it is empty.
 
@@ -105,7 +136,9 @@ def mask_to_polygon(mask: np.ndarray) -> np.ndarray | None:
         return None
     y0, x0 = int(rows[0]), int(cols[0])  # trace inside the tight box: the same contours, far less work
     crop = np.ascontiguousarray(m[y0:int(rows[-1]) + 1, x0:int(cols[-1]) + 1], dtype=np.uint8)
-    contours, _ = cv2.findContours(crop, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    # Every boundary pixel (CHAIN_APPROX_NONE), so bridges join truly closest pixels and never cut a corner;
+    # straight runs are merged at the end (_drop_straight).
+    contours, _ = cv2.findContours(crop, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
     parts = [c.reshape(-1, 2).astype(np.int64) + (x0, y0) for c in contours if len(c)]
     if not parts:
         return None
@@ -132,7 +165,7 @@ def mask_to_polygon(mask: np.ndarray) -> np.ndarray | None:
             stack.append((kids[c], 0, 0))
         else:
             stack.append((k, s + 1, 0))
-    poly = np.asarray(out, np.float32) + 0.5
+    poly = _drop_straight(np.asarray(out, np.int64)).astype(np.float32) + 0.5
     if len(poly) < 3:
         poly = poly[[0, -1, 0]]  # a point or a 1-pixel line: (p, p, p) or (p0, p1, p0)
     return poly
