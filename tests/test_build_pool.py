@@ -415,3 +415,20 @@ def test_no_import_cycle_through_the_pool_building_modules():
     assert "xpaste.pipeline.stages" in modules and len(mine) >= 10
     cycles = [(m, d) for m in mine for d in graph[m] if reaches(d, m)]
     assert not cycles, cycles
+
+
+def test_cli_preset_flag(tmp_path, capsys):
+    """`--preset divergen` without a real pool fails in one line (exit 2) before the pool is created;
+    `--preset xpaste` builds with the paper's defaults (dedup off) and records the preset."""
+    from xpaste.cli import main
+
+    table = [{"candidate": f"c{i}", "category": 1, "segmenter": "s1", "score": 30.0, "area": 0.4,
+              "embedding": [1.0, 0, 0, 0, 0, 0, 0, 0]} for i in range(3)]
+    write_run(tmp_path, table)
+    assert main(["build-pool", "--run", str(tmp_path), "--preset", "divergen"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "real_pool" in err[0]
+    assert not (tmp_path / "pool").exists() and not (tmp_path / "build_pool").exists()
+    assert main(["build-pool", "--run", str(tmp_path), "--preset", "xpaste"]) == 0
+    summary = json.loads((tmp_path / "build_pool" / "summary.json").read_text())
+    assert summary["preset"] == "xpaste" and summary["decisions"] == {"kept": 3}  # identical embeddings kept
