@@ -201,7 +201,7 @@ def _relative_name(file_name: object) -> str:
 
     if not isinstance(file_name, str) or not file_name:
         raise XPasteError(f"image file_name {file_name!r} is not a path")
-    rel = posixpath.normpath(file_name.replace("\\", "/"))
+    rel = posixpath.normpath(file_name)
     parts = rel.split("/")
     if rel.startswith("/") or parts[0] == "..":
         raise XPasteError(f"image file_name {file_name!r} points outside the images folder",
