@@ -80,7 +80,7 @@ def apply_preset(options: Mapping, name: str | None = None) -> dict:
     name = name or options.get("preset") or DEFAULT_PRESET
     if name not in PRESETS:
         raise XPasteError(f"unknown build_pool.preset {name!r}", hint=f"choose one of {', '.join(PRESETS)}")
-    out = dict(options)
+    out = {"out": None, "real_pool": None, "flush_every": 256, **options}  # a partial mapping is fine
     for key, value in PRESETS[name].items():
         if out.get(key) is None:
             out[key] = value
