@@ -25,7 +25,7 @@ def all_keys() -> list[tuple[str, dataclasses.Field, typing.Any]]:
     for f in dataclasses.fields(C.PipelineConfig):
         if f.name in C.SECTIONS:
             for g in dataclasses.fields(typing.get_type_hints(C.PipelineConfig)[f.name]):
-                if not g.name.startswith("_") and not g.metadata.get("paste"):  # paste: PasteConfig's own test below
+                if not g.name.startswith("_") and not g.metadata.get("convert"):  # paste: PasteConfig's own test below
                     out.append((f"{f.name}.{g.name}",) + C.field_of(f"{f.name}.{g.name}"))
         else:
             out.append((f.name,) + C.field_of(f.name))

@@ -54,43 +54,6 @@ def build_app():
     return app
 
 
-def configure_logging(verbosity: int = 0) -> None:
-    """-1 (--quiet): warnings and errors only, no progress bars; 0: info; 1 (--verbose): debug.
-
-    Messages go to stderr as `xpaste: message`. Progress bars are tqdm's; --quiet turns every one of them off
-    (jobs pass `disable=` themselves, which tqdm's `TQDM_DISABLE` variable does not override, so this process's
-    tqdm is told directly; the variable is set too, for processes started later).
-    """
-    import os
-
-    level = {-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG)
-    root = logging.getLogger("xpaste")
-    if not any(getattr(h, "_xpaste", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("xpaste: %(message)s" if verbosity < 1 else
-                                               "xpaste: %(name)s: %(message)s"))
-        handler._xpaste = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
-        root.propagate = False
-    root.setLevel(level)
-    import tqdm
-
-    patched = getattr(tqdm.tqdm.__init__, "_xpaste_original", None)
-    if verbosity < 0 and patched is None:
-        os.environ["TQDM_DISABLE"] = "1"
-        original = tqdm.tqdm.__init__
-
-        def quiet_init(self, *args, **kwargs):
-            kwargs["disable"] = True
-            original(self, *args, **kwargs)
-
-        quiet_init._xpaste_original = original  # type: ignore[attr-defined]
-        tqdm.tqdm.__init__ = quiet_init
-    elif verbosity >= 0 and patched is not None:  # a later invocation in the same process (tests, the demo)
-        os.environ.pop("TQDM_DISABLE", None)
-        tqdm.tqdm.__init__ = patched
-
-
 def os_fault(exc: BaseException) -> OSError | None:
     """The OSError of a known environment fault behind `exc` (itself, or a cause/context), else None.
 

@@ -80,13 +80,13 @@ def _flag_params(keys: list[str]) -> tuple[list[inspect.Parameter], dict[str, st
 
 def _flag_updates(values: dict, names: dict[str, str]) -> dict:
     """Flags given on the command line -> one nested config update (None means 'not given')."""
-    from xpaste.pipeline.config import _merge, nested
+    from xpaste.pipeline.config import merge, nested
 
     out: dict = {}
     for name, value in values.items():
         if value is None or (isinstance(value, (list, tuple)) and len(value) == 0):
             continue
-        out = _merge(out, nested(names[name], list(value) if isinstance(value, (list, tuple)) else value))
+        out = merge(out, nested(names[name], list(value) if isinstance(value, (list, tuple)) else value))
     return out
 
 

@@ -15,8 +15,6 @@ from xpaste.jobs import JobReport
 
 log = logging.getLogger(__name__)
 
-STAGE_ORDER = ("generate", "retrieve", "segment", "score", "build-pool")
-
 #: name -> "module:Class" of the sharded stages (build-pool is a filter over their outputs, `build_pool_job`).
 STAGES: dict[str, str] = {
     "generate": "xpaste.pipeline.acquire:GenerateStage",
