@@ -94,4 +94,5 @@ def planned_scales(plans) -> np.ndarray:
 def assert_follows_prior(scales: np.ndarray, expected_median: float, min_count: int = 40) -> None:
     assert len(scales) >= min_count, f"only {len(scales)} pastes"
     median = float(np.median(scales))
+    print(f"pasted median {median:.4f} vs training {expected_median:.4f} (n={len(scales)})")  # shown with -s
     assert abs(median / expected_median - 1) < 0.15, (median, expected_median)

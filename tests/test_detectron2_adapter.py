@@ -353,6 +353,7 @@ def test_real_loader_pastes_with_the_training_prior(d2_dataset):
             labels |= set(inst.gt_classes[inst.pasted].tolist())
     expected = training_median(js)
     assert_follows_prior(planned_scales(plans), expected)
+    print(f"boxes reaching the model: median {np.median(out):.4f} (n={len(out)})")  # shown with -s
     assert len(out) >= 40 and abs(np.median(out) / expected - 1) < 0.2  # the boxes that reach the model
     assert labels <= {0, 1, 2}
 
