@@ -200,6 +200,8 @@ def _service_url(url: str) -> str:
 class KnnClient:
     """Text -> nearest images of a clip-retrieval index (e.g. a self-hosted `clip-retrieval back`).
 
+    timeout: seconds any one read of the reply may wait for data; the whole reply must arrive within
+        30 x timeout (monotonic deadline per attempt, so a slow-drip service cannot hang a run).
     retries: extra attempts after the first for transient failures (network, 5xx, 429); 4xx fails at once.
     """
 
