@@ -77,7 +77,7 @@ def build_demo_dataset(root: Path) -> tuple[Path, Path]:
     from xpaste.data.coco import annotation_from_mask
     from xpaste.io import write_image_atomic, write_json_atomic
     from xpaste.ops.masks import binarize, largest_component
-    from xpaste.segment.grabcut import GrabCutSegmenter
+    from xpaste.segment import build_segmenter
 
     data = _skimage_data_dir()
     images_dir = root / "images"
@@ -86,7 +86,7 @@ def build_demo_dataset(root: Path) -> tuple[Path, Path]:
     categories = [{"id": i + 1, "name": n} for i, n in enumerate(names)]
     cat_id = {c["name"]: c["id"] for c in categories}
     images, annotations = [], []
-    segmenter = GrabCutSegmenter(iterations=5, margin=0.04)
+    segmenter = build_segmenter("grabcut", iterations=5, margin=0.04)
 
     def add_image(rgb: np.ndarray, file_name: str, masks: list[np.ndarray], category: str | None) -> None:
         image_id = len(images) + 1

@@ -142,7 +142,8 @@ class RetrieveStage(Stage):
             from xpaste.score import SCORERS
 
             s = self.config["score"]
-            self._scorer = load_backend(SCORERS["clip"], "clip")(s["clip"], s["pretrained"], device=self.config["device"],
+            scorer_cls = load_backend(SCORERS["clip"], "clip")
+            self._scorer = scorer_cls(s["clip"], s["pretrained"], device=self.config["device"],
                                       batch_size=int(s["batch_size"]))
         return self._scorer
 

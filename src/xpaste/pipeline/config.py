@@ -55,10 +55,13 @@ class RayConfig(Section):
     """Engine `ray` (docs/ray.md). null: the XPASTE_RAY_* environment variable, else Ray's default."""
 
     actors: Optional[int] = key_field(None, "model actors (default: one per GPU, else one per CPU)", lo=1, cli=False)
-    gpus_per_actor: Optional[float] = key_field(None, "GPUs per actor; fractions let actors share a GPU", lo=0, cli=False)
+    gpus_per_actor: Optional[float] = key_field(None, "GPUs per actor; fractions let actors share a GPU", lo=0,
+                                                cli=False)
     cpus_per_actor: Optional[float] = key_field(None, "CPUs per actor", lo=0, cli=False)
-    num_cpus: Optional[int] = key_field(None, "CPUs of a local Ray started when no ray_address is given", lo=1, cli=False)
-    num_gpus: Optional[int] = key_field(None, "GPUs of a local Ray started when no ray_address is given", lo=0, cli=False)
+    num_cpus: Optional[int] = key_field(None, "CPUs of a local Ray started when no ray_address is given", lo=1,
+                                       cli=False)
+    num_gpus: Optional[int] = key_field(None, "GPUs of a local Ray started when no ray_address is given", lo=0,
+                                       cli=False)
     object_store_memory: Optional[int] = key_field(None, "bytes of a local Ray's object store", lo=1, cli=False)
 
 
@@ -102,8 +105,8 @@ class RetrieveConfig(Section):
     knn_indice: str = key_field("laion5B-L-14", "index name of the clip-retrieval service")
     per_category: int = key_field(20, "images per category", lo=1)
     min_score: Optional[float] = key_field(None, "keep images scoring at least this (100 x cosine)")
-    simple_background: Optional[float] = key_field(None, "keep images whose modal colour covers this fraction, e.g. 0.4",
-                                              lo=0, hi=1)
+    simple_background: Optional[float] = key_field(None, "keep images whose modal colour covers this fraction "
+                                                   "(e.g. 0.4)", lo=0, hi=1)
     max_bytes: int = key_field(20 * 2**20, "largest download, bytes", lo=1, cli=False)
 
 
@@ -121,7 +124,8 @@ class SegmentConfig(Section):
             try:
                 parse_spec(spec)
             except XPasteError as e:
-                raise ConfigError(f"config key {getattr(self, '_prefix', '')}segmenters: {e.message}", hint=e.hint) from None
+                prefix = getattr(self, "_prefix", "")
+                raise ConfigError(f"config key {prefix}segmenters: {e.message}", hint=e.hint) from None
 
 
 @dataclass(frozen=True)
@@ -154,7 +158,8 @@ class BuildPoolConfig(Section):
 
     def _check(self) -> None:
         if self.area_min is not None and self.area_max is not None and self.area_min > self.area_max:
-            raise ConfigError(f"config keys {getattr(self, '_prefix', '')}area_min/area_max: need area_min <= area_max, got "
+            prefix = getattr(self, "_prefix", "")
+            raise ConfigError(f"config keys {prefix}area_min/area_max: need area_min <= area_max, got "
                               f"{self.area_min} > {self.area_max}")
 
 
