@@ -27,6 +27,11 @@ from xpaste.ops.masks import polygons_to_mask
 
 Prior = dict[int, tuple[float, float]]
 
+__all__ = ["ANN_ID", "IGNORE", "INSTANCE_ID", "ISCROWD", "PASTED", "POOL_ROW", "SOURCE_ROW", "from_pool_label",
+           "gather_rows", "invert_map", "label_map_from_names", "polygons_to_masks", "remap_prior",
+           "reseed_for_worker", "scale_prior_from_records", "source_rows", "to_pool_labels", "tracked_targets",
+           "worker_seed"]
+
 
 # ----------------------------------------------------------------------------- source rows
 def tracked_targets(boxes: np.ndarray, masks: np.ndarray, labels: np.ndarray,
@@ -133,9 +138,9 @@ def scale_prior_from_records(records: Iterable[tuple[int, float, float, Iterable
     from xpaste.data.stats import category_stats, scale_prior_from_stats
 
     images, anns, cats = [], [], set()
-    for image_id, height, width, annotations in records:
+    for image_id, height, width, image_annos in records:
         images.append({"id": image_id, "height": float(height), "width": float(width)})
-        for a in annotations:
+        for a in image_annos:
             cats.add(int(a["category_id"]))
             anns.append({"image_id": image_id, "category_id": int(a["category_id"]), "bbox": list(a["bbox"]),
                          ISCROWD: a.get(ISCROWD, 0), PASTED: a.get(PASTED, False)})
@@ -151,10 +156,3 @@ def remap_prior(prior: Mapping[int, tuple[float, float]], key_of_pool_id: Mappin
         return {int(k): tuple(v) for k, v in prior.items()}
     return {int(pid): tuple(prior[int(key)]) for pid, key in key_of_pool_id.items() if int(key) in prior}
 
-
-def with_scale_prior(copy_paste, scale_prior: Mapping[int, tuple[float, float]]):
-    """A new `CopyPaste` equal to `copy_paste` (pool, options, weights, seed) but for its scale prior."""
-    from xpaste.paste.transform import CopyPaste
-
-    return CopyPaste(copy_paste.pool, copy_paste.config, scale_prior=dict(scale_prior),
-                     category_weights=copy_paste.category_weights or None, seed=copy_paste.seed)

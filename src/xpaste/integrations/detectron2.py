@@ -312,7 +312,7 @@ def _mapper_class():
                 utils.transform_instance_annotations(obj, transforms, image_shape,
                                                      keypoint_hflip_indices=self.keypoint_hflip_indices)
                 for obj in dataset_dict.pop("annotations")
-                if obj.get("iscrowd", 0) == 0  # as DatasetMapper does
+                if obj.get(ISCROWD, 0) == 0  # as DatasetMapper does
             ]
             image = dataset_dict["image"].numpy().transpose(1, 2, 0)
             image, pasted = paste_into_dataset_dict({"annotations": annos}, image, self.copy_paste,
@@ -321,7 +321,7 @@ def _mapper_class():
             dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
             annos = pasted["annotations"]
             instances = utils.annotations_to_instances(annos, image_shape, mask_format=self.instance_mask_format)
-            instances.pasted = torch.tensor([a["pasted"] for a in annos], dtype=torch.bool)
+            instances.pasted = torch.tensor([a[PASTED] for a in annos], dtype=torch.bool)
             if self.recompute_boxes and instances.has("gt_masks"):  # no gt_masks when nothing is left
                 instances.gt_boxes = instances.gt_masks.get_bounding_boxes()
             dataset_dict["instances"] = utils.filter_empty_instances(instances)

@@ -39,9 +39,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from xpaste.core.sample import Sample
-from xpaste.integrations.common import (IGNORE, from_pool_label, label_map_from_names, polygons_to_masks,
-                                        remap_prior, reseed_for_worker, source_rows, to_pool_labels,
-                                        tracked_targets)
+from xpaste.integrations.common import (IGNORE, PASTED, from_pool_label, label_map_from_names,
+                                        polygons_to_masks, remap_prior, reseed_for_worker, source_rows,
+                                        to_pool_labels, tracked_targets)
 from xpaste.ops.masks import tight_boxes
 
 try:  # mmcv (or mmcv-lite) gives the base class mmengine pipelines expect; the helpers work without it.
@@ -95,7 +95,7 @@ def paste_arrays(img: np.ndarray, boxes: np.ndarray, masks: np.ndarray, labels: 
         new_labels[i] = from_pool_label(int(t.labels[i]), label_map, "label_map/classes")
     return {"img": np.ascontiguousarray(out.image[..., ::-1]), "boxes": t.boxes.astype(np.float32),
             "masks": t.masks.astype(np.uint8), "labels": new_labels,
-            "ignore_flags": t.extra[IGNORE].astype(bool) & kept, "pasted": ~kept}
+            "ignore_flags": t.extra[IGNORE].astype(bool) & kept, PASTED: ~kept}
 
 
 def label_map_from_classes(classes: Sequence[str], pool_categories: Mapping[int, str]) -> dict[int, int]:

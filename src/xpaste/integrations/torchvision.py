@@ -196,8 +196,8 @@ def _target_from_numpy(t: Targets, old: dict, old_area: np.ndarray) -> dict:
         else tv_tensors.Mask(masks)
     new["labels"] = torch.from_numpy(t.labels.astype(np.int64))
     new[PASTED] = torch.from_numpy(t.extra[PASTED].astype(bool))
-    if "iscrowd" in old:
-        new["iscrowd"] = _gather(old["iscrowd"], src, np.zeros(len(t), np.int64))
+    if ISCROWD in old:
+        new[ISCROWD] = _gather(old[ISCROWD], src, np.zeros(len(t), np.int64))
     if "area" in old:
         areas = _areas(t.masks)
         kept = src >= 0
