@@ -234,3 +234,5 @@ def test_hand_built_transform_warns_once_without_a_prior(monkeypatch):
         XPasteYOLOTransform(make_pool(), num_paste=1, scale_prior={1: (0.1, 0.01)})
     with pytest.raises(PasteConfigError, match="flip_prob"):
         XPasteYOLOTransform(make_pool(), scale_prior={}, flip_prob=2)
+    with pytest.raises(PasteConfigError, match="max_paste"):  # at once, not when ultralytics builds the data
+        xpaste_trainer(make_pool(), max_paste=0)

@@ -265,11 +265,16 @@ def xpaste_trainer(pool_or_transform: Any, **kwargs: Any) -> type[XPasteSegmenta
     """A trainer class for `YOLO(...).train(trainer=...)` that pastes from `pool_or_transform`.
 
     `pool_or_transform`: an InstancePool, a CopyPaste or an XPasteYOLOTransform; kwargs go to
-    XPasteYOLOTransform (CopyPaste options, `class_map`, `names`). ultralytics instantiates the trainer class
-    itself, so the configuration travels as class attributes of a fresh subclass (in-process training; a
-    multi-GPU DDP run re-imports the trainer by name in new processes and would lose it).
+    XPasteYOLOTransform (PasteConfig fields, validated here; `scale_prior`, `seed`, `class_map`, `names`).
+    ultralytics instantiates the trainer class itself, so the configuration travels as class attributes of
+    a fresh subclass (in-process training; a multi-GPU DDP run re-imports the trainer by name in new
+    processes and would lose it). Raises PasteConfigError for a bad option.
     """
     if isinstance(pool_or_transform, XPasteYOLOTransform) and kwargs:
         raise TypeError("options go to XPasteYOLOTransform when a transform is given")
+    from xpaste.paste.config import PasteConfig
+
+    # Fail now, in one line, not when ultralytics builds the dataset (PasteConfigError for a bad option).
+    PasteConfig.from_dict({k: v for k, v in kwargs.items() if k in PasteConfig.field_names()})
     return type("BoundXPasteSegmentationTrainer", (XPasteSegmentationTrainer,),
                 {"xpaste_source": pool_or_transform, "xpaste_options": dict(kwargs)})
