@@ -40,6 +40,7 @@ class AugmentReport:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (file name, reason)
     skipped_annotations: list[tuple[str, str]] = field(default_factory=list)  # ("file#ann id", why), unique
     skipped_by_reason: dict[str, int] = field(default_factory=dict)  # reason code -> source annotations
+    skipped_pastes: list[tuple[str, str]] = field(default_factory=list)  # ("file pool row N", why): unreadable
     out: str = ""
     seconds: float = 0.0
 
@@ -49,7 +50,8 @@ class AugmentReport:
 
         counts = {"images written": self.images_written, "already done": self.images_resumed,
                   "annotations": self.annotations, "pasted": self.pasted,
-                  **{f"not written ({k})": v for k, v in self.skipped_by_reason.items()}}
+                  **{f"not written ({k})": v for k, v in self.skipped_by_reason.items()},
+                  "pastes skipped": len(self.skipped_pastes)}
         return JobReport("augment", self.out, counts, [{"item": f, "reason": w} for f, w in self.failed],
                          self.seconds)
 
@@ -59,6 +61,8 @@ class AugmentReport:
         if self.skipped_by_reason:
             reasons = ", ".join(f"{k}: {v}" for k, v in self.skipped_by_reason.items())
             text += f"; source annotations not written: {sum(self.skipped_by_reason.values())} ({reasons})"
+        if self.skipped_pastes:
+            text += f"; {len(self.skipped_pastes)} pastes skipped (pool cut-outs that could not be read)"
         return text
 
 
@@ -206,6 +210,8 @@ def augment_dataset(dataset_path: str | os.PathLike, images_dir: str | os.PathLi
         report.seconds = time.perf_counter() - started
     for file_name, why in report.failed:
         print(f"xpaste: skipped {file_name}: {why}", file=sys.stderr)
+    for why in sorted({why for _, why in report.skipped_pastes})[:5]:  # one line per unreadable cut-out file
+        print(f"xpaste: skipped pastes: {why}", file=sys.stderr)
     log.debug("%s: %s", out, report.summary())
     return report
 
@@ -273,10 +279,13 @@ def _assemble(stage, header: dict, categories: list[dict], info: dict, report: A
         f.write(f'], "categories": {dump(categories)}}}')
         f.flush()
         os.fsync(f.fileno())
-    unique = {s["item"]: s["reason"] for s in read_skipped(stage.stage_dir)}  # each copy skips the same
+    skipped = read_skipped(stage.stage_dir)
+    report.skipped_pastes = [(s["item"], s["reason"]) for s in skipped if s.get("kind") == "paste"]
+    unique = {s["item"]: s["reason"] for s in skipped if s.get("kind") != "paste"}  # each copy skips the same
     report.skipped_annotations = sorted(unique.items())
     report.skipped_by_reason = {k: v for k, v in count_skipped_by_reason(unique.items()).items() if v}
     write_json_atomic(stage.out / "augment_log.json", {
         "summary": report.summary(), "failed_images": report.failed,
         "skipped_annotations": report.skipped_annotations,
-        "skipped_annotations_by_reason": report.skipped_by_reason}, indent=1)
+        "skipped_annotations_by_reason": report.skipped_by_reason,
+        "skipped_pastes": report.skipped_pastes}, indent=1)

@@ -252,4 +252,6 @@ class AugmentStage(Stage):
                    record=json.dumps({"image": record, "annotations": out_anns}, ensure_ascii=False))
         skipped = [{"item": f"{image['file_name']}#{a}", "reason": str(w)}
                    for a, w in sample.meta.get("skipped_annotations", [])]
+        skipped += [{"item": f"{file_name} pool row {r}", "reason": str(w), "kind": "paste"}  # unreadable cut-outs
+                    for r, w in out.meta.get("skipped_pastes", [])]
         return row, skipped
