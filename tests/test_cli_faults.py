@@ -27,7 +27,8 @@ XPASTE = [sys.executable, "-m", "xpaste"]
 
 
 def one_error_line(capsys) -> str:
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    err = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    err = [line for line in err if line.strip() and "%|" not in line]  # progress bars (tqdm) are not messages
     assert len(err) == 1, err
     assert "Traceback" not in err[0]
     return err[0]
@@ -281,3 +282,35 @@ def test_sigint_to_import_coco_and_augment_exit_130_then_resume(sources, tmp_pat
     assert r.returncode == 0, r.stderr.decode()[-500:]
     doc = json.loads((aug / "annotations.json").read_text())
     assert len(doc["images"]) == 2 * 400
+
+
+def pool_content(path: Path) -> list[tuple]:
+    """(instance id, category, pixels) of every pool row, sorted: what a reader gets, whatever the shard layout."""
+    from xpaste.pool.store import InstancePool
+
+    pool = InstancePool.open(path)
+    ids, cats = pool.instance_ids, pool.category_ids
+    return sorted((str(ids[r]), int(cats[r]), pool.rgba(r).tobytes()) for r in range(len(pool)))
+
+
+def test_disk_full_mid_import_then_rerun_resumes_to_the_uninterrupted_pool(tmp_path, capsys):
+    ann, images = write_dataset(tmp_path / "data", n_images=60, size=(120, 160))
+    argv = ["pool", "import-coco", str(ann), "--images", str(images), "--min-area", "100"]
+    assert main(argv + ["--out", str(tmp_path / "reference")]) == 0
+    size = sum(f.stat().st_size for f in (tmp_path / "reference").rglob("*") if f.is_file())
+    disk = tmp_path / "small"
+    mount_tmpfs(disk, f"size={max(8, size // 2 // 1024)}k")  # half of what the pool needs
+    try:
+        capsys.readouterr()
+        assert main(argv + ["--out", str(disk / "pool")]) == 2
+        line = one_error_line(capsys)
+        assert os.strerror(errno.ENOSPC) in line and str(disk) in line
+        assert_nothing_half_written(disk)
+        subprocess.run(["mount", "-o", f"remount,size={4 * size // 1024 + 64}k", str(disk)], check=True)
+        assert main(argv + ["--out", str(disk / "pool")]) == 0  # the same command resumes the interrupted pool
+        assert pool_content(disk / "pool") == pool_content(tmp_path / "reference")
+        capsys.readouterr()
+        assert main(argv + ["--out", str(disk / "pool")]) == 2  # a complete pool is never silently added to
+        assert "--append" in one_error_line(capsys)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

@@ -85,6 +85,21 @@ def os_fault_line(e: OSError) -> str:
     return f"{text} (hint: {OS_FAULT_HINTS[e.errno]})"
 
 
+def _end_progress_bars() -> None:
+    """Close the progress bars an exception left open, so the message that follows starts on its own line."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or []):
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001 - a bar that cannot be drawn any more is simply left
+            pass
+
+
+def _say(message: str) -> None:
+    _end_progress_bars()
+    print(message, file=sys.stderr)
+
+
 def _invoke(app, args: list[str]) -> int:
     """Run the command line through click directly, so every exception reaches `main` (typer's own main
     turns Ctrl-C into a return value of 130 that was easy to lose)."""
@@ -127,12 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if STATE["debug"]:
             raise
-        print("\nxpaste: interrupted", file=sys.stderr)
+        _say("xpaste: interrupted")
         return EXIT_INTERRUPTED
     except XPasteError as e:
         if STATE["debug"]:
             raise
-        print(f"xpaste: error: {e}", file=sys.stderr)
+        _say(f"xpaste: error: {e}")
         return EXIT_ERROR
     except SystemExit as e:  # sys.exit inside a command (argparse-style helpers)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
@@ -149,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         fault = os_fault(e)
         if fault is None or STATE["debug"]:
             raise
-        print(f"xpaste: error: {os_fault_line(fault)}", file=sys.stderr)
+        _say(f"xpaste: error: {os_fault_line(fault)}")
         return EXIT_ERROR
 
 

@@ -75,6 +75,19 @@ def _named(e: OSError, path: Path, tmp: Path | None) -> OSError:
         return OSError(e.errno, e.strerror or os.strerror(e.errno), str(path))
 
 
+@contextmanager
+def naming_os_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Re-raise an OSError that names no file (a write, flush or close on an open file) as the same error naming
+    `path`, so the CLI's one-line message says which file; for writers that keep a file open (append logs)."""
+    try:
+        yield
+    except OSError as e:
+        named = _named(e, Path(path), None)
+        if named is e:
+            raise
+        raise named from e
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes, durable: bool = True) -> None:
     """Write via temp file + rename. The rename alone survives a killed process; `durable` also fsyncs
     so the content survives a power loss (skipped for the many small per-image files of a long run)."""

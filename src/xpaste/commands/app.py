@@ -17,6 +17,19 @@ pool_app = typer.Typer(help="Create, import and inspect instance pools.", no_arg
 app.add_typer(pool_app, name="pool")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a message is logged (the CLI run in-process by tests or the demo
+    may swap it between invocations)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def configure_logging(verbosity: int = 0) -> None:
     """-1 (--quiet): warnings and errors only, no progress bars; 0: info; 1 (--verbose): debug.
 
@@ -29,7 +42,7 @@ def configure_logging(verbosity: int = 0) -> None:
     level = {-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG)
     root = logging.getLogger("xpaste")
     if not any(getattr(h, "_xpaste", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("xpaste: %(message)s" if verbosity < 1 else
                                                "xpaste: %(name)s: %(message)s"))
         handler._xpaste = True  # type: ignore[attr-defined]

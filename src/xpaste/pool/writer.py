@@ -27,7 +27,7 @@ import numpy as np
 from xpaste._version import __version__
 from xpaste.core.instance import RECORD_COLUMNS, content_hash, crop_to_alpha, validate_rgba
 from xpaste.errors import XPasteError
-from xpaste.io import atomic_path, exclusive_lock, write_json_atomic
+from xpaste.io import atomic_path, exclusive_lock, naming_os_errors, write_json_atomic
 from xpaste.pool.codec import encode_raw
 from xpaste.pool.header import (CODECS, DEFAULT_CODEC, HEADER, POOL_FORMAT, WRITE_VERSION, normalise_categories,
                                 read_header)
@@ -184,7 +184,8 @@ class PoolWriter:
         blob = encode_raw(rgba, self.codec)
         data = self._data_file(len(blob))
         offset = data.tell()
-        data.write(blob)
+        with naming_os_errors(data.name):
+            data.write(blob)
         row = {k: None for k in RECORD_COLUMNS}
         row.update({"instance_id": instance_id, "category_id": category_id,
                     "category": self.categories[category_id], "path": shard_name(self._shard),
@@ -220,8 +221,9 @@ class PoolWriter:
 
     def _sync_data(self) -> None:
         if self._data is not None:
-            self._data.flush()
-            os.fsync(self._data.fileno())
+            with naming_os_errors(self._data.name):
+                self._data.flush()
+                os.fsync(self._data.fileno())
 
     @property
     def pending_count(self) -> int:
@@ -290,10 +292,13 @@ class PoolWriter:
 
     def _release(self) -> None:
         self._closed = True
-        if self._data is not None:
-            self._data.close()
-            self._data = None
-        self._locks.close()
+        try:
+            if self._data is not None:
+                data, self._data = self._data, None
+                with naming_os_errors(data.name):
+                    data.close()
+        finally:
+            self._locks.close()
 
     def __enter__(self) -> PoolWriter:
         return self
