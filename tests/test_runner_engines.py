@@ -134,3 +134,10 @@ def test_a_huge_plan_is_never_listed():
     assert plan[0][0] == {"image_index": 0, "copy": 0}
     with pytest.raises(IndexError):
         plan[len(plan)]
+
+
+@pytest.mark.parametrize("engine,workers", [("dask", 1), ("local", 0), ("local", "2")])
+def test_a_bad_engine_or_worker_count_is_refused_before_anything_is_written(tmp_path, engine, workers):
+    with pytest.raises(XPasteError):
+        run_stage(Squares(tmp_path, {"n": 8, "shard_size": 4}), engine=engine, workers=workers, progress=False)
+    assert not (tmp_path / "squares").exists()

@@ -191,6 +191,10 @@ def run_stage(stage: Stage, engine: str = "local", progress: bool = True, fresh:
     KeyboardInterrupt and OSError pass through after the workers are stopped (finished shards are kept)."""
     from tqdm import tqdm
 
+    if engine not in ("local", "ray"):  # checked before anything is written
+        raise XPasteError(f"engine must be 'local' or 'ray', got {engine!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise XPasteError(f"workers must be an integer >= 1, got {workers!r}")
     start = time.perf_counter()
     plan = ShardPlan(stage.plan(), int(stage.config["shard_size"]))
     check_fingerprint(stage, plan, fresh)
@@ -210,12 +214,12 @@ def run_stage(stage: Stage, engine: str = "local", progress: bool = True, fresh:
 
         run_on_ray(stage, plan, list(todo()), ray_address=ray_address, progress=progress,
                    options=stage.config.get("ray"))
-    elif engine == "local" and int(workers) > 1:
+    elif workers > 1:
         from xpaste.pipeline.engines import run_on_processes
 
-        run_on_processes(stage, plan, todo(), int(workers), progress=progress,
+        run_on_processes(stage, plan, todo(), workers, progress=progress,
                          resumed=lambda: report.items_resumed)
-    elif engine == "local":
+    else:
         with tqdm(total=len(plan.items), desc=stage.name, unit="item", disable=not progress) as bar:
             prepared = False
             resumed = 0
@@ -230,8 +234,6 @@ def run_stage(stage: Stage, engine: str = "local", progress: bool = True, fresh:
                 write_shard(stage.stage_dir, k, rows, stage.schema(), skipped)
                 bar.update(len(items))
             bar.update(report.items_resumed - resumed)
-    else:
-        raise XPasteError(f"engine must be 'local' or 'ray', got {engine!r}")
     if stage.reads_rows_at_end:
         from xpaste.pipeline.shards import read_stage
 
