@@ -88,7 +88,8 @@ def test_values_are_coerced_as_yaml_and_python_read_them():
 def test_ranges_and_choices():
     for text in ("shard_size=0", "workers=0", "generate.steps=0", "build_pool.area_min=1.5", "build_pool.dedup=2",
                  "engine=rayy", "generate.scheduler=dpmm", "build_pool.preset=xpast", "segment.segmenters=[]",
-                 "segment.segmenters=grabcut,nosuch"):
+                 "segment.segmenters=grabcut,nosuch", "generate.templates=[a {nme}]",
+                 "generate.templates=[a {name.upper}]", "generate.templates=[a {name]"):
         with pytest.raises(C.ConfigError) as e:
             C.load_config(None, [text])
         assert text.split("=")[0] in str(e.value)
@@ -168,6 +169,9 @@ def test_stage_flags_are_derived_from_the_config_fields():
     ["generate", "--categories", "cup", "--scheduler", "dpmm"],
     ["retrieve", "--categories", "cup", "--folder", "x", "--simple-background", "2"],
     ["segment", "--segmenter", "nosuch"],
+    ["generate", "--categories", "cup", "--prompt", "a {nme}"],
+    ["generate", "--categories", "/no/such/categories.json"],
+    ["segment"],  # nothing to segment in a new run
     ["score", "--batch-size", "0"],
     ["build-pool", "--t", "high"],
     ["build-pool", "--set", "build_pool.area_min=null"],

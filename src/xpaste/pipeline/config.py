@@ -95,6 +95,16 @@ class GenerateConfig(Section):
     negative_prompt: Optional[str] = key_field(None, "negative prompt", cli=False)
     backgrounds: int = key_field(0, "also N scene images for paste canvases", lo=0)
 
+    def _check(self) -> None:
+        from xpaste.generate.prompts import template_fields
+
+        for template in self.templates:
+            try:
+                template_fields(template)
+            except XPasteError as e:
+                raise ConfigError(f"config key {getattr(self, '_prefix', '')}templates: {e.message}",
+                                  hint=e.hint) from None
+
 
 @dataclass(frozen=True)
 class RetrieveConfig(Section):

@@ -48,10 +48,13 @@ def run_stage_job(name: str, config: Any, fresh: bool = False, progress: bool = 
 
     cfg = _as_dict(config)
     run = RunDir(cfg["run_dir"])
-    run.record_invocation(name, cfg)
-    stage = make_stage(name, run.root, cfg)
-    report = run_stage(stage, engine=cfg["engine"], fresh=fresh, ray_address=cfg["ray_address"],
-                       progress=progress, workers=cfg.get("workers", 1))
+    stage = make_stage(name, run.root, cfg)  # checks the categories first
+    try:
+        report = run_stage(stage, engine=cfg["engine"], fresh=fresh, ray_address=cfg["ray_address"],
+                           progress=progress, workers=cfg.get("workers", 1))
+    finally:  # recorded once the stage started (its inputs passed the checks), even if it then failed
+        if run.stage_dir(name).exists():
+            run.record_invocation(name, cfg)
     counts = {"items": report.items, "shards": report.shards, "shards resumed": report.shards_resumed,
               "rows": report.rows}
     return JobReport(name, str(run.stage_dir(name)), counts, list(report.skipped), report.seconds)
