@@ -82,7 +82,7 @@ def main() -> None:
         "segment": {"segmenters": ["grabcut", f"rembg:{onnx}"]},
         "score": {"clip": f"local-dir:{clip}", "pretrained": None},
         "build_pool": {"d": 1000.0, "area_min": 0.0, "area_max": 1.0},
-    }])
+    }]).to_dict()  # stages read plain dicts
     rows = []
     for name in ("generate", "segment", "score"):
         start = time.perf_counter()

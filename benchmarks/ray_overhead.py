@@ -58,7 +58,7 @@ def make_config(run_dir: Path, models: dict, n: int, shard_size: int, segmenters
         "score": {"clip": f"local-dir:{models['clip']}", "pretrained": None, "batch_size": 16},
         "build_pool": {"d": 1000.0, "area_min": 0.0, "area_max": 1.0},
     }
-    return load_config(None, [], [updates])  # merged over the defaults and validated, as the CLI does
+    return load_config(None, [], [updates]).to_dict()  # merged over the defaults and validated, as the CLI does
 
 
 def run_pipeline(run_dir: Path, config: dict, engine: str) -> dict[str, dict]:
