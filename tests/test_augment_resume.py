@@ -234,7 +234,7 @@ def test_a_second_writer_on_the_same_out_is_refused(data, tmp_path):
     assert digest(out) == data["reference"]
 
 
-def test_disk_full_ends_in_one_line_and_resumes_when_space_is_back(data, tmp_path):
+def test_disk_full_and_read_only_end_in_one_line_and_resume_when_fixed(data, tmp_path):
     small = tmp_path / "small"
     small.mkdir()
     if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(small)],
@@ -249,7 +249,15 @@ def test_disk_full_ends_in_one_line_and_resumes_when_space_is_back(data, tmp_pat
         assert "Traceback" not in done.stderr
         assert 0 < n_images(out) < 36
         assert_complete_files(out)
-        assert subprocess.run(["mount", "-o", "remount,size=64m", str(small)]).returncode == 0
+        # a read-only output folder: one line naming a path under it, nothing changed
+        before = digest(out, skip=())
+        assert subprocess.run(["mount", "-o", "remount,ro,size=64m", str(small)]).returncode == 0
+        done = subprocess.run([*XPASTE, *data["args"], "--out", str(out)], capture_output=True, text=True)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        last = done.stderr.strip().splitlines()[-1]
+        assert last.startswith("xpaste: error:") and str(out) in last
+        assert digest(out, skip=()) == before
+        assert subprocess.run(["mount", "-o", "remount,rw,size=64m", str(small)]).returncode == 0
         assert main([*data["args"], "--out", str(out)]) == 0
         assert digest(out) == data["reference"]
     finally:
