@@ -202,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     from xpaste.cli import main as cli
     from xpaste.io import write_bytes_atomic
     from xpaste.pipeline.config import PipelineConfig
+    from xpaste.pipeline.rundir import RunDir
     from xpaste.pipeline.stages import run_pipeline
 
     out: Path = args.out
@@ -244,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             print(line)
 
     stage("run_pipeline (retrieve/generate, segment, score, build-pool)", pipeline)
-    pool = run_dir / "pool"
+    pool = RunDir(run_dir).pool_dir(pipeline_config.to_dict())
     stage("xpaste pool import-coco (the dataset's own instances)", lambda: cli([
         "pool", "import-coco", str(paths["json"]), "--images", str(paths["images"]), "--out", str(pool), "--append"]))
     stage("xpaste pool info", lambda: cli(["pool", "info", str(pool)]))

@@ -21,7 +21,9 @@ def detect_input(path: Path) -> str:
                           "pass a dataset json with --dataset")
     if (path / "pool.json").is_file():
         return "pool"
-    if (path / "build_pool" / "decisions.parquet").is_file():
+    from xpaste.pipeline.rundir import RunDir
+
+    if RunDir(path).decisions_file.is_file():
         return "run"
     if (path / "annotations.json").is_file() and (path / "images").is_dir():
         return "augmented"

@@ -28,7 +28,7 @@ import numpy as np
 
 from xpaste.errors import XPasteError
 from xpaste.pipeline.masks import ScoreStage, SegmentStage, read_candidates
-from xpaste.pipeline.rundir import load_mask, load_rgb, resolve_categories
+from xpaste.pipeline.rundir import RunDir, load_mask, load_rgb, resolve_categories
 from xpaste.pipeline.shards import read_stage
 from xpaste.score.filters import AREA, BAR, EMPTY, KEPT
 
@@ -322,7 +322,7 @@ def build_pool(run_dir: str | Path, config: Any, progress: bool = True) -> dict:
     decisions = _decisions(run_dir, config, b)
     if b["real_filter"] and _section(config, "score")["clip"] is not None:
         _real_similarity_filter(run_dir, decisions, config, b)
-    out = Path(b["out"] or run_dir / "pool")
+    out = Path(b["out"] or RunDir(run_dir).default_pool_dir)
     pool_cats = [{"id": c.id, "name": c.name} for c in categories]
     kept = [d for d in decisions if d["decision"] == KEPT]
     stored: set[str] = set()
@@ -360,11 +360,11 @@ def build_pool(run_dir: str | Path, config: Any, progress: bool = True) -> dict:
         log.info("%d cut-outs were already in %s (an earlier, interrupted build stored them)", resumed, out)
     schema = decisions_schema()
     table = pa.Table.from_pylist([{k: d.get(k) for k in schema.names} for d in decisions], schema=schema)
-    write_parquet_atomic(run_dir / "build_pool" / "decisions.parquet", table)
+    write_parquet_atomic(RunDir(run_dir).decisions_file, table)
     counts: dict[str, int] = {}
     for d in decisions:
         counts[d["decision"]] = counts.get(d["decision"], 0) + 1
     summary = {"pool": str(out), "preset": b["preset"], "candidates": len(decisions),
                "added": counts.get(KEPT, 0), "decisions": counts, "seconds": round(time.perf_counter() - start, 3)}
-    write_json_atomic(run_dir / "build_pool" / "summary.json", summary, indent=1)
+    write_json_atomic(RunDir(run_dir).build_summary_file, summary, indent=1)
     return summary

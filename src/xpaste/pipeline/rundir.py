@@ -55,10 +55,23 @@ class RunDir:
         """Folder of a stage's shards: 'generate', 'retrieve', 'segment', 'score', 'build-pool' -> build_pool."""
         return self.root / stage.replace("-", "_")
 
+    @property
+    def decisions_file(self) -> Path:
+        """build-pool's decision per candidate (Parquet): what marks a folder as a pipeline run for `report`."""
+        return self.stage_dir("build-pool") / "decisions.parquet"
+
+    @property
+    def build_summary_file(self) -> Path:
+        return self.stage_dir("build-pool") / "summary.json"
+
+    @property
+    def default_pool_dir(self) -> Path:
+        return self.root / "pool"
+
     def pool_dir(self, config: dict) -> Path:
         """The pool build-pool writes: `build_pool.out`, else RUN/pool."""
         out = config["build_pool"]["out"]
-        return Path(out) if out else self.root / "pool"
+        return Path(out) if out else self.default_pool_dir
 
     def augmented_dir(self, config: dict) -> Path:
         """The augmented dataset `xpaste run` writes when augment is enabled: `augment.out`, else RUN/augmented."""

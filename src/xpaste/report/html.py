@@ -66,14 +66,16 @@ def _load(pool, run, augmented, dataset) -> _Inputs:
     if run is not None:
         import pyarrow.parquet as pq
 
+        from xpaste.pipeline.rundir import RunDir
+
         inp.run = Path(run)
-        path = inp.run / "build_pool" / "decisions.parquet"
+        path = RunDir(inp.run).decisions_file
         if not path.is_file():
             raise XPasteError("not a pipeline run folder (no build_pool/decisions.parquet)", inp.run,
                               "run `xpaste build-pool` on it first")
         inp.decisions = pq.read_table(path).to_pylist()
-        if pool is None and (inp.run / "pool" / "pool.json").is_file():
-            pool = inp.run / "pool"
+        if pool is None and (RunDir(inp.run).default_pool_dir / "pool.json").is_file():
+            pool = RunDir(inp.run).default_pool_dir
             inp.notes.append(f"pool taken from the run folder: {pool}")
     if pool is not None:
         inp.pool = pool if isinstance(pool, InstancePool) else InstancePool.open(pool)
