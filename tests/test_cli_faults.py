@@ -236,10 +236,11 @@ def test_read_only_output_folder_every_command_one_line(dataset, sources, read_o
 
 
 # ------------------------------------------------------------------ a real SIGINT to a running command
-def interrupt(argv: list[str], ready) -> tuple[int, str]:
-    """Start `xpaste argv`, send SIGINT once ready(stderr so far) holds; (exit status, stderr)."""
+def interrupt(argv: list[str], ready, group: bool = False) -> tuple[int, str]:
+    """Start `xpaste argv`, send SIGINT once ready(stderr so far) holds, to the process or (group) to its whole
+    process group as Ctrl-C in a terminal does, workers included; (exit status, stderr)."""
     p = subprocess.Popen(XPASTE + argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+                         env=dict(os.environ, OMP_NUM_THREADS="1"), start_new_session=group)
     err = bytearray()
 
     def drain():
@@ -252,7 +253,10 @@ def interrupt(argv: list[str], ready) -> tuple[int, str]:
         if p.poll() is not None:
             pytest.fail(f"{argv[0]} finished before the interrupt: {err.decode()[-300:]}")
         time.sleep(0.005)
-    p.send_signal(signal.SIGINT)
+    if group:
+        os.killpg(p.pid, signal.SIGINT)
+    else:
+        p.send_signal(signal.SIGINT)
     p.wait(timeout=120)
     reader.join(timeout=10)
     return p.returncode, err.decode("utf-8", "replace")
@@ -282,6 +286,15 @@ def test_sigint_to_import_coco_and_augment_exit_130_then_resume(sources, tmp_pat
     assert r.returncode == 0, r.stderr.decode()[-500:]
     doc = json.loads((aug / "annotations.json").read_text())
     assert len(doc["images"]) == 2 * 400
+    # Ctrl-C in a terminal reaches the workers too
+    aug2 = tmp_path / "aug2"
+    argv = argv[: argv.index("--out") + 1] + [str(aug2)] + argv[argv.index("--out") + 2:] + ["--workers", "2"]
+    images = aug2 / "images"
+    rc, err = interrupt(argv, lambda e: images.is_dir() and sum(not n.startswith(".") for n in os.listdir(images)) >= 5,
+                        group=True)
+    assert rc == 130 and err.strip().splitlines()[-1] == "xpaste: interrupted" and "Traceback" not in err
+    assert not (aug2 / "annotations.json").exists()
+    assert_nothing_half_written(aug2)
 
 
 def pool_content(path: Path) -> list[tuple]:
