@@ -197,3 +197,15 @@ def test_opening_many_rows_reads_few_files(tmp_path):
     pool = InstancePool.open(root)
     assert len(pool) == rows and pool._storage.strings == {}  # ids not loaded until asked for
     assert pool.instance_ids[rows - 1] == f"{rows - 1:020x}"
+
+
+def test_index_with_empty_numbers_is_refused(tmp_path, rng):
+    with PoolWriter.create(tmp_path / "p", CATS) as w:
+        w.add(make_cutout(rng, 5, 5), 3)
+        w.add(make_cutout(rng, 6, 5), 7)
+    part = next((tmp_path / "p" / "index").glob("part-*.parquet"))
+    table = pq.read_table(part)
+    offsets = pa.array([None, table.column("offset")[1].as_py()], pa.int64())
+    pq.write_table(table.set_column(table.schema.get_field_index("offset"), "offset", offsets), part)
+    with pytest.raises(XPasteError, match=r"\['offset'\] have empty values"):
+        InstancePool.open(tmp_path / "p")

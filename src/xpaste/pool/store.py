@@ -308,6 +308,10 @@ class InstancePool:
                 raise XPasteError(f"unreadable index shard: {e}", part, "the pool index is damaged; rebuild it") from None
         if tables:
             table = pa.concat_tables(tables, promote_options="default")
+            nulls = [k for k in numeric if table.column(k).null_count]
+            if nulls:
+                raise XPasteError(f"index columns {nulls} have empty values", root / INDEX_DIR,
+                                  "the pool index is damaged; rebuild it")
             try:
                 columns = {k: table.column(k).to_numpy().astype(np.int64, copy=False) for k in numeric}
             except (pa.ArrowException, ValueError, TypeError) as e:
