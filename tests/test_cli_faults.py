@@ -327,3 +327,21 @@ def test_disk_full_mid_import_then_rerun_resumes_to_the_uninterrupted_pool(tmp_p
         assert "--append" in one_error_line(capsys)
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_closed_stdout_ends_quietly_but_other_broken_pipes_are_errors(tmp_path, monkeypatch):
+    ann = tmp_path / "many_categories.json"  # a table far larger than a pipe's buffer: the write must fail
+    ann.write_text(json.dumps({"images": [], "annotations": [],
+                               "categories": [{"id": i, "name": f"category {i}"} for i in range(1, 20001)]}))
+    p = subprocess.Popen(XPASTE + ["stats", str(ann)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    p.stdout.readline()  # `| head -1`: read the header, then go away
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=60) == 1 and err == ""
+
+    import xpaste.data.stats as stats
+
+    monkeypatch.setattr(stats, "category_stats", lambda ds: (_ for _ in ()).throw(BrokenPipeError(32, "worker")))
+    with pytest.raises(BrokenPipeError):  # a worker's pipe, not stdout: a real error
+        main(["stats", str(ann)])

@@ -68,10 +68,11 @@ def os_fault(exc: BaseException) -> OSError | None:
         if isinstance(exc, OSError):
             if exc.errno in OS_FAULT_HINTS:
                 return exc
-            text = str(exc)
-            for code in OS_FAULT_HINTS:
-                if os.strerror(code) in text:
-                    return OSError(code, os.strerror(code), exc.filename)
+            if exc.errno is None:
+                text = str(exc)
+                for code in OS_FAULT_HINTS:
+                    if os.strerror(code) in text:
+                        return OSError(code, os.strerror(code), exc.filename)
         exc = exc.__cause__ or exc.__context__
     return None
 
@@ -83,6 +84,18 @@ def os_fault_line(e: OSError) -> str:
     where = e.filename if e.filename is not None else "(file not named by the system)"
     text = f"{os.fsdecode(where) if isinstance(where, bytes) else where}: {e.strerror or os.strerror(e.errno)}"
     return f"{text} (hint: {OS_FAULT_HINTS[e.errno]})"
+
+
+def _stdout_is_gone() -> bool:
+    """True when stdout is a pipe whose reader has closed it (poll reports an error on the write end)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (tests), or no poll
+        return False
 
 
 def _end_progress_bars() -> None:
@@ -151,11 +164,14 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     except SystemExit as e:  # sys.exit inside a command (argparse-style helpers)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except BrokenPipeError:  # `xpaste stats x.json | head`: the reader went away; nothing to report
+    except BrokenPipeError:
+        # `xpaste stats x.json | head`: the reader of stdout went away; nothing to report. Any other broken
+        # pipe (a worker's) is a real error and is raised.
         import os
 
-        sys.stderr.flush()
-        try:
+        if not _stdout_is_gone():
+            raise
+        try:  # so that the interpreter's final flush of stdout stays quiet too
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         except OSError:
             pass
