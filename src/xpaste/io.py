@@ -30,7 +30,9 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
 
     The one atomic-write helper: every file xpaste writes goes through it (directly or through the
     `write_*_atomic` helpers below), so a killed or failed write never leaves a half-written file under its
-    final name, only a hidden `.<name>.*.tmp` that is removed on failure (readers skip dot-files).
+    final name, only a hidden `.<name>.*.tmp` that is removed on failure (readers skip dot-files). The one
+    exception is by design: the pool's append-only data shards, whose bytes count only once an atomically
+    written index part lists them (`xpaste.pool.writer`; errors there are named with `naming_os_errors`).
     The final file gets the permissions a plain `open(final, "w")` would give (0666 less the umask), not
     mkstemp's private 0600, so outputs on a shared cluster stay readable as the user's umask says.
 
