@@ -27,7 +27,8 @@ from torchvision.transforms.v2 import functional as F
 
 from xpaste.core.sample import Sample
 from xpaste.core.targets import Targets
-from xpaste.integrations.common import ISCROWD, PASTED, SOURCE_ROW, gather_rows, reseed_for_worker, source_rows
+from xpaste.integrations.common import (ISCROWD, PASTED, SOURCE_ROW, as_bool_masks, chw_from_hwc, gather_rows,
+                                        hwc_from_chw, mask_areas, reseed_for_worker, source_rows)
 from xpaste.paste.transform import CopyPaste, warn_missing_prior
 
 _AXIS_ALIGNED = (tv_tensors.BoundingBoxFormat.XYXY, tv_tensors.BoundingBoxFormat.XYWH,
@@ -114,12 +115,7 @@ def _image_to_numpy(image: Any) -> np.ndarray:
                         "v2.ToDtype(torch.float32, scale=True) in the pipeline (and before Normalize)")
     if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"XPasteCopyPaste needs a (3, H, W) uint8 RGB image, got {tuple(image.shape)} {image.dtype}")
-    return np.ascontiguousarray(image.detach().as_subclass(torch.Tensor).permute(1, 2, 0).cpu().numpy())
-
-
-def _areas(masks: np.ndarray) -> np.ndarray:
-    # Not Targets.areas(): its reshape(0, -1) fails for zero instances.
-    return masks.sum(axis=(1, 2), dtype=np.int64)
+    return hwc_from_chw(image.detach().as_subclass(torch.Tensor).cpu().numpy())
 
 
 def _per_instance(value: Any) -> np.ndarray:
@@ -128,8 +124,9 @@ def _per_instance(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def _target_to_numpy(target: dict, size: tuple[int, int]) -> tuple[Targets, np.ndarray]:
-    """xpaste Targets (boxes as exclusive XYXY floats, as torchvision's COCO wrapper makes them) and mask areas."""
+def _target_to_numpy(target: dict, size: tuple[int, int]) -> tuple[Targets, np.ndarray | None]:
+    """xpaste Targets (boxes as exclusive XYXY floats, as torchvision's COCO wrapper makes them) and the mask
+    areas (only when the target has an `area` to update, else None)."""
     height, width = size
     raw = [k for k in _RAW_COCO_KEYS if k in target]
     if raw:
@@ -152,20 +149,22 @@ def _target_to_numpy(target: dict, size: tuple[int, int]) -> tuple[Targets, np.n
     masks = _per_instance(target["masks"])
     if masks.ndim != 3 or masks.shape[1:] != (height, width):
         raise ValueError(f"masks must be (N, {height}, {width}) instance masks, got {masks.shape}")
-    masks = masks.astype(bool, copy=False)
+    masks = as_bool_masks(masks)  # a view for 0/1 uint8 Masks: no copy
     n = len(masks)
     extra = {SOURCE_ROW: np.arange(n, dtype=np.int64)}
     if PASTED in target:  # a second paste transform keeps the first one's flags
         extra[PASTED] = _per_instance(target[PASTED]).astype(bool)
     targets = Targets(_per_instance(boxes).astype(np.float32), masks, _per_instance(target["labels"]), extra)
-    return targets, _areas(targets.masks)
+    return targets, (mask_areas(targets.masks) if "area" in target else None)
 
 
 # ----------------------------------------------------------------------------- conversions out
 def _image_from_numpy(rgb: np.ndarray, like: Any) -> Any:
     if isinstance(like, PIL.Image.Image):
         return PIL.Image.fromarray(rgb)  # (H, W, 3) uint8 is read as RGB
-    chw = torch.from_numpy(rgb).permute(2, 0, 1).contiguous().to(like.device)
+    chw = torch.empty((3,) + rgb.shape[:2], dtype=torch.uint8)
+    chw_from_hwc(rgb, chw.numpy())
+    chw = chw.to(like.device)
     return tv_tensors.wrap(chw, like=like) if isinstance(like, tv_tensors.Image) else tv_tensors.Image(chw)
 
 
@@ -178,7 +177,7 @@ def _gather(old: Any, src: np.ndarray, fill: np.ndarray) -> Any:
     return out.tolist()
 
 
-def _target_from_numpy(t: Targets, old: dict, old_area: np.ndarray) -> dict:
+def _target_from_numpy(t: Targets, old: dict, old_area: np.ndarray | None) -> dict:
     height, width = t.image_size
     src = source_rows(t)
     new = dict(old)  # image_id and any other key pass through
@@ -191,7 +190,8 @@ def _target_from_numpy(t: Targets, old: dict, old_area: np.ndarray) -> dict:
     new["boxes"] = boxes
     old_masks = old.get("masks")
     mask_dtype = old_masks.dtype if isinstance(old_masks, torch.Tensor) else torch.uint8
-    masks = torch.from_numpy(t.masks).to(mask_dtype)
+    masks = torch.from_numpy(t.masks)  # bool; a uint8 Mask is its 0/1 bytes, viewed without a copy
+    masks = masks.view(torch.uint8) if mask_dtype == torch.uint8 else masks.to(mask_dtype)
     new["masks"] = tv_tensors.wrap(masks, like=old_masks) if isinstance(old_masks, tv_tensors.Mask) \
         else tv_tensors.Mask(masks)
     new["labels"] = torch.from_numpy(t.labels.astype(np.int64))
@@ -199,7 +199,7 @@ def _target_from_numpy(t: Targets, old: dict, old_area: np.ndarray) -> dict:
     if ISCROWD in old:
         new[ISCROWD] = _gather(old[ISCROWD], src, np.zeros(len(t), np.int64))
     if "area" in old:
-        areas = _areas(t.masks)
+        areas = mask_areas(t.masks, t.boxes)  # CopyPaste's boxes are the tight boxes of its masks
         kept = src >= 0
         # Originals keep their annotated area unless pasted objects covered part of them.
         changed = np.ones(len(t), bool)
