@@ -98,6 +98,7 @@ class RunDir:
         history["invocations"].append({"command": command, "versions": versions()})
         history["invocations"] = history["invocations"][-50:]
         write_json_atomic(history_path, history, indent=1)
+        log.debug("%s: recorded the config of `%s` in %s", self.root, command, CONFIG_FILE)
 
     def categories(self, config: dict):
         """Categories of this run: from `categories.source` (recorded on first use) or from the run's record.
