@@ -1,16 +1,20 @@
 """Pipeline configuration: typed, frozen dataclasses, one per section, holding every default in one place.
 
 `PipelineConfig` (top level) has one section per stage (`generate`, `retrieve`, `segment`, `score`,
-`build_pool`) plus `categories` and `ray`. Each field's metadata holds its help text, its choices, its range
-and its CLI flag name, so the stage commands' flags and help are derived from here (`cli_options`), never
-spelled twice.
+`build_pool`, `augment`) plus `categories` and `ray`. Each field's metadata holds its help text, its choices,
+its range and its CLI flag name, so the stage commands' flags and help are derived from here (`cli_options`),
+never spelled twice. The paste options are not repeated here: `augment.paste` is a
+`xpaste.paste.config.PasteConfig`, and options whose documented values belong to a preset or another function
+(build_pool's t, d, area range; augment's copies, seed, ...) stay unset (left out of `to_dict`) unless given.
+Field types, the coercion rules and `ConfigError` live in `xpaste.pipeline.typed`.
 
 Values come, in this order, from the defaults, a YAML file (`safe_load` only), CLI flags and `--set a.b=v`
 overrides (the value parsed as YAML). Every layer is checked before anything runs or is written:
 - an unknown key is refused in one line naming it and the nearest valid key;
 - a value is coerced to its field's type (int, float, bool, str, tuples, Optional) or refused in one line
   naming the key and the expected type (`ConfigError`, an `XPasteError`: the CLI prints it, exit 2);
-- ranges and choices (engine, scheduler, segmenter names) are checked when the dataclass is built.
+- ranges and choices (engine, scheduler, build_pool preset, segmenter names, prompt templates, paste options)
+  are checked when the dataclass is built; checks across keys (area_min <= area_max) once all layers are in.
 
 Stages receive `PipelineConfig.to_dict()`: plain json-able values (tuples as lists), which is also what
 `config.yaml` in the run folder records and what stage fingerprints hash.
