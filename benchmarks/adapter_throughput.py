@@ -161,11 +161,11 @@ MODULES = {"torchvision": "torchvision", "detectron2": "detectron2", "mmdet": "m
 
 
 # ----------------------------------------------------------------------------- timing
-def interleaved(prepare_adapter, prepare_noop, adapter_cp, core, sample, calls: int):
-    """Mean seconds per call of (adapter, framework no-op or None, core). Call i of the adapter and of the core
+def interleaved(prepare_adapter, prepare_noop, adapter_cp, core, sample, calls: int) -> dict:
+    """Per-call seconds {"adapter", "noop" (or None), "core"} as arrays. Call i of the adapter and of the core
     draw the same plan (both CopyPaste reseeded with i, outside the timed part), calls alternate one by one
     (which goes first alternates too), so load on the machine hits all of them alike."""
-    totals = {"adapter": 0.0, "noop": 0.0, "core": 0.0}
+    times = {"adapter": [], "noop": [], "core": []}
     for i in range(calls + 3):  # three warm-up calls first, not counted
         steps = [("adapter", prepare_adapter), ("core", None)] + ([("noop", prepare_noop)] if prepare_noop else [])
         for key, prep in (steps if i % 2 else steps[::-1]):
@@ -178,8 +178,8 @@ def interleaved(prepare_adapter, prepare_noop, adapter_cp, core, sample, calls: 
             t0 = time.perf_counter()
             fn()
             if i >= 3:
-                totals[key] += time.perf_counter() - t0
-    return (totals["adapter"] / calls, totals["noop"] / calls if prepare_noop else None, totals["core"] / calls)
+                times[key].append(time.perf_counter() - t0)
+    return {k: (np.array(v) if v else None) for k, v in times.items()}
 
 
 def main() -> None:
@@ -206,7 +206,9 @@ def main() -> None:
         pstats.Stats(prof, stream=out).sort_stats(args.sort).print_stats(30)
         print(f"\n{name}, 200 calls, sorted by {args.sort}:\n{out.getvalue()}")
         return
-    print(f"\n{'adapter':<46} {'images/s':>9} {'core/s':>8} {'ratio':>6}  comparison")
+    print(f"\n{'adapter':<46} {'images/s':>9} {'core/s':>8} {'ratio':>6} {'median':>6}  comparison")
+    print("(images/s: 1 / the adapter's added time per image; ratio: core time / added time, of the means; "
+          "median: of the per-call ratios)")
     missing = []
     for framework in args.only or CASES:
         if importlib.util.find_spec(MODULES[framework]) is None:
@@ -214,10 +216,15 @@ def main() -> None:
             continue
         core = _core(pool)
         for name, prep, noop, adapter_cp, note in CASES[framework](pool, sample):
-            adapter_s, noop_s, core_s = interleaved(prep, noop, adapter_cp, core, sample, args.calls)
-            added = adapter_s - noop_s if noop_s is not None else adapter_s
-            extra = f"; framework no-op {1 / noop_s:.0f}/s, with paste {1 / adapter_s:.0f}/s" if noop_s else ""
-            print(f"{name:<46} {1 / added:9.1f} {1 / core_s:8.1f} {core_s / added:6.2f}  {note}{extra}")
+            t = interleaved(prep, noop, adapter_cp, core, sample, args.calls)
+            added = t["adapter"] - t["noop"] if t["noop"] is not None else t["adapter"]
+            # ratio: of mean times (images/s); median: of the per-call ratios (robust to a busy machine)
+            ratio, median = t["core"].mean() / added.mean(), float(np.median(t["core"] / added))
+            extra = (f"; framework alone {1 / t['noop'].mean():.0f}/s, with paste {1 / t['adapter'].mean():.0f}/s, "
+                     f"added {1000 * added.mean():+.2f} ms" if t["noop"] is not None else "")
+            rate = f"{1 / added.mean():9.1f}" if added.mean() > 0 else f"{'no cost':>9}"
+            shown = [f"{r:6.2f}" if 0 < r < 100 else f"{'>100':>6}" for r in (ratio, median)]
+            print(f"{name:<46} {rate} {1 / t['core'].mean():8.1f} {shown[0]} {shown[1]}  {note}{extra}")
     for framework in missing:
         hint = (".venv-mmdet/bin/python benchmarks/adapter_throughput.py --only mmdet  (make test-mmdet builds it)"
                 if framework == "mmdet" else f"install {MODULES[framework]}")

@@ -31,9 +31,10 @@ from xpaste.ops.masks import polygons_to_mask
 Prior = dict[int, tuple[float, float]]
 
 __all__ = ["ANN_ID", "IGNORE", "INSTANCE_ID", "ISCROWD", "PASTED", "POOL_ROW", "SOURCE_ROW", "as_bool_masks",
-           "chw_from_hwc", "from_pool_label", "gather_rows", "hwc_from_chw", "invert_map", "label_map_from_names",
-           "mask_areas", "polygons_to_masks", "remap_prior", "reseed_for_worker", "scale_prior_from_records",
-           "source_rows", "to_pool_labels", "tracked_targets", "worker_seed"]
+           "chw_from_hwc", "copy_mask", "from_pool_label", "gather_rows", "hwc_from_chw", "invert_map",
+           "label_map_from_names", "mask_areas", "mask_boxes", "polygon_mask", "polygons_to_masks", "remap_prior",
+           "reseed_for_worker", "scale_prior_from_records", "source_rows", "to_pool_labels", "tracked_targets",
+           "worker_seed"]
 
 
 # ----------------------------------------------------------------------------- source rows
@@ -61,30 +62,50 @@ def gather_rows(values: np.ndarray, src: np.ndarray, fill: Any) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- layout conversions
-def hwc_from_chw(chw: np.ndarray) -> np.ndarray:
-    """(H, W, 3) C-contiguous copy of a (3, H, W) uint8 image (cv2.merge: ~30x faster than a numpy transpose
-    copy of a 640x640 image, same values)."""
+def hwc_from_chw(chw: np.ndarray, reverse: bool = False) -> np.ndarray:
+    """(H, W, 3) C-contiguous copy of a (3, H, W) image, channels in reverse order when `reverse` (BGR <-> RGB).
+    For uint8 by cv2.merge of the three planes: ~30x faster than numpy's transposing copy at 640x640."""
     import cv2
 
     chw = np.asarray(chw)
+    order = (2, 1, 0) if reverse else (0, 1, 2)
     if chw.dtype != np.uint8 or chw.ndim != 3 or chw.shape[0] != 3 or 0 in chw.shape:
-        return np.ascontiguousarray(chw.transpose(1, 2, 0))
-    return cv2.merge([chw[0], chw[1], chw[2]])
+        return np.ascontiguousarray(chw[list(order)].transpose(1, 2, 0))
+    return cv2.merge([chw[c] for c in order])
 
 
-def chw_from_hwc(hwc: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """(3, H, W) C-contiguous copy of an (H, W, 3) uint8 image, written into `out` when given (e.g. the
-    numpy view of a new torch tensor). cv2.split writes straight into the three planes; checked, so that
-    a change in OpenCV's binding cannot go silent (numpy fallback)."""
+def chw_from_hwc(hwc: np.ndarray, out: np.ndarray | None = None, reverse: bool = False) -> np.ndarray:
+    """(3, H, W) C-contiguous copy of an (H, W, 3) image, channels in reverse order when `reverse`, written
+    into `out` when given (e.g. the numpy view of a new torch tensor). For uint8, cv2.split writes straight
+    into the three planes; checked, so that a change in OpenCV's binding cannot go silent (numpy fallback)."""
     import cv2
 
     hwc = np.asarray(hwc)
     out = np.empty((hwc.shape[2],) + hwc.shape[:2], hwc.dtype) if out is None else out
+    planes = [out[2], out[1], out[0]] if reverse else [out[0], out[1], out[2]]
     if hwc.dtype == np.uint8 and hwc.ndim == 3 and hwc.shape[2] == 3 and 0 not in hwc.shape:
-        planes = cv2.split(hwc, [out[0], out[1], out[2]])
-        if all(p is o or np.shares_memory(p, o) for p, o in zip(planes, out)):
+        written = cv2.split(hwc, planes)
+        if all(p is o or np.shares_memory(p, o) for p, o in zip(written, planes)):
             return out
-    out[...] = hwc.transpose(2, 0, 1)
+    out[...] = hwc[..., ::-1].transpose(2, 0, 1) if reverse else hwc.transpose(2, 0, 1)
+    return out
+
+
+def copy_mask(mask: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Write the (H, W) mask `mask` (bool or uint8, nonzero = inside) into the C-contiguous (H, W) bool `out`.
+
+    pycocotools decodes into Fortran order; numpy's copy of that into a C-order row costs ~10x an OpenCV
+    transpose of its C-order transpose, which is what this does for such masks."""
+    import cv2
+
+    mask = np.asarray(mask)
+    if (mask.dtype in (np.dtype(bool), np.dtype(np.uint8)) and mask.ndim == 2 and mask.flags.f_contiguous
+            and not mask.flags.c_contiguous and out.flags.c_contiguous and out.dtype == bool
+            and (mask.dtype == bool or int(mask.max(initial=0)) <= 1)):
+        written = cv2.transpose(mask.T.view(np.uint8), dst=out.view(np.uint8))
+        if written is out or np.shares_memory(written, out):
+            return out
+    out[...] = mask
     return out
 
 
@@ -98,6 +119,25 @@ def as_bool_masks(masks: np.ndarray) -> np.ndarray:
     if masks.dtype == np.uint8 and (masks.size == 0 or int(masks.max()) <= 1):
         return masks.view(bool)
     return masks.astype(bool)
+
+
+def mask_boxes(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """((N, 4) float32 XYXY tight boxes, exclusive x2/y2, zeros for an empty mask; (N,) bool non-empty) of
+    (N, H, W) bool or uint8 masks (nonzero = inside), by `cv2.boundingRect` per mask (as the paste core
+    measures extents); equal to `xpaste.ops.masks.tight_boxes` and to pycocotools' `toBbox` in XYXY."""
+    import cv2
+
+    masks = np.asarray(masks)
+    boxes = np.zeros((len(masks), 4), np.float32)
+    if masks.ndim != 3:
+        raise ValueError(f"masks must be (N, H, W), got shape {masks.shape}")
+    if masks.dtype not in (np.dtype(bool), np.dtype(np.uint8)) or 0 in masks.shape[1:]:
+        masks = masks.astype(bool)
+    for i, m in enumerate(masks.view(np.uint8)):
+        x, y, w, h = cv2.boundingRect(np.ascontiguousarray(m))
+        if w:
+            boxes[i] = (x, y, x + w, y + h)
+    return boxes, boxes[:, 2] > boxes[:, 0]
 
 
 def mask_areas(masks: np.ndarray, boxes: np.ndarray | None = None) -> np.ndarray:
@@ -163,11 +203,18 @@ def polygons_to_masks(polygons: Sequence[Sequence[Any]], height: int, width: int
     Polygons of fewer than 3 points (slivers a crop leaves) enclose no pixel and are skipped."""
     out = np.zeros((len(polygons), height, width), bool)
     for i, polys in enumerate(polygons):
-        flat = [np.asarray(p, np.float64).reshape(-1) for p in polys]
-        flat = [p for p in flat if len(p) >= 6]
-        if flat:
-            out[i] = polygons_to_mask(flat, height, width)
+        mask = polygon_mask(polys, height, width)
+        if mask is not None:
+            copy_mask(mask, out[i])  # pycocotools' result, in C order
     return out
+
+
+def polygon_mask(polys: Sequence[Any], height: int, width: int) -> np.ndarray | None:
+    """One instance's polygons (flat [x0, y0, ...] each) rasterised by pycocotools as an (H, W) bool mask in
+    pycocotools' (Fortran) order, or None when no polygon has 3 points (see `polygons_to_masks`)."""
+    flat = [np.asarray(p, np.float64).reshape(-1) for p in polys]
+    flat = [p for p in flat if len(p) >= 6]
+    return polygons_to_mask(flat, height, width) if flat else None
 
 
 # ----------------------------------------------------------------------------- worker reseeding

@@ -31,10 +31,11 @@ import numpy as np
 
 from xpaste.core.sample import Sample
 from xpaste.core.targets import Targets
-from xpaste.integrations.common import (ISCROWD, PASTED, from_pool_label, invert_map, polygons_to_masks,
-                                        remap_prior, reseed_for_worker, scale_prior_from_records, source_rows,
-                                        to_pool_labels, tracked_targets)
-from xpaste.ops.masks import masks_to_rles, rle_decode, tight_boxes
+from xpaste.integrations.common import (ISCROWD, PASTED, chw_from_hwc, copy_mask, from_pool_label, hwc_from_chw,
+                                        invert_map, mask_areas, mask_boxes, polygon_mask, remap_prior,
+                                        reseed_for_worker, scale_prior_from_records, source_rows, to_pool_labels,
+                                        tracked_targets)
+from xpaste.ops.masks import masks_to_rles, rle_decode
 
 XYXY_ABS, XYWH_ABS = 0, 1  # detectron2.structures.BoxMode values (an IntEnum, so plain ints compare equal)
 _FORMATS = ("BGR", "RGB")
@@ -68,19 +69,26 @@ def paste_into_dataset_dict(dataset_dict: dict, image: np.ndarray, copy_paste, r
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
-    height, width = image.shape[:2]
+    import cv2
+
+    rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if image_format == "BGR" else np.ascontiguousarray(image)
+    out, annos = _paste_rgb(dataset_dict, rgb, copy_paste, rng, category_map)
+    new_annos = targets_to_annotations(out.targets, annos, category_map, segmentation)
+    new_image = cv2.cvtColor(out.image, cv2.COLOR_RGB2BGR) if image_format == "BGR" else out.image
+    new_dict = dict(dataset_dict)
+    new_dict["annotations"] = new_annos
+    return new_image, new_dict
+
+
+def _paste_rgb(dataset_dict: dict, rgb: np.ndarray, copy_paste, rng: np.random.Generator | None,
+               category_map: Mapping[int, int] | None) -> tuple[Sample, list[dict]]:
+    """The pasted Sample of a contiguous (H, W, 3) RGB image and its dataset dict, and the input annotations."""
+    height, width = rgb.shape[:2]
     annos = list(dataset_dict.get("annotations", []))
     if any("keypoints" in a for a in annos):
         raise ValueError("keypoint annotations are not supported: pasted objects would have no keypoints")
     targets = annotations_to_targets(annos, height, width, invert_map(category_map))
-    rgb = image[..., ::-1] if image_format == "BGR" else image
-    sample = Sample(np.ascontiguousarray(rgb), targets, {"image_id": dataset_dict.get("image_id")})
-    out = copy_paste(sample, rng=rng)
-    new_annos = targets_to_annotations(out.targets, annos, category_map, segmentation)
-    new_image = out.image[..., ::-1] if image_format == "BGR" else out.image
-    new_dict = dict(dataset_dict)
-    new_dict["annotations"] = new_annos
-    return np.ascontiguousarray(new_image), new_dict
+    return copy_paste(Sample(rgb, targets, {"image_id": dataset_dict.get("image_id")}), rng=rng), annos
 
 
 # ----------------------------------------------------------------------------- dataset dict <-> Targets
@@ -99,17 +107,24 @@ def segmentation_to_mask(segm: Any, height: int, width: int) -> np.ndarray:
     """Rasterise a detectron2 `segmentation` (polygons, RLE dict or 2-D mask) into an (H, W) bool mask.
 
     Polygons are rasterised with pycocotools, as detectron2's `polygons_to_bitmask` does."""
+    return np.asarray(_segmentation_array(segm, height, width), dtype=bool)
+
+
+def _segmentation_array(segm: Any, height: int, width: int) -> np.ndarray:
+    """`segmentation_to_mask` without its final copy: the 2-D array as given or as pycocotools decodes it
+    (Fortran order), nonzero = inside."""
     if isinstance(segm, np.ndarray):
         if segm.shape != (height, width):
             raise ValueError(f"segmentation mask is {segm.shape}, image is {(height, width)}")
-        return segm.astype(bool)
+        return segm
     if isinstance(segm, dict):
         size = tuple(int(v) for v in segm["size"])
         if size != (height, width):
             raise ValueError(f"RLE size {size} differs from the image {(height, width)}")
         return rle_decode(segm)
     if isinstance(segm, (list, tuple)):
-        return polygons_to_masks([segm], height, width)[0]  # slivers of < 3 points cover nothing
+        mask = polygon_mask(segm, height, width)  # slivers of < 3 points cover nothing
+        return np.zeros((height, width), bool) if mask is None else mask
     raise TypeError(f"unsupported segmentation type {type(segm).__name__}")
 
 
@@ -124,10 +139,9 @@ def annotations_to_targets(annos: list[dict], height: int, width: int,
     for i, a in enumerate(annos):
         if "segmentation" not in a:
             raise ValueError("annotations need a 'segmentation' to paste over them (MODEL.MASK_ON=True)")
-        masks[i] = segmentation_to_mask(a["segmentation"], height, width)
-    boxes = tight_boxes(masks)
-    empty = ~masks.any(axis=(1, 2))
-    for i in np.flatnonzero(empty):
+        copy_mask(_segmentation_array(a["segmentation"], height, width), masks[i])
+    boxes, nonempty = mask_boxes(masks)
+    for i in np.flatnonzero(~nonempty):
         boxes[i] = bbox_to_xyxy(annos[i]["bbox"], annos[i].get("bbox_mode", XYXY_ABS))
     ids = [int(a["category_id"]) for a in annos]
     # Originals whose contiguous id has no pool category get -1: they only matter for 'present' sampling.
@@ -142,10 +156,15 @@ def annotations_to_targets(annos: list[dict], height: int, width: int,
 def targets_to_annotations(t: Targets, annos: list[dict], category_map: Mapping[int, int] | None = None,
                            segmentation: str = "rle") -> list[dict]:
     """detectron2 annotations (XYXY_ABS) of pasted Targets; `annos` are the input annotations."""
+    segms = masks_to_rles(t.masks, t.boxes) if segmentation == "rle" else list(t.masks)
+    return _to_annotations(t, annos, category_map, segms, mask_areas(t.masks, t.boxes))
+
+
+def _to_annotations(t: Targets, annos: list[dict], category_map: Mapping[int, int] | None,
+                    segms: list | None, areas: np.ndarray) -> list[dict]:
+    """`targets_to_annotations` given the segmentations (None: no `segmentation` key) and mask areas."""
     src = source_rows(t)
     pasted = t.extra[PASTED].astype(bool)
-    segms = masks_to_rles(t.masks, t.boxes) if segmentation == "rle" else list(t.masks)
-    areas = t.masks.sum(axis=(1, 2), dtype=np.int64)
     out = []
     for i in range(len(t)):
         if src[i] >= 0:
@@ -157,7 +176,10 @@ def targets_to_annotations(t: Targets, annos: list[dict], category_map: Mapping[
                    ISCROWD: 0, "area": float(areas[i])}
         ann["bbox"] = [float(v) for v in t.boxes[i]]
         ann["bbox_mode"] = XYXY_ABS
-        ann["segmentation"] = segms[i]
+        if segms is None:
+            ann.pop("segmentation", None)
+        else:
+            ann["segmentation"] = segms[i]
         ann[PASTED] = bool(pasted[i])
         out.append(ann)
     return out
@@ -282,6 +304,7 @@ def _mapper_class():
     try:
         from detectron2.data import DatasetMapper
         from detectron2.data import detection_utils as utils
+        from detectron2.structures import BitMasks
     except ImportError as exc:
         raise ImportError("make_xpaste_mapper needs detectron2 (install it from source, see "
                           "docs/frameworks.md); paste_into_dataset_dict works without it") from exc
@@ -314,17 +337,31 @@ def _mapper_class():
                 for obj in dataset_dict.pop("annotations")
                 if obj.get(ISCROWD, 0) == 0  # as DatasetMapper does
             ]
-            image = dataset_dict["image"].numpy().transpose(1, 2, 0)
-            image, pasted = paste_into_dataset_dict({"annotations": annos}, image, self.copy_paste,
-                                                    image_format=self.image_format,
-                                                    category_map=self.category_map, segmentation="mask")
-            dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
-            annos = pasted["annotations"]
+            chw = dataset_dict["image"]
+            if chw.dtype != torch.uint8 or chw.ndim != 3 or chw.shape[0] != 3:
+                raise ValueError(f"image must be (H, W, 3) uint8, got {tuple(chw.shape[1:]) + tuple(chw.shape[:1])} "
+                                 f"{chw.dtype}")
+            reverse = self.image_format == "BGR"  # the core pastes RGB
+            out, annos = _paste_rgb({"annotations": annos}, hwc_from_chw(chw.numpy(), reverse), self.copy_paste,
+                                    None, self.category_map)
+            image = torch.empty(chw.shape, dtype=torch.uint8)
+            chw_from_hwc(out.image, image.numpy(), reverse)
+            dataset_dict["image"] = image
+            t = out.targets
+            areas = mask_areas(t.masks, t.boxes)  # CopyPaste's boxes are the tight boxes of its masks
+            annos = _to_annotations(t, annos, self.category_map, None, areas)
+            # detectron2 builds boxes and classes; the masks go over as the one (N, H, W) bool array they
+            # already are (what annotations_to_instances would stack from per-instance 2-D masks).
             instances = utils.annotations_to_instances(annos, image_shape, mask_format=self.instance_mask_format)
+            if len(annos):
+                instances.gt_masks = BitMasks(torch.from_numpy(t.masks))
             instances.pasted = torch.tensor([a[PASTED] for a in annos], dtype=torch.bool)
             if self.recompute_boxes and instances.has("gt_masks"):  # no gt_masks when nothing is left
                 instances.gt_boxes = instances.gt_masks.get_bounding_boxes()
-            dataset_dict["instances"] = utils.filter_empty_instances(instances)
+            # utils.filter_empty_instances' rule (boxes wider and taller than 1e-5, masks not empty), with the
+            # mask test read off the areas; Instances are indexed (copied) only when one is dropped.
+            keep = instances.gt_boxes.nonempty(threshold=1e-5) & torch.from_numpy(areas > 0)
+            dataset_dict["instances"] = instances if bool(keep.all()) else instances[keep]
 
     # A module-level name, so pickle (spawned DataLoader workers) finds the class through __getattr__ below.
     XPasteDatasetMapper.__qualname__ = "XPasteDatasetMapper"
