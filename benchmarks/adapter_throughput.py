@@ -109,7 +109,29 @@ def detectron2_case(pool, sample):
                 masks_dict, bgr, direct, segmentation="mask")), None, direct, "2-D mask segmentations in and out")]
 
 
+def _mmcv_lite_placeholder() -> None:
+    """mmcv-lite ships no compiled ops, yet mmdet's mask structures import mmcv.ops at module level: a
+    placeholder `mmcv._ext` whose ops raise if called (as tests/test_mmdet_adapter.py does)."""
+    import importlib.util
+    import types
+
+    if importlib.util.find_spec("mmcv._ext") is not None:
+        return
+
+    class _NoOps(types.ModuleType):
+        def __getattr__(self, name):
+            if name.startswith("__"):
+                raise AttributeError(name)
+
+            def op(*args, **kwargs):
+                raise RuntimeError(f"mmcv._ext.{name} called: compiled mmcv ops are not available")
+            return op
+
+    sys.modules.setdefault("mmcv._ext", _NoOps("mmcv._ext"))
+
+
 def mmdet_case(pool, sample):
+    _mmcv_lite_placeholder()
     import torch
     from mmdet.structures.bbox import HorizontalBoxes
     from mmdet.structures.mask import BitmapMasks

@@ -39,10 +39,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from xpaste.core.sample import Sample
-from xpaste.integrations.common import (IGNORE, PASTED, from_pool_label, label_map_from_names,
-                                        polygons_to_masks, remap_prior, reseed_for_worker, source_rows,
-                                        to_pool_labels, tracked_targets)
-from xpaste.ops.masks import tight_boxes
+from xpaste.integrations.common import (IGNORE, PASTED, as_bool_masks, from_pool_label, label_map_from_names,
+                                        mask_boxes, polygons_to_masks, remap_prior, reseed_for_worker,
+                                        source_rows, to_pool_labels, tracked_targets)
 
 try:  # mmcv (or mmcv-lite) gives the base class mmengine pipelines expect; the helpers work without it.
     from mmcv.transforms import BaseTransform as _Base
@@ -70,8 +69,10 @@ def paste_arrays(img: np.ndarray, boxes: np.ndarray, masks: np.ndarray, labels: 
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
         raise TypeError(f"XPasteCopyPaste needs a (H, W, 3) uint8 BGR img, got {img.shape} {img.dtype}: put it "
                         "before transforms that convert the image to float (e.g. PhotoMetricDistortion)")
+    import cv2
+
     height, width = img.shape[:2]
-    masks = np.asarray(masks).astype(bool, copy=False)
+    masks = as_bool_masks(masks)  # a view of 0/1 uint8 BitmapMasks: no copy
     if masks.shape[1:] != (height, width):
         raise ValueError(f"gt_masks are {masks.shape[1:]}, img is {(height, width)}")
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
@@ -80,12 +81,11 @@ def paste_arrays(img: np.ndarray, boxes: np.ndarray, masks: np.ndarray, labels: 
     ignore_flags = np.zeros(n, bool) if ignore_flags is None else np.asarray(ignore_flags, bool).reshape(-1)
     if not len(boxes) == len(masks) == len(ignore_flags) == n:
         raise ValueError(f"{len(boxes)} gt_bboxes, {len(masks)} gt_masks, {n} labels, {len(ignore_flags)} flags")
-    tight = tight_boxes(masks)
-    nonempty = masks.any(axis=(1, 2))
+    tight, nonempty = mask_boxes(masks)
     tight[~nonempty] = boxes[~nonempty]
     # Originals' labels in pool-id space, so 'present' sampling compares like with like.
     targets = tracked_targets(tight, masks, to_pool_labels(labels, label_map), {IGNORE: ignore_flags})
-    out = copy_paste(Sample(np.ascontiguousarray(img[..., ::-1]), targets), rng=rng)
+    out = copy_paste(Sample(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), targets), rng=rng)
     t = out.targets
     src = source_rows(t)
     kept = src >= 0
@@ -93,8 +93,9 @@ def paste_arrays(img: np.ndarray, boxes: np.ndarray, masks: np.ndarray, labels: 
     new_labels[kept] = labels[src[kept]]
     for i in np.flatnonzero(~kept):
         new_labels[i] = from_pool_label(int(t.labels[i]), label_map, "label_map/classes")
-    return {"img": np.ascontiguousarray(out.image[..., ::-1]), "boxes": t.boxes.astype(np.float32),
-            "masks": t.masks.astype(np.uint8), "labels": new_labels,
+    # The masks are CopyPaste's new bool array: its 0/1 bytes are the uint8 masks, no copy needed.
+    return {"img": cv2.cvtColor(out.image, cv2.COLOR_RGB2BGR), "boxes": t.boxes.astype(np.float32),
+            "masks": t.masks.view(np.uint8), "labels": new_labels,
             "ignore_flags": t.extra[IGNORE].astype(bool) & kept, PASTED: ~kept}
 
 
@@ -217,7 +218,11 @@ class XPasteCopyPaste(_Base):
         else:
             results["gt_bboxes"] = out["boxes"]
         results["gt_bboxes_labels"] = out["labels"]
-        results["gt_masks"] = BitmapMasks(out["masks"], height, width)
+        # BitmapMasks(array) stacks a copy of its input; out["masks"] is a new array nothing else holds, so it
+        # is handed over after the constructor has run (on an empty stack: same attributes, same checks).
+        gt_masks = BitmapMasks(out["masks"][:0], height, width)
+        gt_masks.masks = out["masks"]
+        results["gt_masks"] = gt_masks
         results["gt_ignore_flags"] = out["ignore_flags"]
         return results
 
