@@ -35,7 +35,7 @@ from xpaste.pool.store import DATA_DIR, INDEX_DIR, MANIFEST, list_parts, shard_n
 
 log = logging.getLogger("xpaste.pool")
 SHARD_BYTES = 2**30  # a data shard is closed once it holds this many bytes (1M cut-outs: ~100 files)
-MAX_PARTS = 32  # more index parts than this are merged into one when the writer closes (fast opens)
+MAX_PARTS = 8  # more index parts than this are merged into one when the writer closes (~1 ms per part on open)
 LOCATION_COLUMNS = ("shard", "offset", "nbytes")
 
 
