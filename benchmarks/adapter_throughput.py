@@ -173,8 +173,29 @@ def ultralytics_case(pool, sample):
     def fresh():
         return {"img": img, "cls": cls.copy(), "instances": copy.deepcopy(instances)}
 
-    return [("ultralytics XPasteYOLOTransform", lambda: (lambda lb=fresh(): transform(lb)), None,
-             transform.copy_paste, "labels with 1000-point polygons; rasterise in, trace out")]
+    # Time spent in the polygon format ultralytics' labels impose (tracing masks, resampling to 1000 points).
+    import xpaste.integrations.ultralytics as module
+
+    clock = [0.0]
+
+    def timed(fn):
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                clock[0] += time.perf_counter() - t0
+        return wrapper
+
+    module.mask_to_polygon = timed(module.mask_to_polygon)
+    module.resample_segments = timed(module.resample_segments)
+
+    def prepare():
+        return lambda lb=fresh(): transform(lb)
+
+    prepare.format_clock = clock
+    return [("ultralytics XPasteYOLOTransform", prepare, None, transform.copy_paste,
+             "labels with 1000-point polygons; rasterise in, trace out")]
 
 
 CASES = {"torchvision": torchvision_case, "detectron2": detectron2_case, "mmdet": mmdet_case,
@@ -184,10 +205,12 @@ MODULES = {"torchvision": "torchvision", "detectron2": "detectron2", "mmdet": "m
 
 # ----------------------------------------------------------------------------- timing
 def interleaved(prepare_adapter, prepare_noop, adapter_cp, core, sample, calls: int) -> dict:
-    """Per-call seconds {"adapter", "noop" (or None), "core"} as arrays. Call i of the adapter and of the core
+    """Per-call seconds {"adapter", "noop" (or None), "core", "format" (or None)} as arrays ("format": time the
+    adapter spent in the functions its case's `prepare.format_clock` counts). Call i of the adapter and of the core
     draw the same plan (both CopyPaste reseeded with i, outside the timed part), calls alternate one by one
     (which goes first alternates too), so load on the machine hits all of them alike."""
-    times = {"adapter": [], "noop": [], "core": []}
+    times = {"adapter": [], "noop": [], "core": [], "format": []}
+    clock = getattr(prepare_adapter, "format_clock", None)
     for i in range(calls + 3):  # three warm-up calls first, not counted
         steps = [("adapter", prepare_adapter), ("core", None)] + ([("noop", prepare_noop)] if prepare_noop else [])
         for key, prep in (steps if i % 2 else steps[::-1]):
@@ -197,10 +220,14 @@ def interleaved(prepare_adapter, prepare_noop, adapter_cp, core, sample, calls: 
             else:
                 adapter_cp.reseed(i)
                 fn = prep()
+            if clock is not None:
+                clock[0] = 0.0
             t0 = time.perf_counter()
             fn()
             if i >= 3:
                 times[key].append(time.perf_counter() - t0)
+                if clock is not None and key == "adapter":
+                    times["format"].append(clock[0])
     return {k: (np.array(v) if v else None) for k, v in times.items()}
 
 
@@ -247,6 +274,12 @@ def main() -> None:
             rate = f"{1 / added.mean():9.1f}" if added.mean() > 0 else f"{'no cost':>9}"
             shown = [f"{r:6.2f}" if 0 < r < 100 else f"{'>100':>6}" for r in (ratio, median)]
             print(f"{name:<46} {rate} {1 / t['core'].mean():8.1f} {shown[0]} {shown[1]}  {note}{extra}")
+            if t["format"] is not None:
+                rest = added - t["format"]
+                print(f"{'  ... without the polygon format':<46} {1 / rest.mean():9.1f} {1 / t['core'].mean():8.1f} "
+                      f"{t['core'].mean() / rest.mean():6.2f} {float(np.median(t['core'] / rest)):6.2f}  "
+                      f"mask_to_polygon + resample_segments: {1000 * t['format'].mean():.2f} ms of the "
+                      f"{1000 * added.mean():.2f} ms per image")
     for framework in missing:
         hint = (".venv-mmdet/bin/python benchmarks/adapter_throughput.py --only mmdet  (make test-mmdet builds it)"
                 if framework == "mmdet" else f"install {MODULES[framework]}")

@@ -131,7 +131,9 @@ def mask_boxes(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     boxes = np.zeros((len(masks), 4), np.float32)
     if masks.ndim != 3:
         raise ValueError(f"masks must be (N, H, W), got shape {masks.shape}")
-    if masks.dtype not in (np.dtype(bool), np.dtype(np.uint8)) or 0 in masks.shape[1:]:
+    if 0 in masks.shape[1:]:
+        return boxes, np.zeros(len(masks), bool)
+    if masks.dtype not in (np.dtype(bool), np.dtype(np.uint8)):
         masks = masks.astype(bool)
     for i, m in enumerate(masks.view(np.uint8)):
         x, y, w, h = cv2.boundingRect(np.ascontiguousarray(m))
@@ -152,7 +154,7 @@ def mask_areas(masks: np.ndarray, boxes: np.ndarray | None = None) -> np.ndarray
     if masks.ndim != 3:
         raise ValueError(f"masks must be (N, H, W), got shape {masks.shape}")
     if len(masks) == 0 or 0 in masks.shape[1:] or masks.dtype not in (np.dtype(bool), np.dtype(np.uint8)):
-        return np.count_nonzero(masks.reshape(len(masks), -1), axis=1).astype(np.int64)
+        return np.count_nonzero(masks, axis=(1, 2)).astype(np.int64).reshape(len(masks))  # also for N == 0
     view = masks.view(np.uint8) if masks.dtype == bool else masks
     if boxes is None:
         return np.fromiter((cv2.countNonZero(m) for m in view), np.int64, len(view))

@@ -36,8 +36,8 @@ from ultralytics.utils.instance import Instances
 from ultralytics.utils.ops import resample_segments
 
 from xpaste.core.sample import Sample
-from xpaste.integrations.common import (label_map_from_names, remap_prior, reseed_for_worker,
-                                        scale_prior_from_records, source_rows, tracked_targets)
+from xpaste.integrations.common import (label_map_from_names, mask_areas, remap_prior,
+                                        reseed_for_worker, scale_prior_from_records, source_rows, tracked_targets)
 from xpaste.integrations.yolo_export import export_yolo_seg, mask_to_polygon  # noqa: F401  (re-exported)
 from xpaste.paste.transform import CopyPaste, warn_missing_prior
 
@@ -118,37 +118,30 @@ class XPasteYOLOTransform:
                              "segments): train with task=segment on polygon labels")
         cls = labels["cls"]
         masks = np.zeros((n, h, w), bool)
-        buf = np.zeros((h, w), np.uint8)
-        for i in range(n):
-            buf[:] = 0
-            cv2.fillPoly(buf, [segments[i].astype(np.int32)], 1)  # ultralytics' own rasterisation (polygon2mask)
-            masks[i] = buf.view(bool)
-        # Hit tests use the boxes: make each contain its rasterised mask (truncation can add an edge pixel).
-        ext = boxes.copy()
-        for i in range(n):
-            ys, xs = np.nonzero(masks[i].any(axis=1))[0], np.nonzero(masks[i].any(axis=0))[0]
-            if len(ys):
-                ext[i] = (min(ext[i, 0], xs[0]), min(ext[i, 1], ys[0]), max(ext[i, 2], xs[-1] + 1),
-                          max(ext[i, 3], ys[-1] + 1))
+        for i in range(n):  # ultralytics' own rasterisation (polygon2mask), straight into the mask's bytes
+            _fill_polygon(masks[i], segments[i])
+        # No widening of the boxes (truncation can leave one a pixel short of its mask): CopyPaste measures each
+        # mask's extent on the mask itself and gives every non-empty mask its tight box.
         cls_int = cls.reshape(-1).astype(np.int64)
         labels_pool = np.array([self._to_pool.get(int(c), -1 - int(c)) for c in cls_int], np.int64)
-        targets = tracked_targets(ext, masks, labels_pool)
-        rgb = np.ascontiguousarray(img[..., ::-1])
+        targets = tracked_targets(boxes, masks, labels_pool)
+        rgb = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
         out = self.copy_paste(Sample(rgb, targets, {"im_file": labels.get("im_file")}))
 
         t = out.targets
         src = source_rows(t)
         length = segments.shape[1] if segments.ndim == 3 and segments.shape[1] else SEGMENT_POINTS
         new_boxes, new_segs, new_cls = [], [], []
-        areas_before = masks.sum(axis=(1, 2))
+        areas_before = mask_areas(masks)
+        areas = mask_areas(t.masks, t.boxes)  # CopyPaste's boxes are the tight boxes of its masks
         for j in range(len(t)):
             s = int(src[j])
-            if s >= 0 and int(t.masks[j].sum()) == int(areas_before[s]):  # untouched: keep it bit for bit
+            if s >= 0 and areas[j] == areas_before[s]:  # untouched: keep it bit for bit
                 new_boxes.append(boxes[s])
-                new_segs.append(segments[s].astype(np.float32))
+                new_segs.append(segments[s])  # made float32 with the others below
                 new_cls.append(cls_int[s])
                 continue
-            poly = mask_to_polygon(t.masks[j])
+            poly = mask_to_polygon(t.masks[j], t.boxes[j])  # CopyPaste's box encloses its mask
             if poly is None:
                 continue
             new_boxes.append(t.boxes[j])
@@ -162,10 +155,19 @@ class XPasteYOLOTransform:
         result.convert_bbox(fmt)
         if normalized:
             result.normalize(w, h)
-        labels["img"] = np.ascontiguousarray(out.image[..., ::-1])
+        labels["img"] = cv2.cvtColor(out.image, cv2.COLOR_RGB2BGR)
         labels["instances"] = result
         labels["cls"] = np.array(new_cls, dtype=cls.dtype).reshape(m, 1)
         return labels
+
+
+def _fill_polygon(mask: np.ndarray, segment: np.ndarray) -> None:
+    """Rasterise one (K, 2) polygon into the C-contiguous (H, W) bool `mask` as ultralytics' `polygon2mask`
+    does (coordinates truncated to int32, `cv2.fillPoly`), writing into the mask's own bytes (checked)."""
+    buf = mask.view(np.uint8)
+    written = cv2.fillPoly(buf, [segment.astype(np.int32)], 1)
+    if written is not None and written is not buf and not np.shares_memory(written, buf):
+        mask[...] = written.view(bool)
 
 
 # ----------------------------------------------------------------------------- the training set's prior

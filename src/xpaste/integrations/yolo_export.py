@@ -52,8 +52,11 @@ def _closest(a: np.ndarray, b: np.ndarray) -> tuple[int, int, int]:
     """(i, j, d) with a[i], b[j] the closest pair in Chebyshev distance d = max(|dx|, |dy|) (int (N, 2), (M, 2))."""
     best = (0, 0, np.iinfo(np.int64).max)
     step = max(1, _BLOCK // len(b))
+    bx, by = b[None, :, 0], b[None, :, 1]
     for s in range(0, len(a), step):
-        d = np.abs(a[s:s + step, None, :] - b[None, :, :]).max(axis=2)
+        # max(|dx|, |dy|) from two 2-D arrays: a reduction over a length-2 last axis is numpy's slow path
+        d = np.abs(a[s:s + step, None, 0] - bx)
+        np.maximum(d, np.abs(a[s:s + step, None, 1] - by), out=d)
         i, j = np.unravel_index(int(d.argmin()), d.shape)
         if d[i, j] < best[2]:
             best = (s + int(i), int(j), int(d[i, j]))
@@ -82,6 +85,8 @@ def _spanning_tree(parts: list[np.ndarray]) -> tuple[int, dict[int, list[tuple[i
     """Prim's minimum spanning tree over contours: (root, children {k: [(point index, child)]}, entry point).
 
     Above MAX_TREE_PARTS contours, `_chain` instead (same rules, longer bridges)."""
+    if len(parts) == 1:  # one contour (most masks): nothing to bridge
+        return 0, {0: []}, {0: 0}
     if len(parts) > MAX_TREE_PARTS:
         return _chain(parts)
     boxes = [np.concatenate([p.min(axis=0), p.max(axis=0)]) for p in parts]
@@ -119,8 +124,11 @@ def _drop_straight(path: np.ndarray) -> np.ndarray:
     return path[np.concatenate([[True], ~inner, [True]])]
 
 
-def mask_to_polygon(mask: np.ndarray) -> np.ndarray | None:
+def mask_to_polygon(mask: np.ndarray, box: np.ndarray | None = None) -> np.ndarray | None:
     """One (M, 2) float32 polygon (x, y pixel coordinates, M >= 3) for an (H, W) bool mask; None if it is empty.
+
+    `box`: optional XYXY pixel box known to enclose every mask pixel (e.g. the tight box CopyPaste gives
+    each output mask); the mask is then scanned only there. The polygon is the same with or without it.
 
     Outer and hole contours are bridged into one polygon (module docstring), so that ultralytics'
     `polygon2mask` of the result covers every mask pixel, no hole pixel, and otherwise only the pixels the
@@ -128,14 +136,24 @@ def mask_to_polygon(mask: np.ndarray) -> np.ndarray | None:
     """
     import cv2
 
-    m = np.asarray(mask, dtype=bool)
+    m = np.asarray(mask)
     if m.ndim != 2:
         raise ValueError(f"mask must be 2-D, got shape {m.shape}")
-    rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
-    if not len(rows):
+    if m.dtype != bool:
+        m = m.astype(bool)
+    # Trace inside the tight box: the same contours, far less work (boundingRect: the box in one pass).
+    bx0 = by0 = 0
+    region = m
+    if box is not None:
+        height, width = m.shape
+        bx0, by0 = (int(np.clip(np.floor(v), 0, lim)) for v, lim in zip(box[:2], (width, height)))
+        bx1, by1 = (int(np.clip(np.ceil(v), 0, lim)) for v, lim in zip(box[2:4], (width, height)))
+        region = m[by0:max(by0, by1), bx0:max(bx0, bx1)]
+    x0, y0, w, h = cv2.boundingRect(np.ascontiguousarray(region).view(np.uint8)) if region.size else (0, 0, 0, 0)
+    if not w:
         return None
-    y0, x0 = int(rows[0]), int(cols[0])  # trace inside the tight box: the same contours, far less work
-    crop = np.ascontiguousarray(m[y0:int(rows[-1]) + 1, x0:int(cols[-1]) + 1], dtype=np.uint8)
+    x0, y0 = x0 + bx0, y0 + by0
+    crop = np.ascontiguousarray(m[y0:y0 + h, x0:x0 + w]).view(np.uint8)
     # Every boundary pixel (CHAIN_APPROX_NONE), so bridges join truly closest pixels and never cut a corner;
     # straight runs are merged at the end (_drop_straight).
     contours, _ = cv2.findContours(crop, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
@@ -143,32 +161,43 @@ def mask_to_polygon(mask: np.ndarray) -> np.ndarray | None:
     if not parts:
         return None
     root, children, entry = _spanning_tree(parts)
-    at = [{} for _ in parts]  # contour -> {point index: [children bridged there]}
-    for k, kids in children.items():
-        for i, c in kids:
-            at[k].setdefault(i, []).append(c)
-    # Walk each contour once from its entry point; at a point with children, go over each bridge, walk the
-    # child, and come back to the point. Explicit stack of (contour, step, next child at this step).
-    out: list[np.ndarray] = []
-    stack = [(root, 0, 0)]
-    while stack:
-        k, s, c = stack.pop()
-        pts, e = parts[k], entry[k]
-        if s == len(pts):
-            out.append(pts[e])  # closed: back at the entry point, to return over the bridge
-            continue
-        idx = (e + s) % len(pts)
-        out.append(pts[idx])  # the point itself, or the return to it from child c - 1
-        kids = at[k].get(idx, ())
-        if c < len(kids):
-            stack.append((k, s, c + 1))
-            stack.append((kids[c], 0, 0))
-        else:
-            stack.append((k, s + 1, 0))
-    poly = _drop_straight(np.asarray(out, np.int64)).astype(np.float32) + 0.5
+    poly = _drop_straight(_walk(parts, root, children, entry)).astype(np.float32) + 0.5
     if len(poly) < 3:
         poly = poly[[0, -1, 0]]  # a point or a 1-pixel line: (p, p, p) or (p0, p1, p0)
     return poly
+
+
+def _walk(parts: list[np.ndarray], root: int, children: dict[int, list[tuple[int, int]]],
+          entry: dict[int, int]) -> np.ndarray:
+    """The bridged tour as one (M, 2) int64 array: each contour once from its entry point and back to it;
+    at a point with children, over each bridge, the child's tour, and back to the point.
+
+    Built from array slices (a stack of pieces and contours still to expand), not point by point."""
+    at: list[dict[int, list[int]]] = [{} for _ in parts]  # contour -> {point index: [children bridged there]}
+    for k, kids in children.items():
+        for i, c in kids:
+            at[k].setdefault(i, []).append(c)
+    pieces: list[np.ndarray] = []
+    stack: list[int | np.ndarray] = [root]  # a contour to expand, or a finished piece
+    while stack:
+        item = stack.pop()
+        if isinstance(item, np.ndarray):
+            pieces.append(item)
+            continue
+        pts, e = parts[item], entry[item]
+        n = len(pts)
+        rolled = np.concatenate([pts[e:], pts[:e], pts[e:e + 1]])  # from the entry point round to it again
+        todo: list[int | np.ndarray] = []
+        start = 0
+        for step in sorted((idx - e) % n for idx in at[item]):
+            point = rolled[step:step + 1]
+            todo.append(rolled[start:step + 1])
+            for child in at[item][(e + step) % n]:
+                todo += [child, point]  # over the bridge, the child's tour, back to the point
+            start = step + 1
+        todo.append(rolled[start:])
+        stack.extend(reversed(todo))
+    return np.concatenate(pieces)
 
 
 def annotation_polygon(ann: dict, height: int, width: int) -> tuple[np.ndarray, bool]:
