@@ -305,3 +305,95 @@ def test_options_validated_through_paste_config():
     t = XPasteCopyPaste(build_pool(), scale_prior={1: (0.1, 0.0)}, max_paste=7, alpha_threshold=127)
     assert t.copy_paste.config.max_paste == 7 and t.copy_paste.config.alpha_threshold == 127
     assert t.copy_paste.scale_prior == {1: (0.1, 0.0)}
+
+
+# ----------------------------------------------------------------------------- fast conversions (common.py)
+# Right values from PIL / torchvision / OpenCV / pycocotools, never from xpaste.
+@pytest.mark.parametrize("height,width", [(1, 1), (3, 5), (64, 64), (97, 130)])
+def test_channel_layout_conversions_match_pil_and_torchvision(height, width):
+    import cv2
+    from torchvision.transforms.v2 import functional as F
+
+    from xpaste.integrations.common import chw_from_hwc, hwc_from_chw
+
+    r = np.random.default_rng(height * width)
+    chw = torch.from_numpy(r.integers(0, 256, (3, height, width), dtype=np.uint8))
+    hwc = np.asarray(F.to_pil_image(chw))  # PIL's RGB bytes
+    assert np.array_equal(hwc_from_chw(chw.numpy()), hwc) and hwc_from_chw(chw.numpy()).flags.c_contiguous
+    assert np.array_equal(hwc_from_chw(chw.numpy(), reverse=True), cv2.cvtColor(hwc, cv2.COLOR_RGB2BGR))
+    expected = F.pil_to_tensor(PIL.Image.fromarray(hwc)).numpy()
+    out = torch.empty((3, height, width), dtype=torch.uint8)
+    assert chw_from_hwc(hwc, out.numpy()) is not None and np.array_equal(out.numpy(), expected)
+    bgr = cv2.cvtColor(hwc, cv2.COLOR_RGB2BGR)
+    assert np.array_equal(chw_from_hwc(bgr, reverse=True), expected)
+    strided = np.ascontiguousarray(np.repeat(hwc, 2, axis=1))[:, ::2]  # a non-contiguous view of the same pixels
+    assert np.array_equal(chw_from_hwc(strided), expected)
+
+
+def _coco_masks(seed: int, n: int, height: int, width: int) -> np.ndarray:
+    r = np.random.default_rng(seed)
+    masks = np.zeros((n, height, width), bool)
+    for i in range(n):
+        kind = i % 4
+        if kind == 0:
+            masks[i] = r.random((height, width)) < 0.3  # scattered pixels
+        elif kind == 1:
+            y, x = r.integers(0, height), r.integers(0, width)
+            masks[i, y:y + int(r.integers(1, 20)), x:x + int(r.integers(1, 20))] = True
+        elif kind == 2:
+            masks[i, -1, -1] = True  # one corner pixel
+        # kind 3: empty
+    return masks
+
+
+@pytest.mark.parametrize("seed,n,height,width", [(0, 0, 8, 9), (1, 4, 1, 1), (2, 8, 37, 53), (3, 6, 120, 64)])
+def test_mask_areas_boxes_and_copies_match_pycocotools(seed, n, height, width):
+    from pycocotools import mask as coco
+
+    from xpaste.integrations.common import as_bool_masks, copy_mask, mask_areas, mask_boxes
+
+    masks = _coco_masks(seed, n, height, width)
+    rles = [coco.encode(np.asfortranarray(m.astype(np.uint8))) for m in masks]
+    areas = np.array([coco.area(rle) for rle in rles], np.int64).reshape(n)
+    xywh = np.array([coco.toBbox(rle) for rle in rles], np.float64).reshape(n, 4)
+    xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+    for form in (masks, masks.astype(np.uint8), masks.astype(np.uint8) * 255, np.asfortranarray(masks)):
+        assert np.array_equal(mask_areas(form), areas)
+        boxes, nonempty = mask_boxes(form)
+        assert np.array_equal(nonempty, areas > 0)
+        assert np.array_equal(boxes[nonempty], xyxy[nonempty].astype(np.float32))
+        assert np.array_equal(as_bool_masks(form), masks)
+    grown = xyxy + np.array([-3, -2, 4, 1]) * (areas > 0)[:, None]  # any enclosing box, also past the image
+    assert np.array_equal(mask_areas(masks, grown), areas)
+    ones = masks.astype(np.uint8)
+    assert n == 0 or np.shares_memory(as_bool_masks(ones), ones)  # 0/1 bytes: a view, no copy
+    for rle, m in zip(rles, masks):
+        decoded = coco.decode(rle)  # Fortran order, as pycocotools returns it
+        out = np.ones((height, width), bool)
+        copy_mask(decoded, out)
+        assert np.array_equal(out, m) and np.array_equal(out, decoded.astype(bool))
+
+
+def test_uint8_masks_of_any_nonzero_value_paste_alike_and_come_back_0_1():
+    image, target = synthetic(n=4, seed=3)
+    outputs = []
+    for scale in (1, 255):
+        t = dict(target, masks=tv_tensors.Mask(target["masks"] * scale), area=torch.tensor([5.0, 6.0, 7.0, 8.0]))
+        outputs.append(transform(num_paste=6, seed=4)(image, t))
+    (img_a, out_a), (img_b, out_b) = outputs
+    assert torch.equal(img_a, img_b)
+    for key in ("boxes", "masks", "labels", "pasted", "area"):
+        assert torch.equal(out_a[key], out_b[key]), key
+    assert out_a["masks"].dtype == torch.uint8 and int(out_a["masks"].max()) == 1
+    # area: pycocotools' area of each output mask wherever the paste changed or added it
+    from pycocotools import mask as coco
+
+    assert bool(out_a["pasted"].any())
+    inputs = target["masks"].numpy()
+    for j in range(len(out_a["labels"])):
+        m = np.asfortranarray(out_a["masks"][j].numpy())
+        true_area = float(coco.area(coco.encode(m)))
+        if out_a["pasted"][j] or float(out_a["area"][j]) not in (5.0, 6.0, 7.0, 8.0):
+            assert float(out_a["area"][j]) == true_area
+        else:  # an original keeps its annotated area only when no paste touched its mask
+            assert any(np.array_equal(m, x) for x in inputs)
