@@ -401,3 +401,52 @@ def test_real_mask_rcnn_trains_two_steps(d2_dataset):
             optimizer.zero_grad()
             total.backward()
             optimizer.step()
+
+
+@pytest.mark.parametrize("image_format,crop,with_empty", [("BGR", False, False), ("RGB", True, True),
+                                                          ("BGR", True, True), ("RGB", False, True)])
+def test_real_mapper_instances_equal_detectron2s_own_steps(d2_dataset, small_pool, image_format, crop, with_empty):
+    """The mapper hands its masks to BitMasks without a stack and filters empty instances itself: its
+    Instances must equal what detectron2's own annotations_to_instances + filter_empty_instances make of
+    the same pasted annotations (segmentation='mask'), field by field."""
+    import torch
+    from detectron2.data import detection_utils as utils
+    from detectron2.data import transforms as T
+
+    from xpaste.integrations.detectron2 import _mapper_class
+
+    cfg = d2_dataset[0].clone()
+    cfg.INPUT.FORMAT = image_format
+    cfg.INPUT.CROP.ENABLED = crop  # DatasetMapper recomputes boxes from masks when cropping
+    image, d, _ = _dataset_dict()
+    # The forms detectron2's transform_instance_annotations takes: polygons and compressed RLE.
+    d["annotations"] = [a for a in d["annotations"] if isinstance(a["segmentation"], list)
+                        or (isinstance(a["segmentation"], dict) and not isinstance(a["segmentation"]["counts"], list))]
+    if with_empty:  # a sliver polygon (2 points) rasterises to nothing: filter_empty_instances drops it
+        d["annotations"].append({"bbox": [5, 5, 6, 6], "bbox_mode": XYXY_ABS, "segmentation": [[5.0, 5.0, 6.0, 6.0]],
+                                 "category_id": 1, "iscrowd": 0})
+    cp = CopyPaste(small_pool, num_paste=8, uniform_scale=(0.1, 0.3), min_visible_area=50, scale_prior={})
+    mapper = _mapper_class()(cfg, True, cp, None)
+    assert mapper.recompute_boxes == crop
+    chw = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    for seed in range(4):
+        got = {"image": chw, "annotations": copy.deepcopy(d["annotations"])}
+        cp.reseed(seed)
+        mapper._transform_annotations(got, T.TransformList([]), (H, W))
+        annos = [utils.transform_instance_annotations(copy.deepcopy(a), T.TransformList([]), (H, W))
+                 for a in d["annotations"] if a.get("iscrowd", 0) == 0]
+        cp.reseed(seed)
+        ref_image, ref = paste_into_dataset_dict({"annotations": annos}, image, cp, image_format=image_format,
+                                                 segmentation="mask")
+        inst = utils.annotations_to_instances(ref["annotations"], (H, W), mask_format="bitmask")
+        inst.pasted = torch.tensor([a["pasted"] for a in ref["annotations"]], dtype=torch.bool)
+        if crop:
+            inst.gt_boxes = inst.gt_masks.get_bounding_boxes()
+        expected = utils.filter_empty_instances(inst)
+        out = got["instances"]
+        assert torch.equal(got["image"], torch.as_tensor(np.ascontiguousarray(ref_image.transpose(2, 0, 1))))
+        assert len(out) == len(expected) and len(expected) < len(inst) + (not with_empty)
+        assert torch.equal(out.gt_boxes.tensor, expected.gt_boxes.tensor)
+        assert torch.equal(out.gt_classes, expected.gt_classes)
+        assert out.gt_masks.tensor.dtype == torch.bool and torch.equal(out.gt_masks.tensor, expected.gt_masks.tensor)
+        assert torch.equal(out.pasted, expected.pasted) and bool(out.pasted.any())
