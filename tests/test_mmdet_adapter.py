@@ -352,3 +352,29 @@ def test_mmdet_explicit_prior_wins_and_no_prior_warns(mmdet_env, tmp_path, monke
         warnings.simplefilter("error", UserWarning)
         ds[0]
     assert set(ds.pipeline.transforms[-1]._paster().scale_prior) == {1, 2, 3}
+
+
+def test_mmdet_handed_over_masks_behave_as_mmdets_own(mmdet_env, tmp_path, pool_dir):
+    """The transform hands its uint8 masks to BitmapMasks without the constructor's copy: the result must be
+    what BitmapMasks(array) makes of the same masks, also under the mmdet transforms that run after it."""
+    from mmcv.transforms import Compose
+    from mmdet.structures.mask import BitmapMasks
+    from pycocotools import mask as coco
+
+    res = _pipeline(pool_dir, False, pack=False, num_paste=5, uniform_scale=(0.1, 0.3), min_visible_area=1,
+                    seed=1)(_raw_results(tmp_path))
+    got = res["gt_masks"]
+    own = BitmapMasks(np.array(got.masks, copy=True), got.height, got.width)  # mmdet's constructor, its copy
+    assert got.masks.dtype == np.uint8 and got.masks.flags.c_contiguous and set(np.unique(got.masks)) <= {0, 1}
+    assert got.masks.shape == own.masks.shape and np.array_equal(got.masks, own.masks)
+    assert np.array_equal(got.areas, [coco.area(coco.encode(np.asfortranarray(m))) for m in own.masks])
+    after = Compose([dict(type="RandomFlip", prob=1.0, direction="vertical"),
+                     dict(type="Resize", scale=(80, 60), keep_ratio=True), dict(type="PackDetInputs")])
+    out = after(res)
+    res_own = dict(_pipeline(pool_dir, False, pack=False, num_paste=5, uniform_scale=(0.1, 0.3), min_visible_area=1,
+                             seed=1)(_raw_results(tmp_path)))
+    res_own["gt_masks"] = BitmapMasks(np.array(res_own["gt_masks"].masks, copy=True), got.height, got.width)
+    ref = after(res_own)
+    got_gt, ref_gt = out["data_samples"].gt_instances, ref["data_samples"].gt_instances
+    assert np.array_equal(got_gt.masks.masks, ref_gt.masks.masks)
+    assert np.array_equal(got_gt.bboxes.numpy(), ref_gt.bboxes.numpy())
