@@ -277,3 +277,27 @@ def test_map_by_name_gives_dataset_ids_and_paste_uses_them(rng):
         match_categories(pool, ambiguous, by_name=True)
     with pytest.raises(XPasteError, match="no pool category name matches"):
         match_categories(pool, {9: "tree"}, by_name=True)
+
+
+def test_augment_refuses_a_pool_whose_names_disagree(tmp_path):
+    """A pool imported from dataset A used on dataset B with the same ids for other things: one line, exit 2,
+    nothing written; the same pool on A itself is accepted."""
+    from coco_fixtures import write_dataset
+
+    a_json, a_images = write_dataset(tmp_path / "a", n_images=2)
+    b_json, b_images = write_dataset(tmp_path / "b", n_images=2, seed=1)
+    doc = json.loads(b_json.read_text())
+    for c, name in zip(doc["categories"], ["zebra", "car", "tree", "lamp"]):
+        c["name"], c["synonyms"] = name, [name]
+    b_json.write_text(json.dumps(doc))
+    x = [sys.executable, "-m", "xpaste"]
+    assert subprocess.run([*x, "pool", "import-coco", str(a_json), "--images", str(a_images), "--out",
+                           str(tmp_path / "pool"), "--min-area", "100"], capture_output=True).returncode == 0
+    bad = subprocess.run([*x, "augment", "--dataset", str(b_json), "--images", str(b_images), "--pool",
+                          str(tmp_path / "pool"), "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    line = bad.stderr.strip().splitlines()[-1]
+    assert "in the pool but 'zebra' in the dataset" in line and not (tmp_path / "out" / "annotations.json").exists()
+    ok = subprocess.run([*x, "augment", "--dataset", str(a_json), "--images", str(a_images), "--pool",
+                         str(tmp_path / "pool"), "--out", str(tmp_path / "ok")], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
