@@ -236,3 +236,57 @@ def test_hand_built_transform_warns_once_without_a_prior(monkeypatch):
         XPasteYOLOTransform(make_pool(), scale_prior={}, flip_prob=2)
     with pytest.raises(PasteConfigError, match="max_paste"):  # at once, not when ultralytics builds the data
         xpaste_trainer(make_pool(), max_paste=0)
+
+
+# ----------------------------------------------------------------------------- fast paths (same results)
+def test_polygon_fill_equals_ultralytics_polygon2mask():
+    """The transform fills each polygon straight into its mask: the pixels ultralytics' polygon2mask gives."""
+    from ultralytics.data.utils import polygon2mask
+    from ultralytics.utils.ops import resample_segments
+
+    from xpaste.integrations.ultralytics import SEGMENT_POINTS, _fill_polygon
+
+    rng = np.random.default_rng(5)
+    for t in range(60):
+        h, w = (int(v) for v in rng.integers(5, 80, 2))
+        k = int(rng.integers(3, 12))
+        poly = rng.uniform(-10, max(h, w) + 10, (k, 2)).astype(np.float32)  # partly outside the image too
+        if t % 3 == 0:
+            poly = resample_segments([poly], n=SEGMENT_POINTS)[0]  # as YOLODataset hands them over
+        mask = np.zeros((h, w), bool)
+        _fill_polygon(mask, poly)
+        assert np.array_equal(mask, polygon2mask((h, w), [poly.reshape(-1)], color=1).astype(bool)), t
+
+
+def test_mask_to_polygon_with_a_box_hint():
+    """Given any box enclosing the mask (as the transform gives CopyPaste's tight boxes), the polygon is the
+    one traced without it, and polygon2mask of it covers every mask pixel (exactly, for a one-piece mask)."""
+    import cv2
+    from ultralytics.data.utils import polygon2mask
+
+    from xpaste.integrations.yolo_export import mask_to_polygon
+
+    rng = np.random.default_rng(9)
+    exact = 0
+    for t in range(120):
+        h, w = (int(v) for v in rng.integers(6, 70, 2))
+        m = np.zeros((h, w), np.uint8)
+        for _ in range(int(rng.integers(1, 4))):
+            cv2.circle(m, (int(rng.integers(0, w)), int(rng.integers(0, h))), int(rng.integers(0, 15)), 1, -1)
+        if t % 5 == 0:
+            m = (rng.random((h, w)) < 0.3).astype(np.uint8)
+        truth = m.astype(bool)
+        x, y, bw, bh = cv2.boundingRect(m)
+        grow = rng.integers(0, 6, 4)
+        box = np.array([x - grow[0], y - grow[1], x + bw + grow[2], y + bh + grow[3]], np.float32)
+        poly = mask_to_polygon(truth, box)
+        if not truth.any():
+            assert poly is None
+            continue
+        assert np.array_equal(poly, mask_to_polygon(truth))
+        got = polygon2mask((h, w), [poly.reshape(-1)], color=1).astype(bool)
+        assert not (truth & ~got).any(), t
+        if cv2.connectedComponents(m, connectivity=8)[0] == 2:
+            assert np.array_equal(got, truth), t
+            exact += 1
+    assert exact > 40
