@@ -321,6 +321,11 @@ def test_channel_layout_conversions_match_pil_and_torchvision(height, width):
     hwc = np.asarray(F.to_pil_image(chw))  # PIL's RGB bytes
     assert np.array_equal(hwc_from_chw(chw.numpy()), hwc) and hwc_from_chw(chw.numpy()).flags.c_contiguous
     assert np.array_equal(hwc_from_chw(chw.numpy(), reverse=True), cv2.cvtColor(hwc, cv2.COLOR_RGB2BGR))
+    view = F.pil_to_tensor(PIL.Image.fromarray(hwc))  # torchvision's CHW view of HWC memory (v2.ToImage)
+    assert np.array_equal(hwc_from_chw(view.numpy()), hwc)
+    assert np.array_equal(hwc_from_chw(view.numpy(), reverse=True), cv2.cvtColor(hwc, cv2.COLOR_RGB2BGR))
+    wide = torch.from_numpy(np.repeat(chw.numpy(), 2, axis=2))[:, :, ::2]  # strided planes
+    assert np.array_equal(hwc_from_chw(wide.numpy()), hwc)
     expected = F.pil_to_tensor(PIL.Image.fromarray(hwc)).numpy()
     out = torch.empty((3, height, width), dtype=torch.uint8)
     assert chw_from_hwc(hwc, out.numpy()) is not None and np.array_equal(out.numpy(), expected)
