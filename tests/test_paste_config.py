@@ -136,3 +136,36 @@ def test_prior_from_stats_file_and_bad_mapping(tmp_path):
     (tmp_path / "other.json").write_text("[1, 2]")
     with pytest.raises(XPasteError, match="other.json"):
         resolve_scale_prior(tmp_path / "other.json")
+
+
+def test_augment_flags_are_derived_from_the_config():
+    """Every PasteConfig field is an `xpaste augment` flag, with the config's default in its help."""
+    import inspect
+
+    from xpaste.commands.augment import augment_cmd
+
+    params = inspect.signature(augment_cmd).parameters
+    for opt in PasteConfig.options():
+        p = params[opt["name"]]
+        assert p.default.default is None  # only flags given on the command line reach PasteConfig
+        assert opt["flag"] in p.default.param_decls
+
+
+def test_augment_refuses_weighted_sampling_before_writing(tmp_path):
+    import subprocess
+    import sys
+
+    from coco_fixtures import write_dataset
+
+    write_dataset(tmp_path / "d", n_images=2)
+    xp = [sys.executable, "-m", "xpaste"]
+    subprocess.run(xp + ["pool", "import-coco", str(tmp_path / "d/annotations.json"), "--images",
+                         str(tmp_path / "d/images"), "--out", str(tmp_path / "pool"), "--min-area", "100"],
+                   check=True, capture_output=True)
+    for flags in (["--sampling", "weighted"], ["--blend", "hardd"], ["--uniform-scale", "0.3,0.1"]):
+        p = subprocess.run(xp + ["augment", "--dataset", str(tmp_path / "d/annotations.json"), "--images",
+                                 str(tmp_path / "d/images"), "--pool", str(tmp_path / "pool"), "--out",
+                                 str(tmp_path / "out")] + flags, capture_output=True, text=True)
+        assert p.returncode == 2 and "Traceback" not in p.stderr
+        assert len(p.stderr.strip().splitlines()[-1]) > 0
+        assert not (tmp_path / "out").exists()

@@ -98,7 +98,11 @@ def check_options(copies, seed, workers, engine, image_format, max_images, scale
     base = paste if paste is not None else PasteConfig()
     if not isinstance(base, PasteConfig):
         raise XPasteError(f"paste must be a PasteConfig, got {type(base).__name__}")
-    return base.replace(**paste_kwargs) if paste_kwargs else base
+    config = base.replace(**paste_kwargs) if paste_kwargs else base
+    if config.sampling == "weighted":
+        raise XPasteError("sampling 'weighted' needs per-category weights, which augment does not take",
+                          hint="use balanced (X-Paste), uniform or present")
+    return config
 
 
 def _inside(path: Path, folder: Path) -> bool:
