@@ -67,8 +67,17 @@ def torchvision_case(pool, sample):
               "iscrowd": torch.zeros(len(sample.targets), dtype=torch.int64),
               "area": torch.from_numpy(sample.targets.areas().astype(np.float32))}
     transform = XPasteCopyPaste(_core(pool))
+    # The README pipeline: v2.ToImage of a PIL image (a CHW view of HWC memory), target_keys boxes/labels/masks.
+    import PIL.Image
+    from torchvision.transforms.v2 import functional as F
+
+    viewed = tv_tensors.Image(F.pil_to_tensor(PIL.Image.fromarray(sample.image)))
+    plain = {k: target[k] for k in ("boxes", "masks", "labels", "image_id")}
+    transform2 = XPasteCopyPaste(_core(pool))
     return [("torchvision XPasteCopyPaste", lambda: (lambda: transform(image, target)), None,
-             transform.copy_paste, "v2 (Image uint8 CHW, XYXY boxes, uint8 Mask, iscrowd, area)")]
+             transform.copy_paste, "v2 (Image uint8 CHW, XYXY boxes, uint8 Mask, iscrowd, area)"),
+            ("torchvision, ToImage(PIL) input", lambda: (lambda: transform2(viewed, plain)), None,
+             transform2.copy_paste, "image a CHW view of HWC memory; boxes, masks, labels only")]
 
 
 def detectron2_case(pool, sample):

@@ -115,12 +115,12 @@ def _image_to_numpy(image: Any) -> np.ndarray:
                         "v2.ToDtype(torch.float32, scale=True) in the pipeline (and before Normalize)")
     if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"XPasteCopyPaste needs a (3, H, W) uint8 RGB image, got {tuple(image.shape)} {image.dtype}")
-    return hwc_from_chw(image.detach().as_subclass(torch.Tensor).cpu().numpy())
+    return hwc_from_chw(image.as_subclass(torch.Tensor).detach().cpu().numpy())
 
 
 def _per_instance(value: Any) -> np.ndarray:
     if isinstance(value, torch.Tensor):
-        return value.detach().as_subclass(torch.Tensor).cpu().numpy()
+        return value.as_subclass(torch.Tensor).detach().cpu().numpy()  # plain tensor first: no tv_tensors dispatch
     return np.asarray(value)
 
 
@@ -145,7 +145,8 @@ def _target_to_numpy(target: dict, size: tuple[int, int]) -> tuple[Targets, np.n
             raise ValueError(f"XPasteCopyPaste supports axis-aligned boxes only, got {boxes.format.name}")
         if tuple(boxes.canvas_size) != (height, width):
             raise ValueError(f"boxes canvas_size {tuple(boxes.canvas_size)} differs from the image ({height}, {width})")
-        boxes = F.convert_bounding_box_format(boxes, new_format=tv_tensors.BoundingBoxFormat.XYXY)
+        if boxes.format != tv_tensors.BoundingBoxFormat.XYXY:
+            boxes = F.convert_bounding_box_format(boxes, new_format=tv_tensors.BoundingBoxFormat.XYXY)
     masks = _per_instance(target["masks"])
     if masks.ndim != 3 or masks.shape[1:] != (height, width):
         raise ValueError(f"masks must be (N, {height}, {width}) instance masks, got {masks.shape}")
@@ -185,7 +186,8 @@ def _target_from_numpy(t: Targets, old: dict, old_area: np.ndarray | None) -> di
     boxes = tv_tensors.BoundingBoxes(torch.from_numpy(t.boxes), format=tv_tensors.BoundingBoxFormat.XYXY,
                                      canvas_size=(height, width))
     if isinstance(old_boxes, tv_tensors.BoundingBoxes):
-        boxes = F.convert_bounding_box_format(boxes, new_format=old_boxes.format)
+        if old_boxes.format != tv_tensors.BoundingBoxFormat.XYXY:
+            boxes = F.convert_bounding_box_format(boxes, new_format=old_boxes.format)
         boxes = tv_tensors.wrap(boxes.as_subclass(torch.Tensor).to(old_boxes.dtype, copy=False), like=old_boxes)
     new["boxes"] = boxes
     old_masks = old.get("masks")
