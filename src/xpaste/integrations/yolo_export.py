@@ -29,6 +29,7 @@ Rules, each taken from ultralytics itself:
 """
 from __future__ import annotations
 
+import math
 import os
 import posixpath
 import shutil
@@ -146,8 +147,8 @@ def mask_to_polygon(mask: np.ndarray, box: np.ndarray | None = None) -> np.ndarr
     region = m
     if box is not None:
         height, width = m.shape
-        bx0, by0 = (int(np.clip(np.floor(v), 0, lim)) for v, lim in zip(box[:2], (width, height)))
-        bx1, by1 = (int(np.clip(np.ceil(v), 0, lim)) for v, lim in zip(box[2:4], (width, height)))
+        bx0, by0 = (min(max(math.floor(float(v)), 0), lim) for v, lim in zip(box[:2], (width, height)))
+        bx1, by1 = (min(max(math.ceil(float(v)), 0), lim) for v, lim in zip(box[2:4], (width, height)))
         region = m[by0:max(by0, by1), bx0:max(bx0, bx1)]
     x0, y0, w, h = cv2.boundingRect(np.ascontiguousarray(region).view(np.uint8)) if region.size else (0, 0, 0, 0)
     if not w:
