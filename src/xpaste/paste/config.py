@@ -20,7 +20,6 @@ Categories without a prior (not in the training set the prior was measured on) u
 from __future__ import annotations
 
 import dataclasses
-import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -141,48 +140,18 @@ _HINTS = typing.get_type_hints(PasteConfig)
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:
-    """Check one value against its annotation, converting losslessly (int -> float, list -> tuple,
-    '3' -> 3 from config strings); anything else raises PasteConfigError naming the option."""
+    """Check one value against its annotation with the package's one set of coercion rules
+    (`xpaste.typed.coerce`: lossless conversions only, e.g. '3' -> 3, 1 -> 1.0, '0.8,1.2' -> (0.8, 1.2));
+    anything else raises PasteConfigError naming the option."""
+    from xpaste.typed import ConfigError, coerce
+
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is typing.Union:  # Optional[int]
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
-            return None
-        return _coerce(name, value, args[0])
-    if origin is tuple:
-        if isinstance(value, str):
-            value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise PasteConfigError(f"paste option {name} must be a pair like 0.8,1.2, got {value!r}")
-        return tuple(_coerce(name, v, a) for v, a in zip(value, args))
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise PasteConfigError(f"paste option {name} must be true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, bool):
-            raise PasteConfigError(f"paste option {name} must be an integer, got {value!r}")
-        if isinstance(value, int):
-            return int(value)
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                pass
-        raise PasteConfigError(f"paste option {name} must be an integer, got {value!r}")
-    if hint is float:
-        if isinstance(value, bool):
-            raise PasteConfigError(f"paste option {name} must be a number, got {value!r}")
-        try:
-            out = float(value) if isinstance(value, (int, float, str)) else None
-        except ValueError:
-            out = None
-        if out is None or not math.isfinite(out):
-            raise PasteConfigError(f"paste option {name} must be a finite number, got {value!r}")
-        return out
-    if hint is str:
-        if not isinstance(value, str):
-            raise PasteConfigError(f"paste option {name} must be a string, got {value!r}")
-        return value
-    return value
+    if origin is typing.Union and isinstance(value, str) and value.strip().lower() in ("none", "null", ""):
+        return None
+    try:
+        out = coerce(f"paste.{name}", value, hint, {"split": ","})
+    except ConfigError as e:
+        raise PasteConfigError(e.message) from None
+    if origin is tuple and len(out) != len(args):
+        raise PasteConfigError(f"paste option {name} must be a pair like 0.8,1.2, got {value!r}")
+    return out

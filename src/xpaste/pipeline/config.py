@@ -6,7 +6,7 @@ its range and its CLI flag name, so the stage commands' flags and help are deriv
 never spelled twice. The paste options are not repeated here: `augment.paste` is a
 `xpaste.paste.config.PasteConfig`, and options whose documented values belong to a preset or another function
 (build_pool's t, d, area range; augment's copies, seed, ...) stay unset (left out of `to_dict`) unless given.
-Field types, the coercion rules and `ConfigError` live in `xpaste.pipeline.typed`.
+Field types, the coercion rules and `ConfigError` live in `xpaste.typed`.
 
 Values come, in this order, from the defaults, a YAML file (`safe_load` only), CLI flags and `--set a.b=v`
 overrides (the value parsed as YAML). Every layer is checked before anything runs or is written:
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from xpaste.errors import XPasteError
-from xpaste.pipeline.typed import (ConfigError, Section, check_range, coerce, default_of, hints_of, key_field,
+from xpaste.typed import (ConfigError, Section, check_range, coerce, default_of, hints_of, key_field,
                                    nearest_hint, type_name)
 
 ENGINES = ("local", "ray")
