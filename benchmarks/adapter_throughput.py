@@ -4,16 +4,19 @@ Workload (issue 13, item 2): a 640x640 RGB destination with 8 instances (full-si
 of 200 RGBA cut-outs 40-300 px in 50 categories, 10 pastes per image, hard blending. Each adapter wraps its
 own `CopyPaste` seeded like the core one, so both draw the same plans in the same order.
 
-Rounds alternate adapter and core calls (same process, same sample) so drift in machine load hits both.
+Calls alternate one by one (adapter, core; which goes first alternates), same process, same sample, so
+load on the machine hits both; call i of each draws the same plan. images/s is 1 / the adapter's added time
+per image; ratio = core time / added time (the bar is 0.7); median = the median of the per-call ratios.
 Comparisons:
-- torchvision, mmdet: the adapter call itself (it is the whole pipeline step) against `CopyPaste(sample)`.
-- detectron2: the mapper's annotation step (`_transform_annotations`, where the paste happens) minus
-  the plain `DatasetMapper`'s own step on the same dict (rasterising the polygons into bitmasks,
-  `annotations_to_instances`): the adapter's added cost, which is what paste costs a detectron2 user.
-  `paste_into_dataset_dict` (mask segmentation) is also shown on its own.
-- ultralytics: the hook on a YOLO `labels` dict (polygons resampled to 1000 points, as YOLODataset gives
-  them). ultralytics carries polygons, not masks, so rasterising the 8 polygons in and tracing the
-  occluded/pasted masks out is a cost of the framework's format; the no-op is a copy of the labels.
+- torchvision, mmdet, detectron2 `paste_into_dataset_dict`: the adapter call itself (the whole pipeline
+  step, conversions in and out included) against `CopyPaste(sample)`.
+- detectron2 mapper: its annotation step (`_transform_annotations`, where the paste happens) minus the plain
+  `DatasetMapper`'s own step on the same dict (polygons rasterised into bitmasks, `annotations_to_instances`,
+  `filter_empty_instances`): what pasting adds for a detectron2 user.
+- ultralytics: the hook on a YOLO `labels` dict (1000-point polygons, as YOLODataset hands them over). Its
+  labels are polygons, so every pasted or occluded instance must be traced back into one
+  (`mask_to_polygon`) and resampled as ultralytics does (`resample_segments`); a second row leaves that
+  time (measured inside the same calls) out.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/adapter_throughput.py [--calls 400] [--profile NAME]
     OMP_NUM_THREADS=1 .venv-mmdet/bin/python benchmarks/adapter_throughput.py --only mmdet
