@@ -78,13 +78,14 @@ def paste_table(seconds: float, profile: bool) -> None:
     print("\nPaste throughput, one core, 640x640, 8 instances, pool 200 in memory, 10 pastes/image")
     print(f"{'configuration':<48} {'images/s':>9} {'ms/image':>9}")
     for name, kwargs in configs:
+        kwargs.setdefault("scale_prior", {})  # the issue's workload: the no-prior rule, U(0.05, 0.3)
         cp = CopyPaste(pool, num_paste=10, seed=0, **kwargs)
         r = rate(lambda: cp(sample), seconds)
         print(f"{name:<48} {r:9.1f} {1000 / r:9.2f}")
     print("reference (issue 3, same workload, one core): official X-Paste ~2.8/s, mmdet CopyPaste ~64/s, "
           "torchvision SimpleCopyPaste ~43/s")
     if profile:
-        cp = CopyPaste(pool, num_paste=10, seed=0)
+        cp = CopyPaste(pool, num_paste=10, seed=0, scale_prior={})
         prof = cProfile.Profile()
         prof.enable()
         for _ in range(300):
@@ -132,8 +133,46 @@ def augment_table(n_images: int) -> None:
                             progress=False, num_paste=10)
             print(f"{workers:>7} {n_images / (time.perf_counter() - start):9.1f}")
         _ = rng
+        split_table(tmp, images_dir, n_images)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+SPLIT = [  # (part, function names whose cumulative time it is), in the order an augment task calls them
+    ("decode (read image, rasterise annotations)", ("load_sample",)),
+    ("paste (CopyPaste: plan, cut-outs from disk, blend, occlusion)", ("__call__",)),
+    ("JPEG encode", ("encode_image",)),
+    ("write image", ("write_bytes_atomic",)),
+    ("RLE encode", ("masks_to_rles",)),
+]
+
+
+def split_table(tmp: Path, images_dir: Path, n_images: int) -> None:
+    """Where one worker's time goes: cProfile cumulative time of each part of an augment task."""
+    from xpaste.augment import augment_dataset
+
+    prof = cProfile.Profile()
+    start = time.perf_counter()
+    prof.enable()
+    augment_dataset(tmp / "ann.json", images_dir, tmp / "pool", tmp / "out_split", copies=1, seed=0, workers=1,
+                    progress=False, num_paste=10)
+    prof.disable()
+    total = time.perf_counter() - start
+    stats = pstats.Stats(prof).stats
+    print(f"\nwhere one worker's time goes ({n_images} images, {1000 * total / n_images:.1f} ms/image in all, "
+          "under cProfile)")
+    print(f"{'part':<64} {'ms/image':>9} {'share':>6}")
+    accounted = 0.0
+    for part, names in SPLIT:
+        cum = 0.0
+        for (filename, _, func), (_, _, _, ct, _) in stats.items():
+            if func in names and (func != "__call__" or filename.endswith("paste/transform.py")):
+                cum += ct
+        accounted += cum
+        print(f"{part:<64} {1000 * cum / n_images:9.2f} {cum / total:6.0%}")
+    rest = total - accounted
+    print(f"{'rest (dataset load, fingerprints, shard tables, json assembly)':<64} "
+          f"{1000 * rest / n_images:9.2f} {rest / total:6.0%}")
 
 
 def main() -> None:

@@ -256,3 +256,42 @@ def test_rle_area_matches_pycocotools_for_kept_annotations(tmp_path):
     api.createIndex()
     for m, aid in zip(s.targets.masks, s.targets.extra["ann_id"]):
         assert int(m.sum()) == int(mask_utils.area(api.annToRLE(api.anns[int(aid)])))
+
+
+def _compressed_counts_reference(counts: str) -> list[int]:
+    """maskApi.c's rleFrString, transcribed character by character (the naive reference)."""
+    out, p = [], 0
+    while p < len(counts):
+        x = k = 0
+        more = True
+        while more:
+            c = ord(counts[p]) - 48
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and (c & 0x10):
+                x -= 1 << (5 * k)
+        if len(out) > 2:
+            x += out[-2]
+        out.append(x)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_compressed_counts_equal_pycocotools_runs(seed):
+    """The vectorised parser equals the transcription of maskApi.c and the runs pycocotools decodes."""
+    from pycocotools import mask as mask_utils
+
+    from xpaste.data.coco import _compressed_counts
+
+    r = np.random.default_rng(seed)
+    h, w = int(r.integers(1, 300)), int(r.integers(1, 300))
+    mask = np.asfortranarray(r.random((h, w)) < r.random() ** 3)
+    mask[: int(r.integers(0, h)), : int(r.integers(0, w))] = True  # long runs as well as short ones
+    counts = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"].decode()
+    runs = _compressed_counts(counts, 1)
+    assert runs.tolist() == _compressed_counts_reference(counts)
+    assert int(runs.sum()) == h * w
+    decoded = np.repeat(np.arange(len(runs)) % 2 == 1, runs).reshape(w, h).T
+    assert np.array_equal(decoded, mask)

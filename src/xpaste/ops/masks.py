@@ -132,7 +132,20 @@ def rle_decode(rle: dict) -> np.ndarray:
         rle = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
     else:
         rle = {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-    return mask_utils.decode(rle).astype(bool)
+    return fortran_to_c(mask_utils.decode(rle)).view(bool)
+
+
+def fortran_to_c(mask: np.ndarray) -> np.ndarray:
+    """A C-order copy of an (H, W) or (H, W, 1) uint8 mask that pycocotools decoded in Fortran order.
+
+    numpy's strided copy of a Fortran array into C order costs ~10x OpenCV's transpose of its C-order
+    transpose (the same bytes), which is what this does."""
+    import cv2
+
+    mask = mask.reshape(mask.shape[0], mask.shape[1])
+    if mask.flags.c_contiguous or not mask.flags.f_contiguous or mask.dtype != np.uint8 or 0 in mask.shape:
+        return np.ascontiguousarray(mask)
+    return cv2.transpose(mask.T)
 
 
 def polygons_to_mask(polygons: list, height: int, width: int) -> np.ndarray:
