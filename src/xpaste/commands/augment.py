@@ -55,6 +55,11 @@ def augment_cmd(
         typer.echo(f"see {out / 'augment_log.json'} for the {len(report.failed)} failed images")
 
 
+# 'weighted' sampling needs per-category weights, a mapping no flag can carry (Python: CopyPaste(...,
+# category_weights=...)); augment refuses it in one line, so the help does not offer it.
+CLI_EXCLUDED_CHOICES = {"sampling": ("weighted",)}
+
+
 def _type_name(hint) -> str:
     text = getattr(hint, "__name__", None) or str(hint)
     return {"tuple": "low,high", "Optional": "int"}.get(text, text.replace("typing.", "").replace("Optional[int]", "int"))
@@ -64,7 +69,9 @@ def _paste_parameters() -> list[inspect.Parameter]:
     """One `--flag` per PasteConfig field: a string converted by PasteConfig, None when not given."""
     params = []
     for opt in PasteConfig.options():
-        help_text = opt["help"] + (f" ({' | '.join(opt['choices'])})" if opt["choices"] else "")
+        choices = tuple(c for c in opt["choices"] or () if c not in CLI_EXCLUDED_CHOICES.get(opt["name"], ()))
+        help_text = opt["help"].split(":")[0] if opt["name"] == "sampling" else opt["help"]
+        help_text += f" ({' | '.join(choices)})" if choices else ""
         default = opt["default"]
         shown = ",".join(str(v) for v in default) if isinstance(default, tuple) else str(default)
         params.append(inspect.Parameter(
