@@ -21,6 +21,42 @@ def _index_array(n: int, index) -> np.ndarray | slice:
     return arr.astype(np.int64, copy=False)
 
 
+_INT64_LIMIT = float(2**63)
+
+
+def _integer_labels(labels) -> np.ndarray:
+    """(N,) int64 category ids. Integer dtypes are taken as they are; floats only when every value is exactly
+    integral (1.0 is 1, 1.7 is refused rather than truncated); anything else is refused. Vectorised: it runs
+    per training sample."""
+    arr = np.asarray(labels).reshape(-1)
+    if arr.dtype.kind in "iu":
+        if arr.dtype == np.uint64 and len(arr) and int(arr.max()) >= 2**63:
+            i = int(np.argmax(arr >= 2**63))
+            raise ValueError(f"labels must fit int64: label {arr[i]} at index {i} does not")
+        return arr.astype(np.int64, copy=False)
+    if arr.dtype.kind == "f":
+        bad = ~(np.isfinite(arr) & (np.trunc(arr) == arr) & (np.abs(arr) < _INT64_LIMIT))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"labels must be integers (category ids): label {arr[i]!r} at index {i} is not")
+        return arr.astype(np.int64)
+    if len(arr) == 0:
+        return np.zeros(0, np.int64)
+    raise ValueError(f"labels must be integers (category ids), got dtype {arr.dtype} (first label {arr[0]!r})")
+
+
+def _check_boxes(boxes: np.ndarray) -> None:
+    """Every box finite with x1 <= x2 and y1 <= y2 (a zero-width box is allowed); ValueError naming the first
+    bad index otherwise. Vectorised."""
+    if not len(boxes):
+        return
+    ok = np.isfinite(boxes).all(axis=1) & (boxes[:, 2] >= boxes[:, 0]) & (boxes[:, 3] >= boxes[:, 1])
+    if not ok.all():
+        i = int(np.argmin(ok))
+        raise ValueError(f"boxes must be finite XYXY with x1 <= x2 and y1 <= y2: box {boxes[i].tolist()} at "
+                         f"index {i} is not")
+
+
 @dataclass(eq=False)
 class Targets:
     """Instances of one image as parallel numpy arrays of one length N.
@@ -30,6 +66,9 @@ class Targets:
     masks:  (N, H, W) bool.
     labels: (N,) int64 category ids.
     extra:  per-instance arrays of length N (e.g. `pasted` bool, `iscrowd` bool, `instance_id` str).
+
+    Validated on construction (ValueError naming the first bad index): labels integral (float labels only when
+    exactly integral, never truncated), boxes finite with x1 <= x2 and y1 <= y2, all arrays of one length.
     """
 
     boxes: np.ndarray
@@ -39,7 +78,7 @@ class Targets:
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
-        self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
+        self.labels = _integer_labels(self.labels)
         masks = np.asarray(self.masks)
         if masks.ndim != 3:
             raise ValueError(f"masks must be (N, H, W), got shape {masks.shape}")
@@ -51,6 +90,7 @@ class Targets:
             raise ValueError(
                 f"ragged targets: {len(self.boxes)} boxes, {len(self.masks)} masks, {n} labels"
             )
+        _check_boxes(self.boxes)
         extra = {}
         for key, value in self.extra.items():
             value = np.asarray(value)
