@@ -6,6 +6,10 @@ Layout of a pool folder, version 2 (written by `xpaste.pool.writer.PoolWriter`):
     index/part-NNNNNN.parquet         index rows; numeric columns shard, offset, nbytes locate the pixels
     data/shard-NNNNNN.bin             cut-outs packed back to back: each one the C-order (h, w, 4) uint8
                                       RGBA bytes compressed with the header's codec (lz4_raw by default)
+    index column `crc32`              zlib.crc32 of each row's stored bytes, checked on every read (~9 us for
+                                      50 KiB), so damaged bytes that still decode are a CutoutError, never a
+                                      silently different paste. Pools written before it (no column, or null
+                                      values in rows appended to such a pool's older parts) read unchecked.
 
 Version 1 (still read; `xpaste pool migrate` converts it): index/part-*.parquet found by glob, and one PNG per
 cut-out at instances/<category_id>/<instance_id>.png named by each row's `path`.
@@ -21,6 +25,7 @@ import logging
 import os
 import re
 import threading
+import zlib
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -45,6 +50,7 @@ MANIFEST = "manifest.json"
 DEFAULT_CACHE_BYTES = 256 * 2**20
 _PART_NAME = re.compile(r"part-\d{6}\.parquet")
 NUMERIC = {1: ["category_id", "width", "height"], 2: ["category_id", "width", "height", "shard", "offset", "nbytes"]}
+CHECKSUM = "crc32"  # optional index column (version 2): zlib.crc32 of the stored bytes; -1 (or absent) = unchecked
 
 
 def shard_name(number: int) -> str:
@@ -116,11 +122,14 @@ class _Storage:
         self.shard = np.asarray(columns.get("shard", np.zeros(0)), dtype=np.int64)
         self.offset = np.asarray(columns.get("offset", np.zeros(0)), dtype=np.int64)
         self.nbytes = np.asarray(columns.get("nbytes", np.zeros(0)), dtype=np.int64)
+        crc = columns.get(CHECKSUM)
+        self.crc = None if crc is None or not (np.asarray(crc) >= 0).any() else np.asarray(crc, dtype=np.int64)
         self.strings: dict[str, np.ndarray] = {k: np.asarray(columns[k], object) for k in ("instance_id", "path")
                                                if columns.get(k) is not None}
         self.cache = _ByteLRU(cache_bytes)
         self.max_pixels = int(max_pixels)
         self.bad_rows: set[int] = set()
+        self.bad_reasons: dict[int, tuple] = {}  # (message, path, hint) of each bad row's first error, raised again
         self.lock = threading.Lock()
         self._fds: dict[int, int] = {}
 
@@ -178,7 +187,12 @@ class _Storage:
         except OSError as e:
             raise CutoutError(f"pool data cannot be read: {e.strerror}", where) from None
         if len(blob) != nbytes:
-            raise CutoutError(f"pool data file is truncated (row {row} needs bytes {offset}..{offset + nbytes})", where)
+            raise CutoutError(f"pool data file is truncated (row {row} needs bytes {offset}..{offset + nbytes})", where,
+                              "the pool data is damaged; restore it from a backup or rebuild the pool")
+        if self.crc is not None and self.crc[row] >= 0 and zlib.crc32(blob) != self.crc[row]:
+            raise CutoutError(f"cut-out data of row {row} is damaged (checksum mismatch at bytes "
+                              f"{offset}..{offset + nbytes})", where,
+                              "the pool data is damaged; restore it from a backup or rebuild the pool")
         rgba = decode_raw(blob, height, width, self.codec, where)
         rgba.setflags(write=False)  # cached and shared: a caller must not change it
         return rgba
@@ -189,14 +203,16 @@ class _Storage:
         cached = self.cache.get(row)
         if cached is not None:
             return cached
-        if row in self.bad_rows:
-            raise CutoutError(f"pool row {row} was found unusable earlier", self.root)
+        known = self.bad_reasons.get(row)
+        if known is not None:  # the same error again (same message), not reported a second time
+            raise CutoutError(*known)
         try:
             rgba = self._load(row)
         except CutoutError as e:
             with self.lock:
                 first = row not in self.bad_rows
                 self.bad_rows.add(row)
+                self.bad_reasons.setdefault(row, (e.message, e.path, e.hint))
             if first:
                 log.warning("skipped pool row %d: %s", row, e)
             raise
@@ -302,10 +318,15 @@ class InstancePool:
         version = header["version"]
         parts = list_parts(root, version)
         numeric = NUMERIC[version]
-        tables = []
+        tables, checksums = [], []
         for part in parts:
             try:
-                tables.append(pq.read_table(part, columns=numeric))
+                index_file = pq.ParquetFile(part)
+                with_crc = version == 2 and CHECKSUM in index_file.schema_arrow.names
+                table = index_file.read(columns=numeric + [CHECKSUM] * with_crc)
+                checksums.append(table.column(CHECKSUM).fill_null(-1).to_numpy().astype(np.int64) if with_crc
+                                 else np.full(table.num_rows, -1, np.int64))
+                tables.append(table.select(numeric))
             except Exception as e:  # noqa: BLE001 - any Arrow error (or a missing file) means a damaged index
                 raise XPasteError(f"unreadable index shard: {e}", part, "the pool index is damaged; rebuild it") from None
         if tables:
@@ -318,6 +339,8 @@ class InstancePool:
                 columns = {k: table.column(k).to_numpy().astype(np.int64, copy=False) for k in numeric}
             except (pa.ArrowException, ValueError, TypeError) as e:
                 raise XPasteError(f"index columns {numeric} must be integers without nulls: {e}", root / INDEX_DIR) from None
+            if version == 2:
+                columns[CHECKSUM] = np.concatenate(checksums)
         else:
             columns = {k: np.zeros(0, np.int64) for k in numeric}
             columns.update(instance_id=np.zeros(0, object), path=np.zeros(0, object))

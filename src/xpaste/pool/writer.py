@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import time
+import zlib
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Iterable
@@ -36,7 +37,7 @@ from xpaste.pool.store import DATA_DIR, INDEX_DIR, MANIFEST, list_parts, shard_n
 log = logging.getLogger("xpaste.pool")
 SHARD_BYTES = 2**30  # a data shard is closed once it holds this many bytes (1M cut-outs: ~100 files)
 MAX_PARTS = 8  # more index parts than this are merged into one when the writer closes (~1 ms per part on open)
-LOCATION_COLUMNS = ("shard", "offset", "nbytes")
+LOCATION_COLUMNS = ("shard", "offset", "nbytes", "crc32")  # crc32: zlib.crc32 of the stored bytes, checked on read
 
 
 def _jsonable(obj: Any) -> Any:
@@ -190,7 +191,7 @@ class PoolWriter:
         row.update({"instance_id": instance_id, "category_id": category_id,
                     "category": self.categories[category_id], "path": shard_name(self._shard),
                     "width": int(rgba.shape[1]), "height": int(rgba.shape[0]),
-                    "shard": self._shard, "offset": offset, "nbytes": len(blob)})
+                    "shard": self._shard, "offset": offset, "nbytes": len(blob), "crc32": zlib.crc32(blob)})
         for key, value in fields.items():
             if key in ("instance_id", "category_id", "path", "width", "height", *LOCATION_COLUMNS):
                 raise ValueError(f"{key} is set by the pool, not by the caller")
