@@ -149,7 +149,8 @@ def apply_plan(sample: Sample, plan: PastePlan, pool, box_tolerance: float = 10.
     box recomputed from its mask and is dropped unless the mask is not empty and either the box moved by at
     most `box_tolerance` px on every side or more than `min_visible_area` pixels remain (the reference
     rule, applied per paste). A cut-out the pool cannot read (`XPasteError` from `pool.rgba`) is skipped
-    and listed in the output's `meta["skipped_pastes"]` as (pool row, reason); the other objects are pasted.
+    and listed in the output's `meta["skipped_pastes"]` as (pool row, reason), once per row even when the plan
+    draws that row twice; the other objects are pasted.
     The input sample is never modified.
     """
     from xpaste.errors import XPasteError
@@ -164,7 +165,8 @@ def apply_plan(sample: Sample, plan: PastePlan, pool, box_tolerance: float = 10.
         try:
             rgba = pool.rgba(op.pool_row)
         except XPasteError as e:
-            skipped.append((int(op.pool_row), e.message))
+            if all(row != int(op.pool_row) for row, _ in skipped):  # a row drawn twice in one plan: listed once
+                skipped.append((int(op.pool_row), e.message))
             continue
         obj = transform_cutout(rgba, op.width, op.height, op.flip, op.angle, op.color)
         h, w = obj.shape[:2]

@@ -25,6 +25,13 @@ class ImportReport:
     too_small: int = 0
     crowd: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (what, why)
+    failed: int = 0  # inputs (images, or pool json entries) that gave nothing: unreadable, wrong size, empty
+    first_failure: tuple[str, str] | None = None
+
+    def fail(self, what: str, why: str) -> None:
+        self.skipped.append((what, why))
+        self.failed += 1
+        self.first_failure = self.first_failure or (what, why)
 
     def add(self, pool: InstancePool, rgba: np.ndarray, category_id: int, **fields) -> None:
         """Add one cut-out, count it, and flush the index every FLUSH_EVERY rows."""
@@ -38,6 +45,32 @@ class ImportReport:
     def summary(self) -> str:
         return (f"added {self.added}, duplicates {self.duplicates}, too small {self.too_small}, "
                 f"crowd {self.crowd}, skipped {len(self.skipped)}")
+
+
+def _refuse_if_nothing_imported(report: ImportReport, total: int, what: str, out: str | os.PathLike,
+                                source: str | os.PathLike, folder_existed: bool, pool_existed: bool, hint: str) -> None:
+    """Raise XPasteError when inputs failed and nothing was imported (nothing added, no duplicate found);
+    a pool this call created is removed first, so no empty pool is left behind to be used by mistake."""
+    if report.added or report.duplicates or not report.failed:
+        return
+    if not pool_existed:
+        _remove_empty_pool(Path(out), folder_existed)
+    first, why = report.first_failure
+    raise XPasteError(f"nothing imported: {report.failed} of {total} {what} failed, the first ({first}): {why}",
+                      source, hint)
+
+
+def _remove_empty_pool(root: Path, folder_existed: bool) -> None:
+    from xpaste.pool.header import HEADER
+    from xpaste.pool.store import DATA_DIR, INDEX_DIR, MANIFEST
+
+    for name in (HEADER, f"{INDEX_DIR}/{MANIFEST}", ".xpaste.lock"):
+        (root / name).unlink(missing_ok=True)
+    for folder in (root / DATA_DIR, root / INDEX_DIR) + (() if folder_existed else (root,)):
+        try:
+            folder.rmdir()  # only when empty: nothing but what this call wrote is removed
+        except OSError:
+            pass
 
 
 def cutout_from_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -60,6 +93,7 @@ def import_coco(dataset_path: str | os.PathLike, images_dir: str | os.PathLike, 
 
     dataset = load_coco(dataset_path)
     report = ImportReport()
+    folder_existed, pool_existed = Path(out).exists(), (Path(out) / "pool.json").exists()
     # absolute dataset and images paths: build-pool's DiverGen filter finds each real instance's source image
     source = {"import": "coco", "dataset": os.path.abspath(dataset_path), "images": os.path.abspath(images_dir)}
     with InstancePool.create(out, dataset.categories, config={**source, "min_area": min_area},
@@ -68,7 +102,7 @@ def import_coco(dataset_path: str | os.PathLike, images_dir: str | os.PathLike, 
             try:
                 sample = load_sample(dataset, image["id"], images_dir)
             except XPasteError as e:
-                report.skipped.append((str(image.get("file_name")), e.message))
+                report.fail(str(image.get("file_name")), e.message)
                 continue
             for ann_id, why in sample.meta.get("skipped_annotations", []):
                 report.skipped.append((f"annotation {ann_id}", why))
@@ -85,6 +119,9 @@ def import_coco(dataset_path: str | os.PathLike, images_dir: str | os.PathLike, 
                 rgba = cutout_from_mask(sample.image, t.masks[i])
                 report.add(pool, rgba, int(t.labels[i]), crop=False, source="gt", area_frac=area / image_area,
                            image_id=int(image["id"]), ann_id=int(t.extra["ann_id"][i]))
+    _refuse_if_nothing_imported(report, len(dataset.images), "images", out, dataset_path, folder_existed,
+                                pool_existed, "check that --images is this dataset's image folder and that the "
+                                "json's width and height are those of the images as displayed (EXIF applied)")
     return report
 
 
@@ -136,6 +173,7 @@ def import_xpaste(json_path: str | os.PathLike, out: str | os.PathLike, root: st
         entries.extend((cid, p) for p in paths)
     categories = [{"id": c, "name": names.get(c, f"category_{c}")} for c in sorted({c for c, _ in entries})]
     report = ImportReport()
+    folder_existed, pool_existed = Path(out).exists(), (Path(out) / "pool.json").exists()
     with InstancePool.create(out, categories, config={"import": "xpaste", "json": str(json_path)},
                              exist_ok=append) as pool:
         for cid, entry in tqdm(entries, desc="import-xpaste", unit="inst", disable=not progress):
@@ -146,15 +184,17 @@ def import_xpaste(json_path: str | os.PathLike, out: str | os.PathLike, root: st
                 mask_path = resolve_inside(root, mask_rel, "mask path") if mask_rel else None
                 rgba = _read_rgba(image_path, mask_path)
             except XPasteError as e:
-                report.skipped.append((text, str(e)))
+                report.fail(text, str(e))
                 continue
             mask = rgba[..., 3] > 128
             if not mask.any():
-                report.skipped.append((text, "empty alpha mask"))
+                report.fail(text, "empty alpha mask")
                 continue
             mask = largest_component(mask)
             rgba[..., 3] = np.where(mask, rgba[..., 3], 0)
             report.add(pool, rgba, cid, source="xpaste", model="", prompt="", segmenter="", original_path=text)
+    _refuse_if_nothing_imported(report, len(entries), "cut-outs", out, json_path, folder_existed, pool_existed,
+                                "check --root: the json's paths are resolved inside it (default: the json's folder)")
     return report
 
 
