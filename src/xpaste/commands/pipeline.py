@@ -45,6 +45,8 @@ SET_OPTION = typer.Option(None, "--set", metavar="KEY=VALUE",
                           help="override a config key, the value read as YAML: --set generate.per_category=8 "
                                "(repeatable)")
 FRESH_OPTION = typer.Option(False, "--fresh", help="discard this stage's earlier outputs and redo it")
+BUILD_FRESH_OPTION = typer.Option(False, "--fresh", help="discard the earlier pool and decisions of this run and "
+                                  "rebuild them (a rerun with other options or inputs is otherwise refused)")
 
 
 def _param(name: str, annotation, default) -> inspect.Parameter:
@@ -110,14 +112,13 @@ def _make_stage_command(command: str, keys: list[str], help_text: str):
         fresh = kwargs.pop("fresh", False)
         config = _load(kwargs.pop("config"), kwargs.pop("set_"), kwargs, names, flags)
         if command == "build-pool":
-            report = build_pool_job(config)
+            report = build_pool_job(config, fresh=fresh)
         else:
             report = run_stage_job(command, config, fresh=fresh)
         _echo_report(report)
 
     signature = [_param("config", Optional[Path], CONFIG_OPTION), _param("set_", Optional[List[str]], SET_OPTION)]
-    if command != "build-pool":
-        signature.append(_param("fresh", bool, FRESH_OPTION))
+    signature.append(_param("fresh", bool, BUILD_FRESH_OPTION if command == "build-pool" else FRESH_OPTION))
     signature += params
     stage_command.__signature__ = inspect.Signature(signature)  # type: ignore[attr-defined]
     stage_command.__annotations__ = {p.name: p.annotation for p in signature} | {"return": None}

@@ -299,7 +299,82 @@ def decisions_schema():
     return pa.schema(list(candidate_schema()) + [pa.field(n, t) for n, t in extra])
 
 
-def build_pool(run_dir: str | Path, config: Any, progress: bool = True) -> dict:
+#: The run's stages whose outputs build-pool reads (their shard tables' digests are in its record).
+UPSTREAM = ("generate", "retrieve", "segment", "score")
+RECORD = "stage.json"  # RUN/build_pool/stage.json: what the pool is being built from (`build_fingerprint`)
+
+
+def build_fingerprint(run_dir: Path, config: Any, b: dict, out: Path) -> dict:
+    """What a build depends on: every resolved option (the preset's values filled in), the pool folder, the
+    scoring model and segmenter order, the outputs of the upstream stages and the real pool's content."""
+    from xpaste.pipeline.runner import outputs_digest
+
+    options = {k: v for k, v in b.items() if k not in ("flush_every", "out", "real_pool")}
+    s = _section(config, "score")
+    real = None
+    if b.get("real_pool"):
+        from xpaste.pipeline.augment_stage import pool_digest
+        from xpaste.pool.store import InstancePool
+
+        real = {"path": str(Path(b["real_pool"]).resolve()), "content": pool_digest(InstancePool.open(b["real_pool"]))}
+    record = {"options": options, "out": str(Path(out).resolve()), "real_pool": real,
+              "score": {k: s.get(k) for k in ("clip", "pretrained")},
+              "segmenters": list(_section(config, "segment")["segmenters"]),
+              "upstream": {name: outputs_digest(Path(run_dir) / name) for name in UPSTREAM}}
+    import json
+
+    return json.loads(json.dumps(record, default=str))
+
+
+def _describe(path: tuple, old: Any, new: Any) -> str:
+    if path[0] == "options" and len(path) > 1:
+        return f"build_pool.{path[1]} changed since this pool was built ({old!r}, now {new!r})"
+    if path[0] == "upstream" and len(path) > 1:
+        return f"the outputs of stage '{path[1]}' changed since this pool was built (it was rerun)"
+    if path[0] == "real_pool":
+        return "the real pool (build_pool.real_pool) changed since this pool was built"
+    if path[0] == "out":
+        return f"the pool folder changed since this build was started ({old}, now {new})"
+    name = ".".join(str(p) for p in path)
+    return f"{name} changed since this pool was built ({old!r}, now {new!r})"
+
+
+def _check_record(run_dir: Path, record: dict, out: Path, fresh: bool) -> bool:
+    """Refuse a build whose inputs or options differ from the recorded ones, in one line naming what changed
+    (unless `fresh`). Returns True when the existing pool and decisions must be discarded (`fresh`)."""
+    from xpaste.io import read_json
+    from xpaste.pipeline.runner import _first_difference
+
+    path = RunDir(run_dir).stage_dir("build-pool") / RECORD
+    if fresh or not path.exists():
+        return fresh
+    change = _first_difference(read_json(path), record)
+    if change is not None:
+        raise XPasteError(_describe(*change), out,
+                          "rerun with the same inputs and options to resume, or pass --fresh to rebuild the pool")
+    return False
+
+
+def _discard(run_dir: Path, out: Path, protected: list) -> None:
+    """`--fresh`: remove the earlier build's record, decisions and pool (only a folder that is a pool: pool.json),
+    so the build starts clean; a kill from here on resumes the new build."""
+    import shutil
+
+    from xpaste.pool.header import HEADER
+
+    folder = RunDir(run_dir).stage_dir("build-pool")
+    for name in (RECORD, "decisions.parquet", "summary.json"):
+        (folder / name).unlink(missing_ok=True)
+    if out.exists():
+        if any(out.resolve() == Path(p).resolve() for p in protected if p):
+            raise XPasteError("the pool to rebuild is an input of this build", out, "choose another build_pool.out")
+        if not (out / HEADER).exists():
+            raise XPasteError("--fresh would delete a folder that is not a pool", out,
+                              "choose another build_pool.out, or empty this folder")
+        shutil.rmtree(out)
+
+
+def build_pool(run_dir: str | Path, config: Any, progress: bool = True, fresh: bool = False) -> dict:
     """Filter the run's scored cut-outs into a pool (default RUN/pool) and log every decision.
 
     config: the pipeline config (nested dicts or dataclasses); its `build_pool` section goes through
@@ -307,6 +382,11 @@ def build_pool(run_dir: str | Path, config: Any, progress: bool = True) -> dict:
     RUN/build_pool/summary.json. Returns the summary: pool, preset, candidates, added (cut-outs of this build
     now in the pool, whichever attempt stored them), decisions (count per decision), seconds.
     Raises XPasteError for missing stage outputs, a bad preset, or a DiverGen filter without a real pool.
+
+    Resume: RUN/build_pool/stage.json records what the pool is built from (`build_fingerprint`), written just
+    before the first pool write. The same build again resumes (or is a no-op); a build whose options or inputs
+    changed is refused in one line naming the change, before anything is written; `fresh` discards the earlier
+    pool and decisions and builds from scratch.
     """
     import pyarrow as pa
     from tqdm import tqdm
@@ -319,10 +399,16 @@ def build_pool(run_dir: str | Path, config: Any, progress: bool = True) -> dict:
     run_dir = Path(run_dir)
     b = apply_preset(_section(config, "build_pool"))
     categories = resolve_categories(run_dir, config)
+    out = Path(b["out"] or RunDir(run_dir).default_pool_dir)
+    record = build_fingerprint(run_dir, config, b, out)
+    discard = _check_record(run_dir, record, out, fresh)  # before anything is written
     decisions = _decisions(run_dir, config, b)
     if b["real_filter"] and _section(config, "score")["clip"] is not None:
         _real_similarity_filter(run_dir, decisions, config, b)
-    out = Path(b["out"] or RunDir(run_dir).default_pool_dir)
+    if discard:
+        _discard(run_dir, out, [b.get("real_pool"), run_dir])
+    # recorded once the models have loaded and the decisions are made, just before the first pool write
+    write_json_atomic(RunDir(run_dir).stage_dir("build-pool") / RECORD, record, indent=1)
     pool_cats = [{"id": c.id, "name": c.name} for c in categories]
     kept = [d for d in decisions if d["decision"] == KEPT]
     stored: set[str] = set()

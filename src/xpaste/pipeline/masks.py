@@ -45,6 +45,7 @@ def segment_rows_with_paths(run_dir: Path) -> list[dict]:
 class SegmentStage(Stage):
     name = "segment"
     _model_attrs = ("_segmenters",)
+    upstream = ("generate", "retrieve")  # the candidate images it cuts out
 
     def __init__(self, run_dir: Path, config: dict):
         super().__init__(run_dir, config)
@@ -115,6 +116,7 @@ class ScoreStage(Stage):
 
     name = "score"
     _model_attrs = ("_scorer",)
+    upstream = ("generate", "retrieve", "segment")  # the images and the masks it scores
 
     def __init__(self, run_dir: Path, config: dict):
         super().__init__(run_dir, config)

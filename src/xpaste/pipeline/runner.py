@@ -63,12 +63,24 @@ class Stage:
 
     # ------------------------------------------------------------------ resume and fingerprint hooks
     change_labels: dict[str, str] = {}  # fingerprint key -> words for the one-line "X changed" refusal
+    #: stages (folders of the run) whose outputs this stage reads: their outputs' digests are part of the
+    #: record, so a rerun after an upstream stage was redone (e.g. `generate --fresh`) is refused or redone
+    upstream: tuple[str, ...] = ()
     reads_rows_at_end = True  # run_stage counts the rows of all shards (a stage with huge outputs opts out)
 
     @property
     def output_root(self) -> Path:
         """The folder a refusal names (the run folder; augment: its --out)."""
         return self.run_dir
+
+    def upstream_digests(self) -> dict[str, str]:
+        """{upstream stage: digest of its shard tables} (`outputs_digest`)."""
+        return {name: outputs_digest(self.run_dir / name) for name in self.upstream}
+
+    def started(self) -> bool:
+        """Whether the stage has produced anything yet (a shard table exists). Until then its recorded settings
+        bind nothing: a run that failed before its first shard (a model that does not load) locks nothing."""
+        return self.stage_dir.exists() and any(self.stage_dir.glob("shard-*.parquet"))
 
     def is_done(self, k: int) -> bool:
         """Shard k's outputs exist and are complete (default: its shard file, written last, exists)."""
@@ -136,6 +148,22 @@ class ShardPlan:
         return self.items.digest() if hasattr(self.items, "digest") else digest(self.items)
 
 
+def outputs_digest(stage_dir: Path) -> str:
+    """A digest of a stage's outputs: the bytes of its shard tables, in order (each image or mask a stage writes
+    is listed in its rows, with its seed, score or area, so a redone stage gives another digest). '' when none."""
+    stage_dir = Path(stage_dir)
+    shards = sorted(stage_dir.glob("shard-*.parquet")) if stage_dir.exists() else []
+    if not shards:
+        return ""
+    h = hashlib.sha256()
+    for shard in shards:
+        h.update(shard.name.encode())
+        with open(shard, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
 def _first_difference(old: Any, new: Any, path: tuple = ()) -> tuple[tuple, Any, Any] | None:
     """The first (key path, old, new) where two json-like values differ, or None when equal."""
     if isinstance(old, dict) and isinstance(new, dict):
@@ -153,6 +181,9 @@ def describe_change(stage: Stage, path: tuple, old: Any, new: Any) -> str:
     key = path[1] if len(path) > 1 and path[0] == "fingerprint" else path[0] if path else "?"
     if key in labels:
         return f"{labels[key]} changed since this output was started"
+    if path and path[0] == "upstream":
+        which = f"stage '{path[1]}'" if len(path) > 1 else "the upstream stages"
+        return f"the outputs of {which} changed since this output of stage '{stage.name}' was started (it was rerun)"
     if path and path[0] in ("items", "items_digest"):
         return f"the work list of stage '{stage.name}' changed since it was started (its inputs changed)"
     name = ".".join(str(p) for p in path[1:] if p not in ("options",)) or str(key)
@@ -161,22 +192,31 @@ def describe_change(stage: Stage, path: tuple, old: Any, new: Any) -> str:
 
 def check_fingerprint(stage: Stage, plan: ShardPlan | list[dict], fresh: bool = False) -> None:
     """Refuse to resume a stage whose outputs were made with other settings or other inputs, in one line
-    naming what changed (`describe_change`); with `fresh`, remove the stage's outputs and start over."""
+    naming what changed (`describe_change`); with `fresh`, remove the stage's outputs and start over.
+
+    The record (options, work list, upstream outputs) binds only once the stage has produced something
+    (`Stage.started`): a run that failed before its first shard, e.g. on a model that does not load, is
+    replaced by the next run's record instead of refusing it."""
     n_items = len(plan.items) if isinstance(plan, ShardPlan) else len(plan)
     items_digest = plan.digest() if isinstance(plan, ShardPlan) else digest(plan)
     record = {"fingerprint": stage.fingerprint(), "items": n_items, "items_digest": items_digest}
+    if stage.upstream:
+        record["upstream"] = stage.upstream_digests()
     record = json.loads(json.dumps(record, default=str))
     path = stage.stage_dir / "stage.json"
     if fresh:
         stage.remove_outputs()
     if path.exists():
         previous = read_json(path)
-        change = _first_difference(previous, record)
-        if change is not None:
+        # the upstream outputs first: a rerun upstream is the cause when the work list changed with them
+        change = (_first_difference({"upstream": previous.get("upstream")}, {"upstream": record.get("upstream")})
+                  or _first_difference(previous, record))
+        if change is None:
+            return
+        if stage.started():
             raise XPasteError(describe_change(stage, *change), stage.output_root,
                               "rerun with the same inputs and options to resume, or pass --fresh to start over")
-    else:
-        write_json_atomic(path, record, indent=1)
+    write_json_atomic(path, record, indent=1)
 
 
 def chunk(items: list[dict], size: int) -> list[list[dict]]:

@@ -60,15 +60,16 @@ def run_stage_job(name: str, config: Any, fresh: bool = False, progress: bool = 
     return JobReport(name, str(run.stage_dir(name)), counts, list(report.skipped), report.seconds)
 
 
-def build_pool_job(config: Any, progress: bool = True) -> JobReport:
-    """Filter the run's scored cut-outs into the pool (`xpaste.pipeline.build_pool.build_pool`)."""
+def build_pool_job(config: Any, progress: bool = True, fresh: bool = False) -> JobReport:
+    """Filter the run's scored cut-outs into the pool (`xpaste.pipeline.build_pool.build_pool`); a rerun with
+    the same inputs resumes, one with changed inputs or options is refused unless `fresh` (rebuilt)."""
     from xpaste.pipeline.build_pool import build_pool
     from xpaste.pipeline.rundir import RunDir
 
     cfg = _as_dict(config)
     run = RunDir(cfg["run_dir"])
     run.record_invocation("build-pool", cfg)
-    summary = build_pool(run.root, cfg, progress=progress)
+    summary = build_pool(run.root, cfg, progress=progress, fresh=fresh)
     counts = {"candidates": summary["candidates"], "added": summary["added"]}
     counts.update({k: v for k, v in summary["decisions"].items() if k != "kept"})
     return JobReport("build-pool", summary["pool"], counts, [], float(summary.get("seconds", 0.0)))

@@ -1,0 +1,191 @@
+"""What a stage's record binds, and when: a run that failed before its first shard (a model that does not load)
+locks no setting; once a shard exists a changed setting is refused; the outputs of upstream stages are part of
+the record (a stage rerun upstream is refused downstream, or redone with fresh); build-pool reruns follow the
+same rules (refused in one line naming the change, `--fresh` rebuilds to exactly a clean build's pool)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from test_build_pool import config as bp_config
+from test_build_pool import write_run
+
+from xpaste.errors import XPasteError
+from xpaste.pipeline.runner import Stage, run_stage
+from xpaste.pipeline.shards import read_stage, write_shard
+
+
+class Toy(Stage):
+    """Items from config['n'] (or the rows of the upstream stage 'up') -> (x, x * k); setup fails when
+    config['broken'] (a model that cannot be loaded)."""
+
+    name = "toy"
+
+    def schema(self):
+        return pa.schema([("x", pa.int64()), ("y", pa.int64())])
+
+    def fingerprint(self) -> dict:
+        return {"k": self.config["k"], "model": self.config.get("model"), "shard_size": self.config["shard_size"]}
+
+    def plan(self):
+        if self.upstream:
+            return [{"x": r["x"]} for r in read_stage(self.run_dir / "up").to_pylist()]
+        return [{"x": i} for i in range(self.config["n"])]
+
+    def prepare(self) -> None:
+        if self.config.get("broken"):
+            raise XPasteError(f"cannot load model {self.config.get('model')!r}")
+
+    def process(self, items):
+        return [{"x": it["x"], "y": it["x"] * self.config["k"]} for it in items], []
+
+
+class Downstream(Toy):
+    upstream = ("up",)
+
+
+def toy(tmp: Path, cls=Toy, **config) -> Stage:
+    return cls(tmp, {"n": 10, "k": 2, "shard_size": 3, **config})
+
+
+def rows(stage: Stage) -> list[dict]:
+    return read_stage(stage.stage_dir).to_pylist()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("changed", [{"model": "other"}, {"k": 5}, {"n": 4}])
+def test_a_stage_that_failed_before_its_first_shard_locks_nothing(tmp_path, workers, changed):
+    with pytest.raises(XPasteError):
+        run_stage(toy(tmp_path, model="missing", broken=True), progress=False, workers=workers)
+    assert not list((tmp_path / "toy").glob("shard-*.parquet"))
+    stage = toy(tmp_path, **{"model": "missing", **changed})  # the corrected command runs
+    run_stage(stage, progress=False, workers=workers)
+    k, n = stage.config["k"], stage.config["n"]
+    assert rows(stage) == [{"x": i, "y": i * k} for i in range(n)]
+    recorded = json.loads((stage.stage_dir / "stage.json").read_text())["fingerprint"]
+    assert recorded == stage.fingerprint()
+    # once shards exist, the settings bind: a change is refused, naming it
+    with pytest.raises(XPasteError) as e:
+        run_stage(toy(tmp_path, **{"model": "missing", **changed, "k": k + 1}), progress=False, workers=workers)
+    assert "setting k changed" in e.value.message
+
+
+def write_up(run: Path, values: list[int], seed: int = 0) -> None:
+    """The upstream stage's rows (x, seed): like generate's, whose seed changes the images but not the work
+    list of segment (candidate ids and paths)."""
+    for old in (run / "up").glob("shard-*.parquet") if (run / "up").exists() else []:
+        old.unlink()
+    schema = pa.schema([("x", pa.int64()), ("seed", pa.int64())])
+    for k in range(0, len(values), 4):
+        write_shard(run / "up", k // 4, [{"x": v, "seed": seed} for v in values[k : k + 4]], schema, [])
+
+
+@pytest.mark.parametrize("new_up,seed", [(list(range(8)), 1), ([0, 1, 2, 3, 4, 5, 6, 9], 0),
+                                         ([0, 1, 2, 3, 4, 5, 6], 0), ([7, 1, 2, 3, 4, 5, 6, 8], 2)])
+def test_upstream_outputs_are_part_of_the_record(tmp_path, new_up, seed):
+    write_up(tmp_path, list(range(8)))
+    run_stage(toy(tmp_path, Downstream), progress=False)
+    write_up(tmp_path, list(range(8)))  # the upstream redone to the same outputs: resumes
+    report = run_stage(toy(tmp_path, Downstream), progress=False)
+    assert report.shards_resumed == report.shards == 3
+    write_up(tmp_path, new_up, seed)  # redone to other outputs: refused, naming the upstream stage
+    with pytest.raises(XPasteError) as e:
+        run_stage(toy(tmp_path, Downstream), progress=False)
+    assert "stage 'up' changed" in e.value.message and "\n" not in str(e.value)
+    stage = toy(tmp_path, Downstream)
+    run_stage(stage, progress=False, fresh=True)
+    assert rows(stage) == [{"x": v, "y": 2 * v} for v in new_up]
+
+
+def test_segment_and_score_record_their_upstream_stages():
+    from xpaste.pipeline.masks import ScoreStage, SegmentStage
+
+    assert set(SegmentStage.upstream) == {"generate", "retrieve"}
+    assert set(ScoreStage.upstream) == {"generate", "retrieve", "segment"}
+
+
+# --- build-pool reruns ---------------------------------------------------------------------------------
+
+TABLE = [{"candidate": f"c{i:02d}", "category": 1 + i % 2, "segmenter": s, "score": 30.0 + i,
+          "area": [0.03, 0.2, 0.6][i % 3]} for i in range(12) for s in ("s1",)]
+
+
+def pool_rows(pool: Path) -> list[tuple]:
+    from xpaste.pool.store import InstancePool
+
+    records = InstancePool.open(pool).records().to_pylist()
+    return sorted((r["instance_id"], r["candidate_id"]) for r in records)
+
+
+def build_outputs(run: Path) -> tuple:
+    import pyarrow.parquet as pq
+
+    summary = json.loads((run / "build_pool" / "summary.json").read_text())
+    summary.pop("seconds"), summary.pop("pool")
+    header = json.loads((run / "pool" / "pool.json").read_text())
+    decisions = pq.read_table(run / "build_pool" / "decisions.parquet").to_pylist()
+    return pool_rows(run / "pool"), summary, header["config"]["build_pool"], decisions
+
+
+@pytest.mark.parametrize("change,oracle_kept", [({"area_min": 0.5}, 4), ({"area_max": 0.1}, 4),
+                                                ({"t": 100.0, "d": 5.0}, 6)])
+def test_build_pool_rerun_with_other_options_is_refused_and_fresh_rebuilds(tmp_path, change, oracle_kept):
+    from xpaste.pipeline.build_pool import build_pool
+
+    base = {"d": 1000.0, "area_min": 0.02, "area_max": 1.0}
+    write_run(tmp_path / "r", TABLE)
+    write_run(tmp_path / "clean", TABLE)
+    build_pool(tmp_path / "r", bp_config(tmp_path / "r", **base), progress=False)
+    first = build_outputs(tmp_path / "r")
+    assert first[1]["added"] == 12
+    build_pool(tmp_path / "r", bp_config(tmp_path / "r", **base), progress=False)  # unchanged: a no-op
+    assert build_outputs(tmp_path / "r") == first
+    with pytest.raises(XPasteError) as e:
+        build_pool(tmp_path / "r", bp_config(tmp_path / "r", **{**base, **change}), progress=False)
+    key = sorted(change)[0]
+    assert f"build_pool.{key} changed" in e.value.message and "\n" not in str(e.value)
+    assert build_outputs(tmp_path / "r") == first  # nothing written
+    build_pool(tmp_path / "r", bp_config(tmp_path / "r", **{**base, **change}), progress=False, fresh=True)
+    # the oracle: a build from scratch with the new options in a clean copy of the run
+    build_pool(tmp_path / "clean", bp_config(tmp_path / "clean", **{**base, **change}), progress=False)
+    got, want = build_outputs(tmp_path / "r"), build_outputs(tmp_path / "clean")
+    assert got == want
+    assert got[1]["added"] == oracle_kept == len(got[0])
+    assert got[2][key] == change[key]
+
+
+def test_build_pool_refuses_after_an_upstream_stage_was_rerun(tmp_path):
+    from xpaste.pipeline.build_pool import build_pool
+
+    write_run(tmp_path, TABLE)
+    cfg = bp_config(tmp_path, d=1000.0, area_min=0.0, area_max=1.0)
+    build_pool(tmp_path, cfg, progress=False)
+    rescored = [{**row, "score": row["score"] + 1.0} for row in TABLE]
+    write_run(tmp_path, rescored)  # score (and the images) rewritten
+    with pytest.raises(XPasteError) as e:
+        build_pool(tmp_path, cfg, progress=False)
+    assert "changed since this pool was built" in e.value.message and "stage '" in e.value.message
+    build_pool(tmp_path, cfg, progress=False, fresh=True)
+    scores = sorted(json.loads(json.dumps(r))["clip_score"] for r in
+                    __import__("pyarrow.parquet", fromlist=["x"]).read_table(
+                        tmp_path / "build_pool" / "decisions.parquet").to_pylist())
+    assert scores == sorted(row["score"] for row in rescored)
+
+
+def test_build_pool_cli_fresh_flag(tmp_path, capsys):
+    from xpaste.cli import main
+
+    write_run(tmp_path, TABLE)
+    common = ["build-pool", "--run", str(tmp_path), "--d", "1000", "--area-max", "1.0"]
+    assert main(common + ["--area-min", "0.02"]) == 0
+    capsys.readouterr()
+    assert main(common + ["--area-min", "0.5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "area_min changed" in err[0] and "--fresh" in err[0]
+    assert main(common + ["--area-min", "0.5", "--fresh"]) == 0
+    summary = json.loads((tmp_path / "build_pool" / "summary.json").read_text())
+    assert summary["added"] == 4 and len(pool_rows(tmp_path / "pool")) == 4
+    header = json.loads((tmp_path / "pool" / "pool.json").read_text())
+    assert header["config"]["build_pool"]["area_min"] == 0.5
