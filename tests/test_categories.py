@@ -191,3 +191,122 @@ def test_ambiguous_selection_from_a_dataset(tmp_path):
     assert [c.id for c in select_categories(cats, ["9"])] == [9]
     with pytest.raises(XPasteError, match=r"4 'person', 9 'person'"):
         select_categories(cats, ["person"])
+
+
+# ------------------------------------------------------------------ same-name categories where names are matched
+def _disc_png(path, seed):
+    from PIL import Image
+
+    img = np.full((40, 40, 3), 255, np.uint8)
+    img[10:30, 10:30] = (seed * 40 % 200, 80, 120)
+    Image.fromarray(img).save(path)
+
+
+@pytest.mark.parametrize("names, groups", [
+    (["cup", "dog", "cup"], [[0, 2]]),
+    (["Cup", "dog", "cup"], [[0, 2]]),
+    (["fire_hydrant", "fire hydrant", "FIRE  HYDRANT", "dog"], [[0, 1, 2]]),
+    (["a", "b", "A", "B"], [[0, 2], [1, 3]]),
+    (["cup", "cups", "bow_(weapon)", "bow_(ribbon)"], []),
+])
+def test_same_name_groups(names, groups):
+    from xpaste.categories import same_name_groups
+
+    cats = [Category(i + 1, n) for i, n in enumerate(names)]
+    assert [[c.id - 1 for c in g] for g in same_name_groups(cats)] == groups
+
+
+def test_require_distinct_names_one_line_naming_both():
+    from xpaste.categories import require_distinct_names
+
+    cats = [Category(1, "cup"), Category(3, "dog"), Category(5, "Cup")]
+    with pytest.raises(XPasteError, match=r"1 'cup', 5 'Cup' have the same name") as info:
+        require_distinct_names(cats, "retrieval finds images by category name", "x.json")
+    assert "\n" not in str(info.value)
+    require_distinct_names(cats[:2], "retrieval finds images by category name")  # distinct: accepted
+    # `same` narrows the clash to pairs whose outputs would coincide
+    require_distinct_names(cats, "generation prompts by name", same=lambda a, b: False)
+
+
+SAMENAME = [{"id": 1, "name": "cup"}, {"id": 2, "name": "dog"}, {"id": 5, "name": "cup"}]
+
+
+@pytest.mark.parametrize("source", ["json", "cup,Cup", "cup,fire_hydrant,fire hydrant", "text"])
+def test_labelled_retrieval_refuses_same_name_categories(tmp_path, capsys, source):
+    """The user's case: a json with categories 1 and 5 both 'cup' put the same image into both folders."""
+    import pyarrow.parquet as pq
+
+    from xpaste.cli import main
+
+    coll = tmp_path / "collection"
+    for name in ("cup", "dog", "fire_hydrant"):
+        (coll / name).mkdir(parents=True)
+        _disc_png(coll / name / "a.png", len(name))
+    if source == "json":
+        source = str(write_json(tmp_path / "samename.json", SAMENAME))
+    elif source == "text":
+        (tmp_path / "names.txt").write_text("dog\nCUP\ncup\n", encoding="utf-8")
+        source = str(tmp_path / "names.txt")
+    run = tmp_path / "run"
+    code = main(["retrieve", "--run", str(run), "--categories", source, "--folder", str(coll),
+                 "--set", "retrieve.labelled=true"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "have the same name" in err and "retrieval" in err
+    assert not list(run.rglob("*.png"))  # nothing copied
+    # nothing recorded either: the corrected categories are accepted in the same run folder
+    if source.endswith(".json"):
+        write_json(tmp_path / "samename.json", [*SAMENAME[:2], {"id": 5, "name": "mug"}])
+        (coll / "mug").mkdir()
+        _disc_png(coll / "mug" / "m.png", 9)
+        assert main(["retrieve", "--run", str(run), "--categories", source, "--folder", str(coll),
+                     "--set", "retrieve.labelled=true"]) == 0
+        rows = pq.read_table(run / "retrieve" / "shard-000000.parquet").to_pylist()
+        assert sorted((r["category_id"], r["category"]) for r in rows) == [(1, "cup"), (2, "dog"), (5, "mug")]
+        write_json(tmp_path / "samename.json", SAMENAME)
+    # selecting one of the two by id is accepted and retrieves that one category's images
+    if source.endswith(".json"):
+        assert main(["retrieve", "--run", str(tmp_path / "run2"), "--categories", source, "--folder", str(coll),
+                     "--set", "retrieve.labelled=true", "--set", "categories.select=5,2"]) == 0
+        rows = pq.read_table(tmp_path / "run2" / "retrieve" / "shard-000000.parquet").to_pylist()
+        assert sorted((r["category_id"], r["category"]) for r in rows) == [(2, "dog"), (5, "cup")]
+
+
+def _generate_plan(tmp_path, source, **generate):
+    from xpaste.pipeline.acquire import GenerateStage
+    from xpaste.pipeline.config import load_config
+
+    overrides = [f"categories.source={source}", f"run_dir={tmp_path / 'run'}", "generate.models=m",
+                 "generate.per_category=2", "generate.backgrounds=0"]
+    overrides += [f"generate.{k}={v}" for k, v in generate.items()]
+    config = load_config(overrides=overrides).to_dict()
+    return GenerateStage(tmp_path / "run", config).plan()
+
+
+def test_generation_refuses_same_name_categories_whose_prompts_coincide(tmp_path):
+    source = write_json(tmp_path / "samename.json", SAMENAME)
+    with pytest.raises(XPasteError, match=r"1 'cup', 5 'cup' have the same name.*generation"):
+        _generate_plan(tmp_path, source)
+    assert not (tmp_path / "run" / "categories.json").exists()  # refused before anything is recorded
+    assert {i["category_id"] for i in _generate_plan(tmp_path, source, per_category=0)} == set()  # nothing alike
+
+
+def test_generation_accepts_same_name_categories_whose_prompts_differ(tmp_path):
+    """Generation prompts by name, but id-keyed prompts or differing definitions make the images differ."""
+    cats = [{"id": 1, "name": "bat", "def": "a flying mammal"}, {"id": 5, "name": "Bat", "def": "a club for baseball"}]
+    source = write_json(tmp_path / "bats.json", cats)
+    items = _generate_plan(tmp_path, source, templates='["a photo of a single {name}, {definition}"]')
+    assert {i["category_id"]: i["prompt"] for i in items} == {1: "a photo of a single bat, a flying mammal",
+                                                              5: "a photo of a single Bat, a club for baseball"}
+    # the default template gives "a photo of a single bat" twice (SD's CLIP tokenizer lowercases "Bat")
+    with pytest.raises(XPasteError, match="have the same name"):
+        _generate_plan(tmp_path / "b", source)
+
+
+def test_generation_accepts_same_name_categories_with_id_keyed_prompts(tmp_path):
+    source = write_json(tmp_path / "samename.json", SAMENAME)
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps({"1": ["a cup of tea"], "5": "the world cup trophy"}), encoding="utf-8")
+    items = _generate_plan(tmp_path, source, prompt_file=str(prompts))
+    assert {(i["category_id"], i["prompt"]) for i in items} == {
+        (1, "a cup of tea"), (2, "a photo of a single dog"), (5, "the world cup trophy")}

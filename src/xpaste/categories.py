@@ -142,6 +142,32 @@ def _norm(s: str) -> str:
     return " ".join(s.replace("_", " ").lower().split())
 
 
+def same_name_groups(cats: Iterable[Category]) -> list[list[Category]]:
+    """Groups of two or more categories whose names coincide once normalised as selection normalises them
+    (case, '_' vs ' ', runs of spaces: `Cup`, `cup`, `fire_hydrant` / `fire hydrant`), in catalogue order."""
+    groups: dict[str, list[Category]] = {}
+    for c in cats:
+        groups.setdefault(_norm(c.name), []).append(c)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def require_distinct_names(cats: Iterable[Category], why: str, where: str | os.PathLike | None = None,
+                           same: Any = None) -> None:
+    """Refuse (one line) categories that share a name when a stage matches them by name.
+
+    why: what the stage does by name, e.g. "retrieval looks images up by category name".
+    same: optional `same(a, b) -> bool` that narrows a clash to the pairs whose outputs would coincide (e.g.
+        generation, whose prompts may still differ by id-keyed prompts or definitions); default: every pair.
+    """
+    for group in same_name_groups(cats):
+        clash = [c for c in group[1:] if same is None or same(group[0], c)]
+        if clash:
+            listed = ", ".join(f"{c.id} {c.name!r}" for c in [group[0], *clash])
+            raise XPasteError(f"categories {listed} have the same name (ignoring case and '_'), and {why}: they "
+                              "would get the same images under different ids", where,
+                              "rename one of them, or keep one with --set categories.select=<ids>")
+
+
 def _ambiguous(key: str, found: list[Category], how: str) -> XPasteError:
     listed = ", ".join(f"{c.id} {c.name!r}" for c in found)
     return XPasteError(f"category {key!r} is ambiguous: {how} {len(found)} categories ({listed})",

@@ -41,7 +41,7 @@ class GenerateStage(Stage):
 
     def __init__(self, run_dir: Path, config: dict):
         super().__init__(run_dir, config)
-        self.categories = resolve_categories(self.run_dir, config)
+        self.categories = resolve_categories(self.run_dir, config, self._refuse_same_prompts)
         self._generator = None
         self._generator_model = None
 
@@ -75,6 +75,25 @@ class GenerateStage(Stage):
                               "seed": image_seed(int(g["seed"]), model, 0, i),
                               "path": f"images/backgrounds/{cid}.png"})
         return items
+
+    def _refuse_same_prompts(self, categories) -> None:
+        """Same-name categories are refused only when their prompts coincide too (no id-keyed prompts, no
+        differing definition or synonyms in the templates): their images would be alike under two ids.
+        Compared ignoring case and spacing: Stable Diffusion's CLIP tokenizer lowercases the prompt."""
+        from xpaste.categories import require_distinct_names, same_name_groups
+        from xpaste.generate.prompts import load_prompt_file, prompt_for
+
+        g = self.config["generate"]
+        if not same_name_groups(categories) or int(g["per_category"]) < 1:
+            return
+        per_category = load_prompt_file(g["prompt_file"]) if g["prompt_file"] else None
+
+        def prompts(cat):
+            return [" ".join(prompt_for(cat, i, g["templates"], per_category).lower().split())
+                    for i in range(int(g["per_category"]))]
+
+        require_distinct_names(categories, "generation prompts by name", self.config["categories"]["source"],
+                               same=lambda a, b: prompts(a) == prompts(b))
 
     def _generator_for(self, model: str):
         if self._generator_model != model:
@@ -117,7 +136,10 @@ class RetrieveStage(Stage):
 
     def __init__(self, run_dir: Path, config: dict):
         super().__init__(run_dir, config)
-        self.categories = resolve_categories(self.run_dir, config)
+        from xpaste.categories import require_distinct_names
+
+        self.categories = resolve_categories(self.run_dir, config, lambda cats: require_distinct_names(
+            cats, "retrieval finds images by category name", config["categories"]["source"]))
         r = config["retrieve"]
         if not r["folder"] and not r["knn_url"]:
             raise XPasteError("retrieve needs retrieve.folder (a folder or list file) or retrieve.knn_url")

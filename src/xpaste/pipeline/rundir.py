@@ -100,10 +100,11 @@ class RunDir:
         write_json_atomic(history_path, history, indent=1)
         log.debug("%s: recorded the config of `%s` in %s", self.root, command, CONFIG_FILE)
 
-    def categories(self, config: dict):
+    def categories(self, config: dict, check=None):
         """Categories of this run: from `categories.source` (recorded on first use) or from the run's record.
 
-        Raises XPasteError when there are none, or when they differ from the ones the run started with."""
+        Raises XPasteError when there are none, or when they differ from the ones the run started with.
+        check: optional `check(categories)` of the calling stage, run before anything is recorded."""
         from xpaste.categories import (categories_from_rows, categories_to_rows, load_categories,
                                        select_categories)
 
@@ -114,9 +115,13 @@ class RunDir:
             if recorded is None:
                 raise XPasteError("no categories for this run", self.root,
                                   "pass --categories (a COCO/LVIS json, a text file, or 'cat,dog')")
+            if check is not None:
+                check(recorded)
             return recorded
         select = config["categories"]["select"]
         cats = select_categories(load_categories(str(source)), list(select) if select else None)
+        if check is not None:
+            check(cats)  # a refused set leaves the run as it was: the corrected command is not refused
         if recorded is not None and categories_to_rows(recorded) != categories_to_rows(cats):
             raise XPasteError("this run was started with other categories", path,
                               "use a new --run folder, or the same categories")
@@ -152,8 +157,8 @@ def record_invocation(run_dir: Path, command: str, config: dict) -> None:
     RunDir(run_dir).record_invocation(command, config)
 
 
-def resolve_categories(run_dir: Path, config: dict):
-    return RunDir(run_dir).categories(config)
+def resolve_categories(run_dir: Path, config: dict, check=None):
+    return RunDir(run_dir).categories(config, check)
 
 
 def save_png(run_dir: Path, rel: str, array: np.ndarray) -> None:
