@@ -136,3 +136,141 @@ def test_import_report_failure_fields():
     report.fail("a.jpg", "too big")
     report.fail("b.jpg", "missing")
     assert report.failed == 2 and report.first_failure == ("a.jpg", "too big") and len(report.skipped) == 2
+
+
+# ------------------------------------------------------------------ 4. header errors: typed, each with a hint
+def _edit_header(root, edit):
+    header = json.loads((root / "pool.json").read_text())
+    header = edit(header) or header
+    (root / "pool.json").write_text(json.dumps(header))
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda h: h["categories"][0].update(synonyms="cup"), "categories[0].synonyms"),
+    (lambda h: h["categories"][0].update(synonyms=["cup", 3]), "categories[0].synonyms"),
+    (lambda h: h["categories"][1].update(frequency=7), "categories[1].frequency"),
+    (lambda h: h["categories"][1].update(frequency="often"), "categories[1].frequency"),
+    (lambda h: h["categories"][2].update(image_count=-1), "categories[2].image_count"),
+    (lambda h: h["categories"][2].update(instance_count="9"), "categories[2].instance_count"),
+    (lambda h: h["categories"][2].update({"def": ["x"]}), "categories[2].def"),
+    (lambda h: h.update(format="other"), "format"),
+    (lambda h: h.update(version="2"), "version"),
+    (lambda h: h.update(codec=None), "codec"),
+])
+def test_header_category_fields_are_type_checked_with_a_hint(tmp_path, edit, field):
+    root = _pool(tmp_path / "p")
+    _edit_header(root, edit)
+    for opener in (InstancePool.open, PoolWriter.open):
+        with pytest.raises(XPasteError) as info:
+            opener(root)
+        assert f"'{field}'" in info.value.message and info.value.hint and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("text, words", [
+    ("[]", "must be an object"), ('[{"format": "xpaste-pool"}]', "got list"), ('"pool"', "got str"),
+    ("7", "got int"), ("null", "got null"), ("{not json", "malformed json"), ('{"version": 2}', "'format'"),
+])
+def test_every_header_error_has_a_hint(tmp_path, capsys, text, words):
+    root = _pool(tmp_path / "p")
+    (root / "pool.json").write_text(text)
+    with pytest.raises(XPasteError) as info:
+        InstancePool.open(root)
+    assert words in info.value.message and info.value.hint
+    assert main(["pool", "info", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert "(hint:" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_lvis_category_fields_of_the_right_type_open(tmp_path):
+    cats = [{"id": 1, "name": "cup", "synonyms": ["cup", "mug"], "frequency": "f", "def": "a cup",
+             "synset": "cup.n.01", "image_count": 3, "instance_count": 4},
+            {"id": 2, "name": "cat", "synonyms": [], "frequency": "", "definition": ""},
+            {"id": 3, "name": "hydrant", "synonyms": None, "frequency": None}]
+    root = _pool(tmp_path / "p", n=3, cats=cats)
+    assert InstancePool.open(root).categories == {1: "cup", 2: "cat", 3: "hydrant"}
+
+
+@pytest.mark.parametrize("bad", [{"frequency": 7}, {"synonyms": "cup"}, {"image_count": 1.5}])
+def test_writer_refuses_categories_it_could_not_read_back(tmp_path, bad):
+    root = tmp_path / "p"
+    with pytest.raises(XPasteError, match="categories\\[1\\]") as info:
+        PoolWriter.create(root, [{"id": 1, "name": "cup"}, {"id": 2, "name": "cat", **bad}])
+    assert "dataset" in info.value.hint and not (root / "pool.json").exists()
+    good = _pool(tmp_path / "q", cats=[{"id": 1, "name": "cup"}])
+    with PoolWriter.open(good) as w, pytest.raises(XPasteError, match="categories\\[0\\]"):  # of those given
+        w.add_categories([{"id": 2, "name": "cat", **bad}])
+    assert InstancePool.open(good).categories == {1: "cup"}
+
+
+# ------------------------------------------------------------------ 5. category names: hints and placeholders
+def test_name_mismatch_hint_names_what_exists(tmp_path):
+    from xpaste.pool.categories import match_categories
+
+    pool = InstancePool.open(_pool(tmp_path / "p"))
+    for dataset in ([{"id": 1, "name": "zebra"}, {"id": 2, "name": "car"}, {"id": 3, "name": "tree"}],
+                    [{"id": 1, "name": "cup"}]):
+        with pytest.raises(XPasteError) as info:
+            match_categories(pool, dataset)
+        hint = info.value.hint
+        assert "--map-categories-by-name" not in hint and "by_name=True" in hint and "remap_categories" in hint
+        assert "xpaste pool import-xpaste --dataset" in hint
+    # what the hint says works: mapping by name gives the dataset's ids
+    mapped = pool.remap_categories(match_categories(pool, [{"id": 7, "name": "Cup"}, {"id": 8, "name": "Cat/Dog"},
+                                                           {"id": 9, "name": "fire hydrant"}], by_name=True))
+    assert sorted(mapped.counts()) == [7, 8, 9]
+
+
+def test_placeholder_names_warn_once_per_pool(tmp_path, caplog):
+    from xpaste.pool.categories import match_categories
+
+    cats = [{"id": 1, "name": "category_1"}, {"id": 2, "name": "2"}, {"id": 3, "name": "fire_hydrant"}]
+    roots = [_pool(tmp_path / f"p{k}", cats=cats) for k in range(2)]
+    dataset = [{"id": 1, "name": "person"}, {"id": 2, "name": "bicycle"}, {"id": 3, "name": "fire hydrant"}]
+    with caplog.at_level(logging.WARNING, logger="xpaste.pool"):
+        for _ in range(3):
+            for root in roots:
+                assert match_categories(InstancePool.open(root), dataset) == {1: 1, 2: 2, 3: 3}
+    warnings = [r.getMessage() for r in caplog.records if "placeholder names" in r.getMessage()]
+    assert len(warnings) == 2 and all("1, 2" in w and "could not be checked" in w for w in warnings)
+    caplog.clear()
+    named = _pool(tmp_path / "named")
+    with caplog.at_level(logging.WARNING, logger="xpaste.pool"):
+        match_categories(InstancePool.open(named), [{"id": c["id"], "name": c["name"]} for c in CATS])
+    assert not [r for r in caplog.records if "placeholder" in r.getMessage()]
+
+
+def test_import_xpaste_without_dataset_warns_and_augment_says_names_are_unchecked(tmp_path, capsys):
+    from PIL import Image
+
+    for k in range(2):
+        Image.fromarray(_cutout(10 + k)).save(tmp_path / f"c{k}.png")
+    listing = tmp_path / "x.json"
+    listing.write_text(json.dumps({"0": ["*c0.png"], "2": ["*c1.png"]}))
+    assert main(["pool", "import-xpaste", str(listing), "--out", str(tmp_path / "pool")]) == 0
+    err = capsys.readouterr().err
+    assert "category_N" in err and "--dataset" in err
+    ann, images = write_dataset(tmp_path / "d", n_images=2)
+    code = main(["augment", "--dataset", str(ann), "--images", str(images), "--pool", str(tmp_path / "pool"),
+                 "--out", str(tmp_path / "out"), "--num-paste", "2", "--seed", "0"])
+    err = capsys.readouterr().err
+    assert code == 0 and err.count("could not be checked") == 1, err
+
+
+# ------------------------------------------------------------------ 6. hints name CLI commands
+def test_existing_pool_hint_names_the_cli_flag(tmp_path, capsys):
+    ann, images = write_dataset(tmp_path / "d", n_images=2)
+    out = tmp_path / "pool"
+    args = ["pool", "import-coco", str(ann), "--images", str(images), "--out", str(out), "--min-area", "10"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args) == 2
+    line = [x for x in capsys.readouterr().err.splitlines() if x.startswith("xpaste: error:")][0]
+    assert "--append" in line and "xpaste pool import-coco" in line and "pass exist_ok" not in line
+    assert main(args + ["--append"]) == 0
+
+
+def test_oversize_hint_does_not_name_a_missing_cli_option(tmp_path):
+    root = _pool(tmp_path / "p")
+    with pytest.raises(CutoutError) as info:
+        InstancePool.open(root, max_cutout_pixels=10).rgba(0)
+    assert "raise max_cutout_pixels" not in info.value.hint and "InstancePool.open" in info.value.hint

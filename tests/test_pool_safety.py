@@ -236,7 +236,7 @@ def test_names_that_disagree_for_the_same_ids_are_refused_in_one_line():
     text = str(info.value)
     assert "'cup' in the pool but 'zebra'" in text and "'fire hydrant' in the pool but 'tree'" in text
     assert "'cat'" not in text and "'car'" not in text  # category 2 has no pooled instance: not listed
-    assert "--map-categories-by-name" in text and "\n" not in text
+    assert "by_name=True" in text and "--map-categories-by-name" not in text and "\n" not in text
 
 
 @pytest.mark.parametrize("dataset", [

@@ -7,7 +7,8 @@ trees without a word, so ids are only trusted when the names agree.
 Names agree when they are equal after `normalise_name` (case-insensitive, `_`/`-`/spaces the same, as LVIS
 writes "fire_hydrant" for COCO's "fire hydrant"), or when one category's name is among the other's LVIS
 `synonyms` (LVIS v1 category field). Placeholder pool names ("3", "category_3", written when a pool is built
-without names) are accepted for their id.
+without names, e.g. `xpaste pool import-xpaste` without `--dataset`) are accepted for their id, with one
+warning per pool and process that their names could not be checked.
 """
 from __future__ import annotations
 
@@ -19,6 +20,11 @@ from xpaste.errors import XPasteError
 
 log = logging.getLogger("xpaste.pool")
 _SEPARATORS = re.compile(r"[\s_\-]+")
+_warned_placeholders: set[str] = set()  # pools (by folder) already warned about in this process
+# What exists to fix a mismatch: the CLI has no by-name option; Python has match_categories(by_name=True).
+MISMATCH_HINT = ("use a pool built for this dataset (`xpaste pool import-coco` on it, or `xpaste pool import-xpaste "
+                 "--dataset` with its json to name the ids), or map the categories by name from Python: "
+                 "pool.remap_categories(match_categories(pool, dataset_categories, by_name=True))")
 
 
 def normalise_name(name: str) -> str:
@@ -66,19 +72,22 @@ def match_categories(pool: Any, dataset_categories: Iterable[dict] | dict[int, s
         missing = [c for c in pooled if c not in data]
         if missing:
             raise XPasteError(f"the pool has categories {missing[:10]} that the dataset does not define", where,
-                              "build the pool with the dataset's category ids, or map them by name "
-                              "(--map-categories-by-name)")
-        clashes = []
+                              MISMATCH_HINT)
+        clashes, unchecked = [], []
         for cid in pooled:
             mine = pool_cats.get(cid, {"name": str(cid)})
-            if _is_placeholder(cid, mine.get("name", "")) or _names(mine) & _names(data[cid]):
+            if _is_placeholder(cid, mine.get("name", "")):
+                unchecked.append(cid)
+                continue
+            if _names(mine) & _names(data[cid]):
                 continue
             clashes.append(f"{cid} is {mine.get('name')!r} in the pool but {data[cid].get('name')!r} in the dataset")
         if clashes:
             more = f" (+{len(clashes) - 5} more)" if len(clashes) > 5 else ""
             raise XPasteError(f"the pool's category names differ from the dataset's for the same ids: "
-                              f"{'; '.join(clashes[:5])}{more}", where,
-                              "use a pool built for this dataset, or map categories by name (--map-categories-by-name)")
+                              f"{'; '.join(clashes[:5])}{more}", where, MISMATCH_HINT)
+        if unchecked:
+            _warn_unchecked(unchecked, where, str(where) if where is not None else f"memory-{id(pool)}")
         return {cid: cid for cid in pooled}
     by_norm: dict[str, set[int]] = {}
     for did, cat in data.items():
@@ -103,3 +112,14 @@ def match_categories(pool: Any, dataset_categories: Iterable[dict] | dict[int, s
         log.warning("%d pool categories have no dataset category of the same name and are not pasted: %s%s",
                     len(unmatched), ", ".join(unmatched[:5]), " ..." if len(unmatched) > 5 else "")
     return mapping
+
+
+def _warn_unchecked(ids: list[int], where: Any, key: str) -> None:
+    if key in _warned_placeholders:
+        return
+    _warned_placeholders.add(key)
+    shown = ", ".join(str(c) for c in ids[:10]) + (" ..." if len(ids) > 10 else "")
+    log.warning("%s: %d pool categories have placeholder names (category_N), so their ids could not be checked "
+                "against the dataset's names: %s; if the pool was not made for this dataset's ids, the pastes get "
+                "the wrong labels (name them: `xpaste pool import-xpaste --dataset DATASET_JSON ...`)",
+                where if where is not None else "pool", len(ids), shown)

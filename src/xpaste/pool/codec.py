@@ -16,6 +16,8 @@ from xpaste.errors import XPasteError
 # Largest cut-out read, in pixels (height * width). 4096 x 4096 RGBA is 64 MiB decoded; a larger one is a
 # damaged index row or a decompression bomb, never a useful paste (pastes are scaled to the destination).
 DEFAULT_MAX_CUTOUT_PIXELS = 4096 * 4096
+TOO_BIG_HINT = ("a damaged index row or an oversized cut-out; it is skipped. To paste it anyway, open the pool "
+                "from Python with InstancePool.open(path, max_cutout_pixels=N) (no CLI option raises the limit)")
 
 
 class CutoutError(XPasteError):
@@ -97,7 +99,7 @@ def decode_png(path: Path, max_pixels: int = DEFAULT_MAX_CUTOUT_PIXELS) -> np.nd
         raise CutoutError("pool file is not a readable RGBA PNG", path)
     if size[0] * size[1] > max_pixels:
         raise CutoutError(f"cut-out is {size[1]}x{size[0]} px, over the limit of {max_pixels} pixels", path,
-                          "raise max_cutout_pixels if this is intended")
+                          TOO_BIG_HINT)
     bgra = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if bgra is None or bgra.ndim != 3 or bgra.shape[2] != 4 or bgra.dtype != np.uint8:
         raise CutoutError("pool file is not a readable 8-bit RGBA PNG", path)

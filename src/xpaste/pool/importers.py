@@ -2,6 +2,7 @@
 and the official X-Paste pool json."""
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ from xpaste.errors import XPasteError
 from xpaste.io import read_json, resolve_inside
 from xpaste.pool.store import InstancePool
 
+log = logging.getLogger("xpaste.pool")
 # Real instances smaller than this many mask pixels are skipped: COCO's "small" objects (< 32x32) upscale
 # into blurry, jagged cut-outs when the scale prior asks for a large paste.
 DEFAULT_MIN_AREA = 32 * 32
@@ -172,6 +174,9 @@ def import_xpaste(json_path: str | os.PathLike, out: str | os.PathLike, root: st
                               "check --id-offset")
         entries.extend((cid, p) for p in paths)
     categories = [{"id": c, "name": names.get(c, f"category_{c}")} for c in sorted({c for c, _ in entries})]
+    if dataset_path is None:
+        log.warning("%s: categories are named category_N (no --dataset given): augment cannot check that the ids "
+                    "are the dataset's; pass --dataset with the COCO/LVIS json the pool was made for", out)
     report = ImportReport()
     folder_existed, pool_existed = Path(out).exists(), (Path(out) / "pool.json").exists()
     with InstancePool.create(out, categories, config={"import": "xpaste", "json": str(json_path)},

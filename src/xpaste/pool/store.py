@@ -35,7 +35,7 @@ import numpy as np
 from xpaste.core.instance import RECORD_COLUMNS, content_hash, crop_to_alpha, validate_rgba
 from xpaste.errors import XPasteError
 from xpaste.io import read_json, resolve_inside
-from xpaste.pool.codec import DEFAULT_MAX_CUTOUT_PIXELS, CutoutError, decode_png, decode_raw
+from xpaste.pool.codec import DEFAULT_MAX_CUTOUT_PIXELS, TOO_BIG_HINT, CutoutError, decode_png, decode_raw
 from xpaste.pool.header import HEADER, POOL_FORMAT, WRITE_VERSION, normalise_categories, read_header
 from xpaste.pool.sampler import CategoryIndex, sample_rows
 
@@ -174,7 +174,7 @@ class _Storage:
             where = self.root / shard_name(self.shard[row])
         if height * width > self.max_pixels:
             raise CutoutError(f"cut-out is {width}x{height} px, over the limit of {self.max_pixels} pixels", where,
-                              "raise max_cutout_pixels if this is intended")
+                              TOO_BIG_HINT)
         if self.version == 1:
             rgba = decode_png(where, self.max_pixels)
             if rgba.shape != (height, width, 4):

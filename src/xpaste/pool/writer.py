@@ -31,12 +31,14 @@ from xpaste.errors import XPasteError
 from xpaste.io import atomic_path, exclusive_lock, naming_os_errors, write_json_atomic
 from xpaste.pool.codec import encode_raw
 from xpaste.pool.header import (CODECS, DEFAULT_CODEC, HEADER, POOL_FORMAT, WRITE_VERSION, normalise_categories,
-                                read_header)
+                                read_header, validate_header)
 from xpaste.pool.store import DATA_DIR, INDEX_DIR, MANIFEST, list_parts, shard_name
 
 log = logging.getLogger("xpaste.pool")
 SHARD_BYTES = 2**30  # a data shard is closed once it holds this many bytes (1M cut-outs: ~100 files)
 MAX_PARTS = 8  # more index parts than this are merged into one when the writer closes (~1 ms per part on open)
+_CATEGORY_HINT = ("the categories given to the pool (e.g. the dataset's) have a field of the wrong type: "
+                  "fix it in the dataset json")
 LOCATION_COLUMNS = ("shard", "offset", "nbytes", "crc32")  # crc32: zlib.crc32 of the stored bytes, checked on read
 
 
@@ -87,7 +89,9 @@ class PoolWriter:
                 header = read_header(root)
                 resumable = header.get("incomplete") is not None and header.get("config") == _jsonable(config or {})
                 if not exist_ok and not resumable:
-                    raise XPasteError("a pool already exists here", root, "pass exist_ok / --append, or pick a new folder")
+                    raise XPasteError("a pool already exists here", root,
+                                      "pick a new folder, or add to this pool with `xpaste pool import-coco ... "
+                                      "--append` (or import-xpaste --append; Python: exist_ok=True)")
                 writer = cls._attach(root, header, locks)
                 if not exist_ok:
                     log.warning("%s: resuming an interrupted write to this pool", root)
@@ -96,6 +100,7 @@ class PoolWriter:
             header = {"format": POOL_FORMAT, "version": WRITE_VERSION, "codec": codec,
                       "categories": normalise_categories(categories), "config": _jsonable(config or {}),
                       "created_by": f"xpaste {__version__}"}
+            validate_header(header, root / HEADER, _CATEGORY_HINT)  # never write a header no reader opens
             writer = cls(root, header, locks)
             writer._mark_incomplete()
             return writer
@@ -151,7 +156,9 @@ class PoolWriter:
         """Add categories not yet in the pool; a known id with another name raises XPasteError."""
         self._require_open()
         changed = False
-        for c in normalise_categories(categories):
+        new = normalise_categories(categories)
+        validate_header({**self.header, "categories": new}, self.root / HEADER, _CATEGORY_HINT)
+        for c in new:
             if c["id"] in self.categories:
                 if self.categories[c["id"]] != c["name"]:
                     raise XPasteError(f"category {c['id']} is {self.categories[c['id']]!r} in the pool but "
