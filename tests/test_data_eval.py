@@ -10,6 +10,7 @@ import contextlib
 import copy
 import io
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -348,3 +349,77 @@ def test_malformed_gt_fields_refused_in_one_line(tmp_path, field, value, iou_typ
     with pytest.raises(XPasteError, match=words) as info:
         evaluate(path, _write(tmp_path, "p.json", preds), iou_type=iou_type)
     assert info.value.path == str(path) and "annotation id 3" in str(info.value)
+
+
+# ------------------------------------------------------------------------------ LVIS and crowd regions
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def metrics_log():
+    handler = _Records()
+    logger = logging.getLogger("xpaste.evaluate.metrics")
+    logger.addHandler(handler)
+    yield handler.messages
+    logger.removeHandler(handler)
+
+
+def _mask_of(ann: dict, h=H, w=W) -> np.ndarray:
+    seg = ann["segmentation"]
+    rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w)) if isinstance(seg, list) else \
+        {"size": seg["size"], "counts": seg["counts"].encode()}
+    return mask_utils.decode(rle).astype(bool)
+
+
+def _crowd_case(seed: int, crowd_rows: list[int]):
+    """LVIS-style gt with `crowd_rows` marked iscrowd=1; predictions exactly the non-crowd objects."""
+    gt, _ = make_case(first_id=1, lvis=True, seed=seed)
+    for i in crowd_rows:
+        gt["annotations"][i]["iscrowd"] = 1
+    preds = [{"image_id": a["image_id"], "category_id": a["category_id"], "segmentation": _rle(_mask_of(a)),
+              "score": 0.9} for a in gt["annotations"] if not a["iscrowd"]]
+    return gt, preds
+
+
+@pytest.mark.parametrize("seed, crowd_rows", [(0, [0]), (1, [2, 5, 6]), (4, [])])
+def test_lvis_crowd_regions_scored_as_lvis_does_with_one_warning(tmp_path, monkeypatch, metrics_log, seed,
+                                                                 crowd_rows):
+    gt, preds = _crowd_case(seed, crowd_rows)
+    gt_path = _write(tmp_path, "gt.json", gt)
+    ours = evaluate(gt_path, _write(tmp_path, "p.json", preds))
+    expected = lvis_direct(gt, preds, "segm", monkeypatch)  # the lvis library itself: the number is unchanged
+    assert ours["kind"] == "lvis" and {k: ours[k] for k in LVIS_METRICS} == expected
+    if crowd_rows:
+        assert expected["AP"] < 1.0  # the missed crowd regions count against AP under LVIS's rules
+        assert len(metrics_log) == 1 and "\n" not in metrics_log[0]
+        assert f"score {len(crowd_rows)} crowd region" in metrics_log[0] and str(gt_path) in metrics_log[0]
+        assert "--kind coco" in metrics_log[0]
+    else:
+        assert expected["AP"] == 1.0 and metrics_log == []
+    # COCOeval ignores crowd regions: no warning there, and the perfect predictions score 1.0
+    metrics_log.clear()
+    coco = evaluate(gt_path, _write(tmp_path, "p.json", preds), kind="coco")
+    assert coco["AP"] == coco_direct(gt, preds, "segm")[0] == 1.0
+    assert metrics_log == []
+
+
+def test_cli_warns_once_about_lvis_crowd_regions_even_with_compare(tmp_path, monkeypatch, capsys):
+    from xpaste.cli import main
+
+    gt, preds = _crowd_case(0, [0, 3])
+    gt_path, pred_path = _write(tmp_path, "gt.json", gt), _write(tmp_path, "p.json", preds)
+    assert main(["eval", "--gt", str(gt_path), "--pred", str(pred_path), "--compare", str(pred_path)]) == 0
+    captured = capsys.readouterr()
+    warnings_ = [line for line in captured.err.splitlines() if "crowd region" in line]
+    assert warnings_ == [f"xpaste: {gt_path}: LVIS's rules score 2 crowd regions (iscrowd=1) as ordinary objects "
+                         "to find (the lvis library has no iscrowd), so missing them lowers AP; use --kind coco to "
+                         "have COCOeval ignore crowd regions, or drop them from the ground truth"]
+    expected = lvis_direct(gt, preds, "segm", monkeypatch)["AP"]
+    ap_line = next(line for line in captured.out.splitlines() if line.startswith("AP "))
+    assert ap_line.split()[1:3] == [f"{100 * expected:.1f}"] * 2

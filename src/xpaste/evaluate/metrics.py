@@ -27,6 +27,9 @@ LVIS_METRICS = COCO_METRICS + ("APr", "APc", "APf")
 # The benchmarks' own detection limits: LVIS allows 300 per image, COCO 100.
 DEFAULT_MAX_DETS = {"lvis": 300, "coco": 100}
 
+log = logging.getLogger(__name__)
+_warned_crowd: set[tuple] = set()  # (file, mtime, size): one warning per ground-truth file, even with --compare
+
 
 # ----------------------------------------------------------------------------- input checks
 def _load_gt(path: str | os.PathLike) -> dict:
@@ -213,6 +216,25 @@ def _load_predictions(path: str | os.PathLike, gt: dict, iou_type: str) -> list[
 
 
 # ----------------------------------------------------------------------------- library runs
+def _warn_lvis_crowd(gt: dict, path) -> None:
+    """LVIS has no iscrowd: LVISEval scores a crowd region like any object to find (an unmatched one lowers AP,
+    where COCOeval would ignore it). The number stays the library's; the user is told once per file."""
+    crowd = sum(1 for ann in gt["annotations"] if ann["iscrowd"])
+    if not crowd:
+        return
+    try:
+        st = os.stat(path)
+        key = (os.path.realpath(path), st.st_mtime_ns, st.st_size)
+    except OSError:
+        key = (str(path),)
+    if key in _warned_crowd:
+        return
+    _warned_crowd.add(key)
+    log.warning("%s: LVIS's rules score %d crowd region%s (iscrowd=1) as ordinary objects to find (the lvis "
+                "library has no iscrowd), so missing them lowers AP; use --kind coco to have COCOeval ignore crowd "
+                "regions, or drop them from the ground truth", path, crowd, "" if crowd == 1 else "s")
+
+
 @contextlib.contextmanager
 def _numpy_float_alias():
     """`np.float` only while the lvis code runs: lvis 0.5.3 still uses it, numpy 2 removed it."""
@@ -307,6 +329,8 @@ def evaluate(gt_path: str | os.PathLike, pred_path: str | os.PathLike, iou_type:
     missing `area`/`bbox`/`iscrowd` computed as pycocotools defines them, NaN/Infinity refused, segm results
     without their bbox (detectron2's rule). Raises XPasteError, one line naming the file, for unreadable or
     inconsistent files (unknown image/category ids in the predictions, gt without masks for segm, ...).
+    LVIS evaluation of ground truth with iscrowd=1 logs one warning per file: LVISEval scores crowd regions as
+    ordinary objects (the number is left as the library computes it).
     """
     if iou_type not in IOU_TYPES:
         raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
@@ -318,6 +342,8 @@ def evaluate(gt_path: str | os.PathLike, pred_path: str | os.PathLike, iou_type:
     if kind == "lvis":
         _check_lvis_gt(gt, gt_path)
     gt = _normalise_gt(gt, gt_path, iou_type)
+    if kind == "lvis":
+        _warn_lvis_crowd(gt, gt_path)
     preds = _load_predictions(pred_path, gt, iou_type)
     limit = DEFAULT_MAX_DETS[kind] if max_dets is None else int(max_dets)
     if limit < 1:
