@@ -100,7 +100,8 @@ def main() -> None:
         overhead = 1000 * (wall - model - load) / max(items, 1)
         print(f"{name:<11} {items:>6} {wall:8.2f} {load:7.2f} {model:8.2f} {overhead:17.2f}")
     print("segment items are images (x2 segmenters); score items are (image, segmenter) cut-outs; build-pool has no "
-          "model calls (its time is all overhead: joins, connected components, PNG writes)")
+          "model calls (its time is all overhead: joins, connected components, compressing cut-outs into the "
+          "pool's data shards and writing its Parquet index)")
 
 
 if __name__ == "__main__":
