@@ -41,6 +41,7 @@ class AugmentReport:
     skipped_annotations: list[tuple[str, str]] = field(default_factory=list)  # ("file#ann id", why), unique
     skipped_by_reason: dict[str, int] = field(default_factory=dict)  # reason code -> source annotations
     skipped_pastes: list[tuple[str, str]] = field(default_factory=list)  # ("file pool row N", why): unreadable
+    occluded: int = 0  # originals hidden by pasted objects (the occlusion rule), per source annotation per copy
     out: str = ""
     seconds: float = 0.0
 
@@ -51,7 +52,7 @@ class AugmentReport:
         counts = {"images written": self.images_written, "already done": self.images_resumed,
                   "annotations": self.annotations, "pasted": self.pasted,
                   **{f"not written ({k})": v for k, v in self.skipped_by_reason.items()},
-                  "pastes skipped": len(self.skipped_pastes)}
+                  "originals occluded (per copy)": self.occluded, "pastes skipped": len(self.skipped_pastes)}
         return JobReport("augment", self.out, counts, [{"item": f, "reason": w} for f, w in self.failed],
                          self.seconds)
 
@@ -61,6 +62,9 @@ class AugmentReport:
         if self.skipped_by_reason:
             reasons = ", ".join(f"{k}: {v}" for k, v in self.skipped_by_reason.items())
             text += f"; source annotations not written: {sum(self.skipped_by_reason.values())} ({reasons})"
+        if self.occluded:
+            text += (f"; {self.occluded} original annotations occluded by pasted objects (not written; counted per "
+                     "source annotation per copy)")
         if self.skipped_pastes:
             text += f"; {len(self.skipped_pastes)} pastes skipped (pool cut-outs that could not be read)"
         return text
@@ -217,6 +221,12 @@ def augment_dataset(dataset_path: str | os.PathLike, images_dir: str | os.PathLi
     for why in sorted({why for _, why in report.skipped_pastes})[:5]:  # one line per unreadable cut-out file
         print(f"xpaste: skipped pastes: {why}", file=sys.stderr)
     log.debug("%s: %s", out, report.summary())
+    if report.images_written == 0 and report.failed:  # nothing usable: a failure, not an empty dataset
+        (out / "annotations.json").unlink(missing_ok=True)  # augment_log.json keeps every failure
+        file_name, why = report.failed[0]
+        raise XPasteError(f"no image could be written: all {len(report.failed)} failed, the first ({file_name}): "
+                          f"{why}", out, "see augment_log.json for every failure; fix the inputs and rerun "
+                          "with --fresh")
     return report
 
 
@@ -246,6 +256,7 @@ def _assemble(stage, header: dict, categories: list[dict], info: dict, report: A
     then write OUT/augment_log.json. Both atomically; the json is never held whole in memory."""
     from xpaste.data.coco import count_skipped_by_reason
     from xpaste.io import atomic_path, write_json_atomic
+    from xpaste.pipeline.augment_stage import OCCLUDED
     from xpaste.pipeline.runner import ShardPlan
     from xpaste.pipeline.shards import read_skipped
 
@@ -285,11 +296,15 @@ def _assemble(stage, header: dict, categories: list[dict], info: dict, report: A
         os.fsync(f.fileno())
     skipped = read_skipped(stage.stage_dir)
     report.skipped_pastes = [(s["item"], s["reason"]) for s in skipped if s.get("kind") == "paste"]
-    unique = {s["item"]: s["reason"] for s in skipped if s.get("kind") != "paste"}  # each copy skips the same
+    report.occluded = sum(len(s["ann_ids"]) for s in skipped if s.get("kind") == OCCLUDED)
+    unique = {s["item"]: s["reason"] for s in skipped  # each copy skips the same
+              if s.get("kind") not in ("paste", OCCLUDED)}
     report.skipped_annotations = sorted(unique.items())
     report.skipped_by_reason = {k: v for k, v in count_skipped_by_reason(unique.items()).items() if v}
     write_json_atomic(stage.out / "augment_log.json", {
         "summary": report.summary(), "failed_images": report.failed,
         "skipped_annotations": report.skipped_annotations,
         "skipped_annotations_by_reason": report.skipped_by_reason,
+        "occluded_annotations": {"count": report.occluded, "counted": "per source annotation per copy",
+                                 "reason": OCCLUDED},
         "skipped_pastes": report.skipped_pastes}, indent=1)

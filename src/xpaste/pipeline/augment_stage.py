@@ -184,6 +184,14 @@ class AugmentStage(Stage):
     def temp_folders(self) -> list[Path]:
         return [self.out / "images"]
 
+    def started(self) -> bool:
+        """A shard table, or an image a killed run wrote under OUT/images/ before its first table: the record
+        then binds (a changed input would leave those images mixed in)."""
+        if super().started():
+            return True
+        images = self.out / "images"
+        return images.is_dir() and any(not p.name.startswith(".") for p in images.iterdir())
+
     def remove_outputs(self) -> None:
         for folder in (self.stage_dir, self.out / "images"):
             if folder.exists():
@@ -254,4 +262,22 @@ class AugmentStage(Stage):
                    for a, w in sample.meta.get("skipped_annotations", [])]
         skipped += [{"item": f"{file_name} pool row {r}", "reason": str(w), "kind": "paste"}  # unreadable cut-outs
                     for r, w in out.meta.get("skipped_pastes", [])]
+        hidden = occluded_originals(sample.targets, t)
+        if hidden:  # originals the paste's occlusion rule dropped: counted per source annotation per copy
+            skipped.append({"item": f"{file_name} (from {image['file_name']})", "reason": OCCLUDED,
+                            "kind": OCCLUDED, "ann_ids": hidden})
         return row, skipped
+
+
+OCCLUDED = "occluded"  # the reason code of originals hidden by pasted objects (augment_log.json)
+
+
+def occluded_originals(before, after) -> list[int]:
+    """Source annotation ids present in `before` (the loaded sample's targets) and absent from the originals of
+    `after` (the pasted sample's): those the occlusion rule dropped. Sorted."""
+    ids = np.asarray(before.extra["ann_id"])
+    if ids.size == 0:
+        return []
+    pasted = np.asarray(after.extra["pasted"], bool)
+    kept = set(np.asarray(after.extra["ann_id"])[~pasted].tolist())
+    return sorted(int(a) for a in ids.tolist() if int(a) not in kept)
