@@ -173,3 +173,32 @@ def test_checksum_survives_pickling_the_pool(tmp_path):
     with pytest.raises(CutoutError, match="checksum"):
         pool.rgba(0)
     assert np.array_equal(pool.rgba(1), arrays[1])
+
+
+@pytest.mark.parametrize("how", ["random200", "zeros300", "bitflip"])
+def test_augment_skips_a_garbled_cutout_once_and_keeps_every_image(tmp_path, capsys, how):
+    import json
+
+    from coco_fixtures import write_dataset
+
+    from xpaste.cli import main
+
+    ann, images = write_dataset(tmp_path / "d", n_images=3, size=(120, 160))
+    pool = tmp_path / "pool"
+    assert main(["pool", "import-coco", str(ann), "--images", str(images), "--out", str(pool), "--min-area", "100"]) == 0
+    n = len(InstancePool.open(pool))
+    sizes = InstancePool.open(pool).records().column("nbytes").to_pylist()
+    bad = int(np.argmax(sizes))  # the largest record, so every kind of damage fits inside it
+    _garble(pool, bad, how, np.random.default_rng(5))
+    capsys.readouterr()
+    code = main(["augment", "--dataset", str(ann), "--images", str(images), "--pool", str(pool), "--out",
+                 str(tmp_path / "out"), "--num-paste", str(4 * n), "--seed", "1", "--sampling", "uniform"])
+    captured = capsys.readouterr()
+    err = captured.out + captured.err
+    assert code == 0, err
+    doc = json.loads((tmp_path / "out" / "annotations.json").read_text())
+    assert len(doc["images"]) == 3
+    log = json.loads((tmp_path / "out" / "augment_log.json").read_text())
+    assert len(log["skipped_pastes"]) == 1 and f"row {bad}" in log["skipped_pastes"][0][0], log["skipped_pastes"]
+    assert "damaged" in log["skipped_pastes"][0][1] and "1 pastes skipped" in err, err
+    assert err.count(f"skipped pool row {bad}:") == 1  # the pool's report, once
