@@ -185,7 +185,8 @@ def test_augment_skips_a_garbled_cutout_once_and_keeps_every_image(tmp_path, cap
 
     ann, images = write_dataset(tmp_path / "d", n_images=3, size=(120, 160))
     pool = tmp_path / "pool"
-    assert main(["pool", "import-coco", str(ann), "--images", str(images), "--out", str(pool), "--min-area", "100"]) == 0
+    args = ["pool", "import-coco", str(ann), "--images", str(images), "--out", str(pool), "--min-area", "100"]
+    assert main(args) == 0
     n = len(InstancePool.open(pool))
     sizes = InstancePool.open(pool).records().column("nbytes").to_pylist()
     bad = int(np.argmax(sizes))  # the largest record, so every kind of damage fits inside it

@@ -11,7 +11,8 @@ from xpaste.pool.codec import CutoutError, encode_png
 from xpaste.pool.header import DEFAULT_CODEC
 
 log = logging.getLogger("xpaste.pool")
-_SET_BY_POOL = {"instance_id", "category_id", "category", "path", "width", "height", "shard", "offset", "nbytes", "crc32"}
+_SET_BY_POOL = {"instance_id", "category_id", "category", "path", "width", "height",
+                "shard", "offset", "nbytes", "crc32"}
 
 
 @dataclass
