@@ -6,7 +6,6 @@ import logging
 import zlib
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
