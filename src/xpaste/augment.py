@@ -71,13 +71,19 @@ class AugmentReport:
 
 
 # ----------------------------------------------------------------------------- checks before writing
-def _int_option(name: str, value: Any, low: int | None = None, none_ok: bool = False) -> int | None:
+INT64_MAX = 2**63 - 1  # numpy, Arrow and the shard tables hold counts, ids and seeds as int64
+
+
+def _int_option(name: str, value: Any, low: int | None = None, none_ok: bool = False,
+                high: int = INT64_MAX) -> int | None:
     if value is None and none_ok:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise XPasteError(f"--{name} must be an integer, got {value!r}")
     if low is not None and value < low:
         raise XPasteError(f"--{name} must be at least {low}, got {value}")
+    if value > high:
+        raise XPasteError(f"--{name} must be at most {high}, got {value}")
     return int(value)
 
 
@@ -109,26 +115,24 @@ def check_options(copies, seed, workers, engine, image_format, max_images, scale
     return config
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
+#: What augment writes (or replaces with --fresh) under --out; an input file there would be overwritten.
+OUT_ENTRIES = ("annotations.json", "augment_log.json", "images", ".xpaste", ".parts")
 
 
 def check_paths(dataset_path: Path, images_dir: Path, pool_path: Path, out: Path) -> None:
-    """Inputs exist, and --out would overwrite none of them: its annotations.json / augment_log.json is not
-    the dataset json, and it is not, nor contains, the images folder or the pool (XPasteError otherwise)."""
+    """Inputs exist, and --out would overwrite none of them (`xpaste.io.refuse_overlap`): it is not, is not
+    inside and does not contain the images folder or the pool, and nothing it writes is the dataset json
+    (XPasteError otherwise)."""
+    from xpaste.io import refuse_overlap
+
     if not dataset_path.is_file():
         raise XPasteError("dataset json not found", dataset_path)
     if not images_dir.is_dir():
         raise XPasteError("images folder not found", images_dir, "--images is the folder file_name is relative to")
     if not pool_path.is_dir():
         raise XPasteError("pool folder not found", pool_path)
-    o, d, i, p = (x.resolve() for x in (out, dataset_path, images_dir, pool_path))
-    if d in (o / "annotations.json", o / "augment_log.json") or _inside(d, o / "images") or _inside(d, o / ".xpaste"):
-        raise XPasteError("--out would overwrite the dataset json", out, "choose a new output folder")
-    if _inside(i, o) or _inside(o / "images", i):
-        raise XPasteError("--out would write into the images folder (--images)", out, "choose a new output folder")
-    if _inside(p, o) or _inside(o, p):
-        raise XPasteError("--out overlaps the pool (--pool)", out, "choose a new output folder")
+    refuse_overlap(out, {"the dataset json (--dataset)": dataset_path, "the images folder (--images)": images_dir,
+                         "the pool (--pool)": pool_path}, writes=OUT_ENTRIES)
 
 
 def _check_not_foreign(out: Path, state: Path) -> None:
@@ -182,6 +186,9 @@ def augment_dataset(dataset_path: str | os.PathLike, images_dir: str | os.PathLi
     else:
         prior = resolve_scale_prior(scale_prior)
     n_images = len(dataset.images) if max_images is None else min(int(max_images), len(dataset.images))
+    if int(copies) * n_images > INT64_MAX:  # the task count is an int64 (shard plan, progress, Arrow)
+        raise XPasteError(f"--copies {copies} x {n_images} images is more than {INT64_MAX} images to write",
+                          hint="use a smaller --copies (or --max-images)")
     options = {"copies": int(copies), "seed": int(seed), "scale_prior": str(scale_prior),
                "image_format": image_format, "max_images": max_images, "shard_size": TASKS_PER_SHARD,
                "paste": config.to_dict()}

@@ -222,3 +222,65 @@ def exclusive_lock(folder: str | os.PathLike, what: str = "folder") -> Iterator[
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def _real(path: str | os.PathLike) -> Path:
+    """`path` made absolute with every symlink resolved (also in a not-yet-existing tail's parents)."""
+    return Path(os.path.realpath(os.path.abspath(os.fspath(path))))
+
+
+def _within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a == b or (a.exists() and b.exists() and os.path.samefile(a, b))  # hard links too
+    except OSError:
+        return a == b
+
+
+def refuse_overlap(out: str | os.PathLike, inputs: dict[str, str | os.PathLike | None], out_is_file: bool = False,
+                   writes: tuple[str, ...] | None = None, flag: str = "--out") -> None:
+    """Refuse an output path that would overwrite, delete or write into one of a command's inputs.
+
+    The one check every writing command makes before it writes or deletes anything. `inputs` maps a label
+    ("the dataset json (--dataset)") to an input file or folder (None entries are ignored); paths are compared
+    with every symlink resolved (hard-linked files count as equal). Refused, in one XPasteError line naming
+    both paths:
+
+    * `out` is an input (the same file or folder);
+    * `out` lies inside an input folder (the command would write into it);
+    * a folder `out` contains an input folder (a rerun, `--overwrite` or `--fresh` could delete or mix it);
+    * a folder `out` contains an input file: always when `writes` is None; otherwise only when the file is,
+      or lies inside, one of the entries `writes` names (files and folders the command writes or replaces
+      under `out`, e.g. ("images", "annotations.json")), which are resolved themselves, so a symlinked
+      `out/images` pointing at an input folder is refused too.
+    """
+    o = _real(out)
+    targets = [_real(o / w) for w in (writes or ())]
+    for label, raw in inputs.items():
+        if raw is None:
+            continue
+        p = _real(raw)
+        is_dir = p.is_dir()
+        why = None
+        if _same_file(o, p):
+            why = f"is {label}"
+        elif is_dir and _within(o, p):
+            why = f"is inside {label}"
+        elif not out_is_file and _within(p, o) and (is_dir or writes is None):
+            why = f"contains {label}"
+        else:
+            for t in targets:
+                if _same_file(t, p) or _within(p, t):
+                    why = f"would overwrite {label}" if not is_dir else f"would write over {label}"
+                    break
+                if is_dir and _within(t, p):
+                    why = f"would write into {label}"
+                    break
+        if why is not None:
+            shown = "" if Path(os.path.abspath(os.fspath(raw))) == Path(os.path.abspath(os.fspath(out))) else f" {raw}"
+            raise XPasteError(f"{flag} {why}{shown}", out,
+                              f"choose {'an output file' if out_is_file else 'an output folder'} outside the "
+                              "inputs; nothing was written")
