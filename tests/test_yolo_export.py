@@ -118,7 +118,8 @@ def test_multi_part_masks_become_one_polygon(tmp_path):
     two = np.zeros((h, w), bool)
     two[5:15, 5:20] = True
     two[25:35, 35:55] = True
-    Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(tmp_path / "im.png")
+    (tmp_path / "src").mkdir()
+    Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(tmp_path / "src" / "im.png")
     polys = [[5, 5, 20, 5, 20, 15, 5, 15], [35, 25, 55, 25, 55, 35, 35, 35]]
     doc = {"images": [{"id": 1, "file_name": "im.png", "height": h, "width": w}],
            "categories": [{"id": 7, "name": "thing"}],
@@ -127,7 +128,7 @@ def test_multi_part_masks_become_one_polygon(tmp_path):
                            {"id": 2, "image_id": 1, "category_id": 7, "segmentation": polys,
                             "area": 350.0, "bbox": [5, 5, 50, 30], "iscrowd": 0}]}
     (tmp_path / "ann.json").write_text(json.dumps(doc))
-    export_yolo_seg(tmp_path / "ann.json", tmp_path, tmp_path / "out")
+    export_yolo_seg(tmp_path / "ann.json", tmp_path / "src", tmp_path / "out")
     rows = read_labels(tmp_path / "out/labels/train/im.txt")
     assert len(rows) == 2 and {c for c, _ in rows} == {0}  # one line per instance, parts joined
     truth = [two, coco_truth(doc["annotations"][1], h, w)]

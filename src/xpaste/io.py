@@ -18,6 +18,10 @@ from xpaste.errors import XPasteError
 _FAULT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EMFILE, errno.ENFILE)
 
 
+#: errno values that, raised while copying, can only concern the file being written.
+_DESTINATION_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -70,7 +74,11 @@ def _named(e: OSError, path: Path, tmp: Path | None) -> OSError:
         code = next((c for c in _FAULT_ERRNOS if os.strerror(c) in text), None)
         return e if code is None else OSError(code, os.strerror(code), str(path))
     if e.filename is not None and (tmp is None or str(e.filename) != str(tmp)):
-        return e
+        # shutil's copy names the SOURCE first and the temporary destination second (filename2), also for
+        # faults that can only be the destination's (a full disk): name the file the user asked for
+        if not (tmp is not None and e.filename2 is not None and str(e.filename2) == str(tmp)
+                and e.errno in _DESTINATION_ERRNOS):
+            return e
     try:
         return type(e)(e.errno, e.strerror or os.strerror(e.errno), str(path))
     except TypeError:  # an OSError subclass with another constructor

@@ -1,12 +1,37 @@
-"""`xpaste pool import-coco | import-xpaste | info | migrate | export-png`."""
+"""`xpaste pool import-coco | import-xpaste | info | migrate | export-png`.
+
+Every writing command refuses an output that overlaps one of its inputs (`xpaste.io.refuse_overlap`) before
+anything is written, and says which command line to run when the output already holds a pool.
+"""
 from __future__ import annotations
 
+import shlex
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 
 from xpaste.commands.app import pool_app
+
+EXISTING_POOL = "a pool already exists here"  # xpaste.pool.writer's message for a pool folder already in use
+
+
+@contextmanager
+def _existing_pool_hint(hint: str) -> Iterator[None]:
+    """Replace the writer's generic hint for an existing pool with what to run for this command."""
+    from xpaste.errors import XPasteError
+
+    try:
+        yield
+    except XPasteError as e:
+        if e.message != EXISTING_POOL:
+            raise
+        raise XPasteError(e.message, e.path, hint) from None
+
+
+def _command(*words: object) -> str:
+    return " ".join(shlex.quote(str(w)) for w in words)
 
 
 def _print_report(report, out: Path) -> None:
@@ -26,14 +51,20 @@ def import_coco_cmd(
     append: bool = typer.Option(False, "--append", help="add to an existing pool"),
 ) -> None:
     """Cut every non-crowd annotated instance out of a dataset into a pool (the 'real instances' source)."""
+    from xpaste.io import refuse_overlap
     from xpaste.pool.importers import import_coco
 
-    _print_report(import_coco(dataset, images, out, min_area=min_area, append=append), out)
+    refuse_overlap(out, {"the dataset json (DATASET)": dataset, "the images folder (--images)": images})
+    again = _command("xpaste", "pool", "import-coco", dataset, "--images", images, "--out", out,
+                     "--min-area", min_area, "--append")
+    with _existing_pool_hint(f"to add these instances to it run: {again}; or pick a new --out"):
+        report = import_coco(dataset, images, out, min_area=min_area, append=append)
+    _print_report(report, out)
 
 
 @pool_app.command("import-xpaste")
 def import_xpaste_cmd(
-    pool_json: Path = typer.Argument(..., help="official X-Paste pool json {category index: [paths]}"),
+    pool_json: Path = typer.Argument(..., help="official X-Paste pool json {category index: \\[paths]}"),
     out: Path = typer.Option(..., "--out", help="pool folder to create"),
     root: Optional[Path] = typer.Option(None, "--root", help="folder the paths live under (default: the json's)"),
     dataset: Optional[Path] = typer.Option(None, "--dataset", help="COCO/LVIS json giving category names"),
@@ -41,9 +72,17 @@ def import_xpaste_cmd(
     append: bool = typer.Option(False, "--append", help="add to an existing pool"),
 ) -> None:
     """Import an official X-Paste instance pool."""
+    from xpaste.io import refuse_overlap
     from xpaste.pool.importers import import_xpaste
 
-    report = import_xpaste(pool_json, out, root=root, dataset_path=dataset, id_offset=id_offset, append=append)
+    refuse_overlap(out, {"the X-Paste pool json (POOL_JSON)": pool_json,
+                         "the folder its paths live under (--root)": root if root is not None else pool_json.parent,
+                         "the dataset json (--dataset)": dataset})
+    again = _command("xpaste", "pool", "import-xpaste", pool_json, "--out", out,
+                     *(("--root", root) if root is not None else ()), *(("--dataset", dataset) if dataset else ()),
+                     "--id-offset", id_offset, "--append")
+    with _existing_pool_hint(f"to add these instances to it run: {again}; or pick a new --out"):
+        report = import_xpaste(pool_json, out, root=root, dataset_path=dataset, id_offset=id_offset, append=append)
     _print_report(report, out)
 
 
@@ -82,7 +121,9 @@ def migrate_cmd(
 
     if codec not in CODECS:
         raise XPasteError(f"--codec must be one of {', '.join(CODECS)}, got {codec!r}")
-    report = migrate(old, new, codec=codec, progress=True)
+    with _existing_pool_hint(f"migrate writes a new pool: give a NEW folder that holds no pool, e.g. "
+                             f"{_command('xpaste', 'pool', 'migrate', old, str(new).rstrip('/') + '_v2')}"):
+        report = migrate(old, new, codec=codec, progress=True)
     typer.echo(f"{new}: {report.summary()}")
     for row, why in report.skipped[:20]:
         typer.echo(f"  skipped row {row}: {why}")

@@ -57,6 +57,10 @@ def report_command(
         found[kind] = path
     if dataset is not None and not dataset.is_file():
         raise XPasteError("no such dataset file", dataset)
+    from xpaste.io import refuse_overlap
+
+    refuse_overlap(out, {**{f"the {kind} folder": path for kind, path in found.items()},
+                         "the dataset json (--dataset)": dataset}, writes=("index.html", "assets"))
     page = write_report(out, pool=found.get("pool"), run=found.get("run"), augmented=found.get("augmented"),
                         dataset=dataset, max_per_category=max_per_category, max_categories=max_categories,
                         gallery=gallery)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import os
 import posixpath
+import shlex
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -42,7 +43,7 @@ import yaml
 from xpaste.data.coco import decode_annotation_mask, load_coco
 from xpaste.errors import XPasteError
 from xpaste.imageio import image_size
-from xpaste.io import copy_file_atomic, resolve_inside, write_bytes_atomic
+from xpaste.io import copy_file_atomic, refuse_overlap, resolve_inside, write_bytes_atomic
 
 _BLOCK = 4_000_000  # point pairs per distance block in _closest (bounds its memory to ~100 MB)
 MAX_TREE_PARTS = 500  # contours joined by a minimum spanning tree; beyond, by a chain (see _chain)
@@ -277,7 +278,10 @@ def _duplicate_rows(lines: list[str]) -> int:
 
 
 def _place(src: Path, dst: Path) -> None:
-    """Hard-link the image (no copy of a large dataset); copy when linking is impossible (other device)."""
+    """Hard-link the image (no copy of a large dataset); copy when linking is impossible (other device).
+
+    Both are atomic (a link appears whole; `copy_file_atomic` renames a complete copy), so an image present
+    under its final name is complete. Faults name `dst` (a full disk while copying included)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     if dst.exists() or dst.is_symlink():
         dst.unlink()
@@ -285,6 +289,59 @@ def _place(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:
         copy_file_atomic(src, dst)
+
+
+def _placed(src: Path, dst: Path) -> bool:
+    """True when an earlier, interrupted run of the same export already placed `src` at `dst`."""
+    try:
+        return os.path.samefile(src, dst) or (dst.is_file() and dst.stat().st_size == src.stat().st_size)
+    except OSError:
+        return False
+
+
+#: The settings of the export in --out (written before the first image): a rerun with the same settings resumes.
+MARKER = ".xpaste-export.json"
+
+
+def _settings(dataset_json: Path, images_dir: Path, split: str, val_fraction: float, seed: int) -> dict:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(dataset_json, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"dataset_sha256": digest.hexdigest(), "images": str(images_dir.resolve()), "split": split,
+            "val_fraction": float(val_fraction), "seed": int(seed)}
+
+
+def _prepare_out(out: Path, settings: dict, overwrite: bool, again: str) -> bool:
+    """Make `out` ready for this export; True when it resumes an interrupted export with the same settings.
+
+    A non-empty images/ or labels/ is replaced with `overwrite` (never an input: `refuse_overlap` ran before),
+    resumed when `out`'s settings marker matches, and refused in one line otherwise."""
+    import json
+
+    used = [sub for sub in ("images", "labels")
+            if (out / sub).is_symlink() or ((out / sub).is_dir() and any((out / sub).iterdir()))]
+    if used and not overwrite:
+        try:
+            previous = json.loads((out / MARKER).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            previous = None
+        if previous == settings:
+            return True
+        what = ("an export of another dataset or with other settings" if previous is not None else
+                "files from another tool or an older xpaste")
+        raise XPasteError(f"{' and '.join(s + '/' for s in used)} already hold {what}", out,
+                          "pick a new --out, or replace them (stale labels and ultralytics' .cache files would "
+                          f"otherwise mix with the new export): {again} --overwrite")
+    for sub in used:
+        if (out / sub).is_symlink():
+            (out / sub).unlink()  # the link only, never what it points to
+        else:
+            shutil.rmtree(out / sub)
+    write_bytes_atomic(out / MARKER, json.dumps(settings, indent=1).encode("utf-8"))
+    return False
 
 
 # ----------------------------------------------------------------------------- exporter
@@ -303,10 +360,19 @@ def export_yolo_seg(dataset_json: str | os.PathLike, images_dir: str | os.PathLi
     share of the images goes to images/val, else `val` points at `split`. Raises ValueError for a bad
     `val_fraction` and XPasteError (before writing anything) for an image ultralytics could not pair with its
     label, a missing image, an image whose displayed size (EXIF orientation applied, as ultralytics reads it)
-    is not the dataset's width x height, or a non-empty images/ or labels/ without `overwrite`.
+    is not the dataset's width x height, an `out` that overlaps an input (`xpaste.io.refuse_overlap`: it is,
+    lies inside or contains the images folder, or would overwrite the dataset json or an image), or a non-empty
+    images/ or labels/ without `overwrite` that is not an interrupted export with the same settings.
+
+    Resumable: the settings (dataset json content, images folder, split, val_fraction, seed) are written to
+    out/.xpaste-export.json before the first image; a rerun with the same settings after a crash, a full disk
+    or Ctrl-C keeps the images and labels already written completely and writes the rest, ending with the
+    files of an uninterrupted run. `overwrite` never deletes an input (the overlap is refused first).
     """
-    dataset = load_coco(dataset_json)
     out = Path(out_dir)
+    refuse_overlap(out, {"the dataset json (--dataset)": dataset_json, "the images folder (--images)": images_dir},
+                   writes=("images", "labels", "data.yaml", MARKER))
+    dataset = load_coco(dataset_json)
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if not split or "/" in split or "\\" in split or split.startswith(".") or split == "val" and val_fraction:
@@ -333,19 +399,23 @@ def export_yolo_seg(dataset_json: str | os.PathLike, images_dir: str | os.PathLi
                               f"dataset says {stated[0]}x{stated[1]}", src,
                               "fix width/height in the dataset (or the image): the labels would not fit it")
         sources.append(src)
-    for sub in ("images", "labels"):
-        if (out / sub).exists() and any((out / sub).iterdir()):
-            if not overwrite:
-                raise XPasteError(f"{sub}/ already exists and is not empty", out,
-                                  "pick a new --out or pass --overwrite (stale labels and ultralytics' .cache "
-                                  "files would otherwise mix with the new export)")
-            shutil.rmtree(out / sub)
+    written_dirs = [Path(os.path.realpath(out / sub)) for sub in ("images", "labels")]
+    for src in sources:  # e.g. a symlink in --images pointing into this export: never replace or delete it
+        if any(d == src or d in src.parents for d in written_dirs):
+            raise XPasteError("an input image lies inside this export's images/ or labels/ (via a link)", src,
+                              "choose an output folder outside the inputs; nothing was written")
+    again = " ".join(shlex.quote(str(w)) for w in (
+        "xpaste", "export-yolo", "--dataset", dataset_json, "--images", images_dir, "--out", out_dir,
+        "--split", split, "--val-fraction", val_fraction, "--seed", seed))
+    resume = _prepare_out(out, _settings(Path(dataset_json), Path(images_dir), split, val_fraction, seed),
+                          overwrite, again)
 
     skipped: Counter = Counter()
     written = merged = untraced = 0
     for info, src, (image, label) in zip(images, sources, layout):
         h, w = int(info["height"]), int(info["width"])
-        _place(src, image)
+        if not (resume and _placed(src, image)):
+            _place(src, image)
         lines = []
         for ann in dataset.annotations_for(info["id"]):
             if ann.get("iscrowd", 0):
@@ -361,8 +431,10 @@ def export_yolo_seg(dataset_json: str | os.PathLike, images_dir: str | os.PathLi
                 continue
             xy = np.clip(poly / np.array([w, h], np.float32), 0.0, 1.0).reshape(-1)
             lines.append(" ".join([str(class_of[int(ann["category_id"])])] + [f"{v:.6f}" for v in xy]))
-        label.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(label, ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8"), durable=False)
+        content = ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8")
+        if not (resume and label.is_file() and label.read_bytes() == content):
+            label.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(label, content, durable=False)
         written += len(lines)
         merged += _duplicate_rows(lines)
     data = {"path": str(out.resolve()), "train": f"images/{split}",

@@ -33,16 +33,17 @@ def migrate(src: str | os.PathLike, dst: str | os.PathLike, codec: str = DEFAULT
 
     Pixels are copied exactly (PNG and the raw codecs are lossless), so instance ids, row order and every index
     column other than the pixel location (path, shard, offset, nbytes) stay the same. Unreadable cut-outs are
-    skipped and listed. Raises XPasteError when `dst` already holds a pool or is `src`.
+    skipped and listed. Raises XPasteError when `dst` already holds a pool, or is, lies inside or contains
+    `src` (`xpaste.io.refuse_overlap`).
     """
     from tqdm import tqdm
 
+    from xpaste.io import refuse_overlap
     from xpaste.pool.store import InstancePool
     from xpaste.pool.writer import PoolWriter
 
     src, dst = Path(src), Path(dst)
-    if dst.resolve() == src.resolve():
-        raise XPasteError("the new pool must be another folder than the old one", dst)
+    refuse_overlap(dst, {"the old pool (OLD)": src}, flag="NEW")
     pool = InstancePool.open(src, cache_bytes=0)
     report = MigrateReport(rows=len(pool))
     records = pool.records().to_pylist()
@@ -71,11 +72,13 @@ def export_png(pool_path: str | os.PathLike, out: str | os.PathLike, category: i
     """Write cut-outs as RGBA PNG files `out/<category id>_<name>/<instance id>.png`; returns how many.
 
     `category`: an id or a name (only that category); `limit`: at most this many files. Unreadable
-    cut-outs are skipped (logged). Raises XPasteError for an unknown category.
+    cut-outs are skipped (logged). Raises XPasteError for an unknown category, or an `out` that is, lies inside
+    or contains the pool (`xpaste.io.refuse_overlap`).
     """
-    from xpaste.io import safe_name, write_bytes_atomic
+    from xpaste.io import refuse_overlap, safe_name, write_bytes_atomic
     from xpaste.pool.store import InstancePool
 
+    refuse_overlap(out, {"the pool (POOL)": pool_path})
     pool = InstancePool.open(pool_path, cache_bytes=0)
     rows = range(len(pool))
     if category is not None:
