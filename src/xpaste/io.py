@@ -288,7 +288,7 @@ def refuse_overlap(out: str | os.PathLike, inputs: dict[str, str | os.PathLike |
                     why = f"would write into {label}"
                     break
         if why is not None:
-            shown = "" if Path(os.path.abspath(os.fspath(raw))) == Path(os.path.abspath(os.fspath(out))) else f" {raw}"
+            shown = "" if os.fspath(raw) == os.fspath(out) else f" {raw}"  # the same words need no repeating
             raise XPasteError(f"{flag} {why}{shown}", out,
                               f"choose {'an output file' if out_is_file else 'an output folder'} outside the "
                               "inputs; nothing was written")

@@ -399,11 +399,6 @@ def export_yolo_seg(dataset_json: str | os.PathLike, images_dir: str | os.PathLi
                               f"dataset says {stated[0]}x{stated[1]}", src,
                               "fix width/height in the dataset (or the image): the labels would not fit it")
         sources.append(src)
-    written_dirs = [Path(os.path.realpath(out / sub)) for sub in ("images", "labels")]
-    for src in sources:  # e.g. a symlink in --images pointing into this export: never replace or delete it
-        if any(d == src or d in src.parents for d in written_dirs):
-            raise XPasteError("an input image lies inside this export's images/ or labels/ (via a link)", src,
-                              "choose an output folder outside the inputs; nothing was written")
     again = " ".join(shlex.quote(str(w)) for w in (
         "xpaste", "export-yolo", "--dataset", dataset_json, "--images", images_dir, "--out", out_dir,
         "--split", split, "--val-fraction", val_fraction, "--seed", seed))
