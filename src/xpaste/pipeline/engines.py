@@ -45,6 +45,30 @@ def failed_path(stage_dir: Path, index: int) -> Path:
     return Path(stage_dir) / f"failed-shard-{index:06d}.json"
 
 
+STARTS_DIR = ".ray-starts"  # <stage>/.ray-starts/shard-K: how many actors started shard K in this run
+
+
+def _count_start(stage_dir: Path, k: int) -> int:
+    """Record that an actor starts shard k; returns how many did in this run, this one included. A count
+    above 1 means the earlier actors died in the middle of it (an exception ends the shard normally)."""
+    path = Path(stage_dir) / STARTS_DIR / f"shard-{k:06d}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        count = int(path.read_text() or 0) + 1
+    except (OSError, ValueError):
+        count = 1
+    from xpaste.io import write_bytes_atomic
+
+    write_bytes_atomic(path, str(count).encode(), durable=False)
+    return count
+
+
+def _clear_starts(stage_dir: Path) -> None:
+    import shutil
+
+    shutil.rmtree(Path(stage_dir) / STARTS_DIR, ignore_errors=True)
+
+
 def _import_ray():
     try:
         import ray
@@ -132,6 +156,17 @@ class ShardWorker:
         from xpaste.pipeline.shards import write_shard
 
         stage, items = self.stage, self.shards[k]
+        # Ray resubmits the shard of a dead actor (max_task_retries, -1 by default, is no named parameter of
+        # map_batches any more): the number of starts bounds it, so a shard that kills its process every
+        # time stops the stage in one line instead of hanging it
+        starts = _count_start(stage.stage_dir, k)
+        if starts > 1 + DEAD_ACTOR_RETRIES:
+            why = f"its worker process died {starts - 1} times (out of memory?)"
+            write_json_atomic(failed_path(stage.stage_dir, k),
+                              {"stage": stage.name, "shard": k, "attempts": starts - 1, "host": os.uname().nodename,
+                               "items": [str(i.get("candidate_id", i)) for i in items][:50], "traceback": why,
+                               "earlier": []}, indent=1)
+            return "failed", why
         errors = []
         for attempt in range(1 + self.max_retries):
             try:
@@ -361,16 +396,17 @@ def run_on_ray(stage, shards: list[list[dict]], todo: list[int], ray_address: st
     shards_ref = ray.put(shards if hasattr(shards, "size") else {k: shards[k] for k in todo})
     shipped = copy.copy(stage)  # a model-less copy (Stage.__getstate__) whose run folder is absolute
     shipped.run_dir = Path(stage.run_dir).resolve()
+    _clear_starts(stage.stage_dir)  # start counts are per run
     dataset = ray.data.from_items([{"shard": k} for k in todo], override_num_blocks=len(todo))
     results = dataset.map_batches(
         ShardWorker, fn_constructor_kwargs={"stage": shipped, "shards": shards_ref, "max_retries": max_retries,
                                            "cwd": os.getcwd()},
         # one shard in flight per actor: shards are long, so queueing more only unbalances the tail
         compute=ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1),
-        batch_size=1, num_cpus=cpus_per_actor, num_gpus=gpus_per_actor, runtime_env={"env_vars": env},
-        # a dead actor (node lost, OOM kill) is restarted and its shard resubmitted, but not forever: a shard
-        # that kills its process every time would otherwise hang the stage (Ray Data's default is -1)
-        max_restarts=-1, max_task_retries=DEAD_ACTOR_RETRIES)
+        # only named parameters (Ray >= 2.5x deprecates **ray_remote_args). A dead actor (node lost, OOM kill) is
+        # restarted and its shard resubmitted (Ray Data's defaults), but not forever: ShardWorker counts the
+        # starts of each shard (`_count_start`) and fails one whose actor died DEAD_ACTOR_RETRIES + 1 times
+        batch_size=1, num_cpus=cpus_per_actor, num_gpus=gpus_per_actor, runtime_env={"env_vars": env})
     done, failed, busy, first, first_work = [], [], 0.0, None, 0.0
     start = time.perf_counter()
     with tqdm(total=total, initial=initial, desc=f"{stage.name} (ray, {actors} actors)", unit="item",
@@ -391,6 +427,7 @@ def run_on_ray(stage, shards: list[list[dict]], todo: list[int], ray_address: st
             line = (str(e).strip().splitlines() or [type(e).__name__])[-1]
             raise XPasteError(f"the Ray pipeline of stage '{stage.name}' stopped: {line}", stage.stage_dir,
                               "finished shards are kept: rerun to resume (details in the Ray logs)") from e
+    _clear_starts(stage.stage_dir)  # nothing of the engine's own bookkeeping stays among the outputs
     if failed:
         failed.sort()
         names = ", ".join(str(k) for k in failed[:20]) + (" ..." if len(failed) > 20 else "")
