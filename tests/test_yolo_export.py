@@ -405,3 +405,98 @@ def test_duplicate_rows_ultralytics_drops_are_announced(tmp_path, capsys):
     kept = len(label["segments"])  # what ultralytics itself keeps of the 3 rows
     assert kept == 2
     assert f"note: {3 - kept} instances repeat another of their image exactly" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- resume after a fault
+def files_of(out: Path) -> dict[str, bytes]:
+    """Every file of an export (data.yaml without its absolute `path`), for byte-for-byte comparison."""
+    found = {}
+    for p in sorted(out.rglob("*")):
+        if p.is_file():
+            rel = str(p.relative_to(out))
+            data = yaml.safe_load(p.read_bytes()) if p.name == "data.yaml" else p.read_bytes()
+            if p.name == "data.yaml":
+                data.pop("path")
+            found[rel] = data
+    return found
+
+
+@pytest.mark.parametrize("stop_after", [0, 1, 3])
+def test_an_interrupted_export_resumes_to_the_uninterrupted_files(tmp_path, monkeypatch, stop_after):
+    import xpaste.integrations.yolo_export as yolo_export
+
+    js, images = write_dataset(tmp_path / "coco", n_images=5)
+    export_yolo_seg(js, images, tmp_path / "reference", val_fraction=0.4, seed=2)
+    reference = files_of(tmp_path / "reference")
+    original, calls = yolo_export.write_bytes_atomic, []
+
+    def interrupted(path, data, durable=True):
+        if Path(path).suffix == ".txt":
+            calls.append(path)
+            if len(calls) > stop_after:
+                raise KeyboardInterrupt  # Ctrl-C after `stop_after` label files
+        original(path, data, durable)
+
+    monkeypatch.setattr(yolo_export, "write_bytes_atomic", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_yolo_seg(js, images, tmp_path / "out", val_fraction=0.4, seed=2)
+    monkeypatch.setattr(yolo_export, "write_bytes_atomic", original)
+    assert not (tmp_path / "out" / "data.yaml").exists()
+    with pytest.raises(XPasteError, match="--overwrite"):  # other settings: not mixed in
+        export_yolo_seg(js, images, tmp_path / "out", val_fraction=0.4, seed=3)
+    export_yolo_seg(js, images, tmp_path / "out", val_fraction=0.4, seed=2)  # the same command: resumes
+    assert files_of(tmp_path / "out") == reference
+    export_yolo_seg(js, images, tmp_path / "out", val_fraction=0.4, seed=2)  # and once more: nothing changes
+    assert files_of(tmp_path / "out") == reference
+
+
+def test_a_refused_rerun_names_the_command_that_replaces_it(tmp_path, capsys):
+    import shlex
+
+    from xpaste.cli import main
+
+    js, images = write_dataset(tmp_path / "coco", n_images=3)
+    out = tmp_path / "y o"
+    assert main(["export-yolo", "--dataset", str(js), "--images", str(images), "--out", str(out)]) == 0
+    args = ["export-yolo", "--dataset", str(js), "--images", str(images), "--out", str(out), "--seed", "4",
+            "--val-fraction", "0.34"]
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "other settings" in err
+    hinted = shlex.split(err.split("replace them")[1].split(": ", 1)[1].rstrip(")"))
+    assert hinted[0] == "xpaste" and hinted[-1] == "--overwrite"
+    assert main(hinted[1:]) == 0  # the hint is a command that runs
+    export_yolo_seg(js, images, tmp_path / "reference", val_fraction=0.34, seed=4)
+    assert files_of(out) == files_of(tmp_path / "reference")
+
+
+def test_a_full_disk_names_the_destination_and_a_rerun_completes(tmp_path, capsys):
+    """On a 600 KiB tmpfs the copies fail with ENOSPC: the one line names the file being written; after space is
+    made, the same command completes the export, byte for byte the uninterrupted one."""
+    import subprocess
+
+    from xpaste.cli import main
+
+    js, images = write_dataset(tmp_path / "coco", n_images=6, size=(240, 320))
+    assert sum(p.stat().st_size for p in images.rglob("*.*")) > 900_000
+    export_yolo_seg(js, images, tmp_path / "reference")
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(small)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    try:
+        args = ["export-yolo", "--dataset", str(js), "--images", str(images), "--out", str(small / "yolo")]
+        capsys.readouterr()
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "No space left on device" in err and "Traceback" not in err, err
+        named = err.split("xpaste: error: ", 1)[1].split(": No space")[0]
+        assert named.startswith(str(small / "yolo")) and str(images) not in err, err
+        assert not list((small / "yolo").rglob(".*.tmp"))  # nothing half-written left behind
+        assert subprocess.run(["mount", "-o", "remount,size=8m", str(small)]).returncode == 0
+        assert main(args) == 0
+        assert files_of(small / "yolo") == files_of(tmp_path / "reference")
+    finally:
+        subprocess.run(["umount", str(small)])
