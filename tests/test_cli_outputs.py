@@ -109,3 +109,113 @@ def test_every_output_file_has_the_umask_mode(umask, tmp_path):
     wrong = {str(f.relative_to(out)): oct(stat.S_IMODE(f.stat().st_mode)) for f in files
              if stat.S_IMODE(f.stat().st_mode) != expected}
     assert not wrong, f"expected {oct(expected)}: {wrong}"
+
+
+# ----------------------------------------------------------------------------- one line for every bad value
+@pytest.fixture(scope="module")
+def small_pool(tmp_path_factory):
+    from xpaste.cli import main
+
+    root = tmp_path_factory.mktemp("small")
+    ann, images = write_dataset(root / "data", n_images=2)
+    assert main(["pool", "import-coco", str(ann), "--images", str(images), "--out", str(root / "pool"),
+                 "--min-area", "100"]) == 0
+    return root, ann, images
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("--copies", "99999999999999999999"), ("--copies", str(2**63)), ("--copies", str(2**62)),  # x 2 images
+    ("--seed", str(2**64)), ("--workers", "1" + "0" * 30), ("--max-images", str(2**63)),
+    ("--max-paste", "99999999999999999999"), ("--num-paste", str(2**63)), ("--min-size-px", str(2**70)),
+])
+def test_augment_integers_beyond_int64_are_one_line(small_pool, flag, value, capsys):
+    from xpaste.cli import main
+
+    root, ann, images = small_pool
+    out = root / "out"
+    capsys.readouterr()
+    code = main(["augment", "--dataset", str(ann), "--images", str(images), "--pool", str(root / "pool"),
+                 "--out", str(out), flag, value])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "Traceback" not in err, err
+    assert flag in err and str(2**63 - 1) in err, err
+    assert not out.exists()  # checked before anything was written
+
+
+def _hinted_command(err: str) -> list[str]:
+    """The command line a hint tells the user to run ('... run: xpaste ...; ...' or '... e.g. xpaste ...)')."""
+    import re
+    import shlex
+
+    found = re.search(r"(?:run: |e\.g\. )(xpaste .*?)(?:; |\)$)", err)
+    assert found, err
+    words = shlex.split(found.group(1))
+    assert words[0] == "xpaste"
+    return words[1:]
+
+
+def test_an_existing_pool_hint_names_a_command_that_runs(small_pool, tmp_path, capsys):
+    """import-coco, import-xpaste and migrate onto an existing pool: the hint is this command's own command line
+    (no Python argument names, no flag the command lacks), and running it works."""
+    from xpaste.cli import main
+
+    root, ann, images = small_pool
+    xp = tmp_path / "xp"
+    (xp / "cut").mkdir(parents=True)
+    rgba = np.zeros((20, 30, 4), np.uint8)
+    rgba[4:16, 5:25] = (200, 100, 50, 255)
+    from PIL import Image
+
+    Image.fromarray(rgba).save(xp / "cut" / "0.png")
+    (xp / "pool.json").write_text('{"0": ["*cut/0.png"]}')
+    first = tmp_path / "p q"  # a space: the hinted command must be quoted to run
+    commands = [
+        (["pool", "import-coco", str(ann), "--images", str(images), "--out", str(first), "--min-area", "100"],
+         "--append"),
+        (["pool", "import-xpaste", str(xp / "pool.json"), "--out", str(tmp_path / "xpool")], "--append"),
+        (["pool", "migrate", str(root / "pool"), str(first)], "pool migrate"),
+    ]
+    for argv, wanted in commands:
+        if argv[1] != "migrate":
+            assert main(argv) == 0
+        capsys.readouterr()
+        assert main(argv) == 2  # the pool exists now
+        lines = capsys.readouterr().err.strip().splitlines()
+        err = lines[-1]  # import-xpaste warns first that its names are category_N: the error is the last line
+        assert err.startswith("xpaste: error:") and sum("error" in x for x in lines) == 1, lines
+        assert "exist_ok" not in err and wanted in err, err
+        if argv[1] == "migrate":
+            assert "--append" not in err, err
+        assert main(_hinted_command(err)) == 0, err
+
+
+def test_every_help_text_shows_its_square_brackets():
+    """rich reads '[word]' as markup and drops it: every bracketed part of every option's help and every
+    command's description must appear in the rendered --help."""
+    import re
+
+    import typer.main
+    from typer.testing import CliRunner
+
+    from xpaste.cli import build_app
+
+    app = build_app()
+
+    def walk(command, path):
+        yield path, command
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from walk(sub, path + [name])
+
+    checked = 0
+    for path, command in walk(typer.main.get_command(app), []):
+        texts = [p.help for p in command.params if getattr(p, "help", None)] + [command.help or ""]
+        wanted = [tok for t in texts for tok in re.findall(r"\[[^\[\]]*\]", t)]
+        if not wanted:
+            continue
+        shown = CliRunner().invoke(app, path + ["--help"], env={"COLUMNS": "400"}, terminal_width=400).output
+        shown = " ".join(shown.replace("│", " ").split())
+        for tok in wanted:
+            plain = tok.replace("\\", "")
+            assert " ".join(plain.split()) in shown, (path, tok)
+            checked += 1
+    assert checked >= 1  # import-xpaste's "[paths]" at least

@@ -109,6 +109,9 @@ def check_options(copies, seed, workers, engine, image_format, max_images, scale
     if not isinstance(base, PasteConfig):
         raise XPasteError(f"paste must be a PasteConfig, got {type(base).__name__}")
     config = base.replace(**paste_kwargs) if paste_kwargs else base
+    for name, value in config.to_dict().items():  # paste counts and sizes feed numpy's int64 as well
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool) and abs(value) > INT64_MAX:
+            raise XPasteError(f"--{name.replace('_', '-')} must be at most {INT64_MAX}, got {value}")
     if config.sampling == "weighted":
         raise XPasteError("sampling 'weighted' needs per-category weights, which augment does not take",
                           hint="use balanced (X-Paste), uniform or present")
