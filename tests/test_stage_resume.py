@@ -189,3 +189,36 @@ def test_build_pool_cli_fresh_flag(tmp_path, capsys):
     assert summary["added"] == 4 and len(pool_rows(tmp_path / "pool")) == 4
     header = json.loads((tmp_path / "pool" / "pool.json").read_text())
     assert header["config"]["build_pool"]["area_min"] == 0.5
+
+
+@pytest.mark.parametrize("rerun", ["images", "rows"])
+def test_segment_after_generate_was_redone_is_refused_then_fresh_redoes(tmp_path, capsys, rerun):
+    """The real segment stage (GrabCut): generate redone after segment started, to other images under the same
+    names (as with another model file) or to other rows, is refused in one line naming generate."""
+    import numpy as np
+
+    from xpaste.cli import main
+
+    table = [{"candidate": f"c{i}", "category": 1 + i % 2, "segmenter": "s1", "score": 30.0, "area": 0.4}
+             for i in range(3)]
+    write_run(tmp_path, table, seed=1)
+    args = ["segment", "--run", str(tmp_path), "--segmenter", "grabcut"]
+    assert main(args) == 0
+    first = read_stage(tmp_path / "segment").to_pylist()
+    assert main(args) == 0  # unchanged: resumed
+    assert read_stage(tmp_path / "segment").to_pylist() == first
+    if rerun == "images":
+        write_run(tmp_path, table, seed=2)  # the same candidate rows, other pixels
+    else:
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(tmp_path / "generate" / "shard-000000.parquet")
+        seeds = np.asarray(rows.column("seed").to_pylist()) + 1
+        write_shard(tmp_path / "generate", 0, [{**r, "seed": int(s)} for r, s in zip(rows.to_pylist(), seeds)],
+                    rows.schema, [])
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "stage 'generate' changed" in err[0] and "--fresh" in err[0]
+    assert main([*args, "--fresh"]) == 0
+    assert [r["candidate_id"] for r in read_stage(tmp_path / "segment").to_pylist()] == ["c0", "c1", "c2"]

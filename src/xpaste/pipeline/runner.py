@@ -148,9 +148,19 @@ class ShardPlan:
         return self.items.digest() if hasattr(self.items, "digest") else digest(self.items)
 
 
+#: Columns of stage tables that name files of the run (images, masks): their size and mtime are part of
+#: `outputs_digest`, so files rewritten under the same names (a rerun with another model file) count.
+FILE_COLUMNS = ("path", "mask_path")
+
+
 def outputs_digest(stage_dir: Path) -> str:
-    """A digest of a stage's outputs: the bytes of its shard tables, in order (each image or mask a stage writes
-    is listed in its rows, with its seed, score or area, so a redone stage gives another digest). '' when none."""
+    """A digest of a stage's outputs: the bytes of its shard tables, in order, and the size and modification
+    time of each run file they list (`FILE_COLUMNS`, relative to the run folder: the stage folder's parent).
+    A stage redone (`--fresh`) or whose files were rewritten gives another digest. '' when it has no shards."""
+    import os
+
+    import pyarrow.parquet as pq
+
     stage_dir = Path(stage_dir)
     shards = sorted(stage_dir.glob("shard-*.parquet")) if stage_dir.exists() else []
     if not shards:
@@ -161,6 +171,19 @@ def outputs_digest(stage_dir: Path) -> str:
         with open(shard, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
+        try:
+            names = pq.read_schema(shard).names
+            columns = [c for c in FILE_COLUMNS if c in names]
+            table = pq.read_table(shard, columns=columns) if columns else None
+        except Exception:  # noqa: BLE001 - a damaged shard: its bytes are in the digest already
+            table = None
+        for column in table.column_names if table is not None else []:
+            for rel in table.column(column).to_pylist():
+                try:
+                    st = os.stat(stage_dir.parent / rel) if rel else None
+                    h.update(f"{rel}:{st.st_size}:{st.st_mtime_ns};".encode() if st else b"-;")
+                except (OSError, ValueError):
+                    h.update(f"{rel}:missing;".encode())
     return h.hexdigest()[:16]
 
 
