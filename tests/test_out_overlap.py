@@ -156,7 +156,8 @@ def _cases(w):
     for out in (images, images / "sub", root, links / "imgs" / "pool"):
         cases.append((["pool", "import-coco", str(ann), "--images", str(images), "--out", str(out), "--append"],
                       ann if out == root else images))  # the first input it overlaps is named
-    for out in (xp, xp / "cut" / "p", data, links / "xp" / "p"):
+    # the json's folder holds the cut-outs: --out that folder, one holding it, or a non-pool folder inside it
+    for out in (xp, xp / "cut", data, links / "xp", links / "xp" / "cut"):
         cases.append((["pool", "import-xpaste", str(xp / "pool.json"), "--out", str(out)], xp))
     for out in (pool, pool / "data", root, links / "pool", links / "pool" / "png"):
         cases.append((["pool", "export-png", str(pool), "--out", str(out)], pool))
@@ -222,4 +223,11 @@ def test_outputs_beside_the_inputs_are_accepted(world, tmp_path):
     for argv in calls:
         assert main(argv) == 0, argv
     assert tree(world["root"]) == before
+    # a NEW pool folder beside the X-Paste json (among its cut-outs) writes no input: accepted
+    import shutil
+
+    shutil.copytree(world["xp"], tmp_path / "xp2")
+    inputs = tree(tmp_path / "xp2")
+    assert main(["pool", "import-xpaste", str(tmp_path / "xp2" / "pool.json"), "--out", str(tmp_path / "xp2" / "p")]) == 0
+    assert {k: v for k, v in tree(tmp_path / "xp2").items() if not k.startswith("p/") and k != "p"} == inputs
     assert json.loads((tmp_path / "s.json").read_text()) and any((tmp_path / "png").rglob("*.png"))

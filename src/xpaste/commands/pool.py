@@ -5,6 +5,7 @@ anything is written, and says which command line to run when the output already 
 """
 from __future__ import annotations
 
+import os
 import shlex
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +29,14 @@ def _existing_pool_hint(hint: str) -> Iterator[None]:
         if e.message != EXISTING_POOL:
             raise
         raise XPasteError(e.message, e.path, hint) from None
+
+
+def _new_folder_or_pool(path: Path) -> bool:
+    """True when `path` does not exist yet, is an empty folder or holds a pool (pool.json): writing a pool there
+    replaces no file the user made."""
+    if not path.exists():
+        return True
+    return path.is_dir() and ((path / "pool.json").is_file() or not any(path.iterdir()))
 
 
 def _command(*words: object) -> str:
@@ -75,9 +84,13 @@ def import_xpaste_cmd(
     from xpaste.io import refuse_overlap
     from xpaste.pool.importers import import_xpaste
 
-    refuse_overlap(out, {"the X-Paste pool json (POOL_JSON)": pool_json,
-                         "the folder its paths live under (--root)": root if root is not None else pool_json.parent,
-                         "the dataset json (--dataset)": dataset})
+    refuse_overlap(out, {"the X-Paste pool json (POOL_JSON)": pool_json, "the dataset json (--dataset)": dataset})
+    cutouts = root if root is not None else pool_json.parent
+    o, r = (Path(os.path.realpath(p)) for p in (out, cutouts))
+    # A new pool folder among the cut-outs (e.g. beside the json) writes no input; anything else overlapping is
+    # refused: --out the cut-out folder itself, a folder holding it, or an existing non-pool folder inside it.
+    if o == r or o in r.parents or not _new_folder_or_pool(out):
+        refuse_overlap(out, {"the folder its paths live under (--root)": cutouts})
     again = _command("xpaste", "pool", "import-xpaste", pool_json, "--out", out,
                      *(("--root", root) if root is not None else ()), *(("--dataset", dataset) if dataset else ()),
                      "--id-offset", id_offset, "--append")
