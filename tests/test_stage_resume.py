@@ -222,3 +222,51 @@ def test_segment_after_generate_was_redone_is_refused_then_fresh_redoes(tmp_path
     assert len(err) == 1 and "stage 'generate' changed" in err[0] and "--fresh" in err[0]
     assert main([*args, "--fresh"]) == 0
     assert [r["candidate_id"] for r in read_stage(tmp_path / "segment").to_pylist()] == ["c0", "c1", "c2"]
+
+
+def test_build_pool_into_a_pool_it_did_not_start_is_refused(tmp_path):
+    from xpaste.pipeline.build_pool import build_pool
+
+    write_run(tmp_path / "a", TABLE)
+    write_run(tmp_path / "b", TABLE)
+    pool = tmp_path / "shared-pool"
+    build_pool(tmp_path / "a", bp_config(tmp_path / "a", out=str(pool), area_min=0.5), progress=False)
+    before = pool_rows(pool)
+    with pytest.raises(XPasteError) as e:  # run b would mix its cut-outs into run a's pool
+        build_pool(tmp_path / "b", bp_config(tmp_path / "b", out=str(pool), area_min=0.02), progress=False)
+    assert "did not start" in e.value.message and pool_rows(pool) == before
+    build_pool(tmp_path / "b", bp_config(tmp_path / "b", out=str(pool), area_min=0.02), progress=False, fresh=True)
+    assert len(pool_rows(pool)) == 12
+
+
+def test_a_segmenter_that_fails_to_load_locks_nothing(tmp_path, capsys):
+    """`segment --segmenter rembg:<missing model>` fails; the corrected command is not refused."""
+    from xpaste.cli import main
+
+    import shutil
+
+    write_run(tmp_path, TABLE[:3])
+    shutil.rmtree(tmp_path / "segment")  # only the candidates: segment has not run
+    missing = tmp_path / "no-such-model.onnx"
+    assert main(["segment", "--run", str(tmp_path), "--segmenter", f"rembg:{missing}"]) == 2
+    assert not list((tmp_path / "segment").glob("shard-*.parquet"))
+    capsys.readouterr()
+    assert main(["segment", "--run", str(tmp_path), "--segmenter", "grabcut"]) == 0
+    rows = read_stage(tmp_path / "segment").to_pylist()
+    assert [r["segmenter"] for r in rows] == ["grabcut"] * 3
+
+
+def test_one_run_feeds_several_pools_each_with_its_own_record(tmp_path):
+    from xpaste.pipeline.build_pool import build_pool
+
+    write_run(tmp_path, TABLE)
+    a, b = tmp_path / "pool-a", tmp_path / "pool-b"
+    build_pool(tmp_path, bp_config(tmp_path, out=str(a), area_min=0.5), progress=False)
+    build_pool(tmp_path, bp_config(tmp_path, out=str(b), area_min=0.02), progress=False)
+    rows_a, rows_b = pool_rows(a), pool_rows(b)
+    assert len(rows_a) == 4 and len(rows_b) == 12
+    build_pool(tmp_path, bp_config(tmp_path, out=str(a), area_min=0.5), progress=False)  # its own record: resumes
+    assert pool_rows(a) == rows_a
+    with pytest.raises(XPasteError, match="area_min changed"):
+        build_pool(tmp_path, bp_config(tmp_path, out=str(a), area_min=0.02), progress=False)
+    assert pool_rows(a) == rows_a and pool_rows(b) == rows_b

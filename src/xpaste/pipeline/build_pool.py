@@ -301,7 +301,15 @@ def decisions_schema():
 
 #: The run's stages whose outputs build-pool reads (their shard tables' digests are in its record).
 UPSTREAM = ("generate", "retrieve", "segment", "score")
-RECORD = "stage.json"  # RUN/build_pool/stage.json: what the pool is being built from (`build_fingerprint`)
+
+
+def record_path(run_dir: Path, out: Path) -> Path:
+    """RUN/build_pool/stage-<pool folder hash>.json: what that pool is being built from (`build_fingerprint`).
+    One per pool folder: one run may feed several pools (e.g. one per threshold), each resumed on its own."""
+    import hashlib
+
+    key = hashlib.sha1(str(Path(out).resolve()).encode()).hexdigest()[:12]
+    return RunDir(run_dir).stage_dir("build-pool") / f"stage-{key}.json"
 
 
 def build_fingerprint(run_dir: Path, config: Any, b: dict, out: Path) -> dict:
@@ -345,9 +353,16 @@ def _check_record(run_dir: Path, record: dict, out: Path, fresh: bool) -> bool:
     from xpaste.io import read_json
     from xpaste.pipeline.runner import _first_difference
 
-    path = RunDir(run_dir).stage_dir("build-pool") / RECORD
-    if fresh or not path.exists():
-        return fresh
+    from xpaste.pool.header import HEADER
+
+    path = record_path(run_dir, out)
+    if fresh:
+        return True
+    if not path.exists():
+        if (out / HEADER).exists():  # a pool this build did not start (another run, an older xpaste)
+            raise XPasteError("the pool folder already holds a pool that this build did not start", out,
+                              "pass --fresh to rebuild it, or choose another build_pool.out")
+        return False
     change = _first_difference(read_json(path), record)
     if change is not None:
         raise XPasteError(_describe(*change), out,
@@ -363,7 +378,8 @@ def _discard(run_dir: Path, out: Path, protected: list) -> None:
     from xpaste.pool.header import HEADER
 
     folder = RunDir(run_dir).stage_dir("build-pool")
-    for name in (RECORD, "decisions.parquet", "summary.json"):
+    record_path(run_dir, out).unlink(missing_ok=True)
+    for name in ("decisions.parquet", "summary.json"):
         (folder / name).unlink(missing_ok=True)
     if out.exists():
         if any(out.resolve() == Path(p).resolve() for p in protected if p):
@@ -383,8 +399,9 @@ def build_pool(run_dir: str | Path, config: Any, progress: bool = True, fresh: b
     now in the pool, whichever attempt stored them), decisions (count per decision), seconds.
     Raises XPasteError for missing stage outputs, a bad preset, or a DiverGen filter without a real pool.
 
-    Resume: RUN/build_pool/stage.json records what the pool is built from (`build_fingerprint`), written just
-    before the first pool write. The same build again resumes (or is a no-op); a build whose options or inputs
+    Resume: RUN/build_pool/stage-<pool>.json records what the pool is built from (`build_fingerprint`, one record
+    per pool folder), written just before the first pool write; decisions.parquet and summary.json describe the
+    latest build. The same build again resumes (or is a no-op); a build whose options or inputs
     changed is refused in one line naming the change, before anything is written; `fresh` discards the earlier
     pool and decisions and builds from scratch.
     """
@@ -408,7 +425,7 @@ def build_pool(run_dir: str | Path, config: Any, progress: bool = True, fresh: b
     if discard:
         _discard(run_dir, out, [b.get("real_pool"), run_dir])
     # recorded once the models have loaded and the decisions are made, just before the first pool write
-    write_json_atomic(RunDir(run_dir).stage_dir("build-pool") / RECORD, record, indent=1)
+    write_json_atomic(record_path(run_dir, out), record, indent=1)
     pool_cats = [{"id": c.id, "name": c.name} for c in categories]
     kept = [d for d in decisions if d["decision"] == KEPT]
     stored: set[str] = set()

@@ -6,7 +6,7 @@ Layout of a run folder (every file written atomically, `xpaste.io.atomic_path`):
     categories.json        the run's categories, recorded on first use (later runs must agree)
     <stage>/               generate, retrieve, segment, score: shard-*.parquet (+ .skipped.json), stage.json
     images/, masks/        the stages' image and mask files (paths in the shards are relative to the run)
-    build_pool/            decisions.parquet, summary.json
+    build_pool/            decisions.parquet, summary.json (the latest build), stage-<pool>.json (one per pool)
     pool/                  the instance pool (unless build_pool.out names another folder)
     augmented/             images/ + annotations.json when augment is enabled (unless augment.out is set)
 """
