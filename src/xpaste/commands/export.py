@@ -17,9 +17,13 @@ def export_yolo_cmd(
                                        help="share of images moved to a val split (0: val = train)"),
     split: str = typer.Option("train", "--split", help="name of the main split folder"),
     seed: int = typer.Option(0, "--seed", help="seed of the train/val split"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing export in --out"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing export in --out (never an "
+                                   "input: an --out overlapping --dataset or --images is refused)"),
 ) -> None:
-    """Polygon labels for ultralytics YOLO-seg (classes 0..K-1 in category-id order; crowd regions skipped)."""
+    """Polygon labels for ultralytics YOLO-seg (classes 0..K-1 in category-id order; crowd regions skipped).
+
+    Resumable: after a crash, a full disk or Ctrl-C, the same command completes the export (files already
+    written completely are kept)."""
     from xpaste.errors import XPasteError
 
     try:
