@@ -382,7 +382,8 @@ def _discard(run_dir: Path, out: Path, protected: list) -> None:
     for name in ("decisions.parquet", "summary.json"):
         (folder / name).unlink(missing_ok=True)
     if out.exists():
-        if any(out.resolve() == Path(p).resolve() for p in protected if p):
+        if any(out.resolve() == Path(p).resolve() or out.resolve() in Path(p).resolve().parents
+               for p in protected if p):
             raise XPasteError("the pool to rebuild is an input of this build", out, "choose another build_pool.out")
         if not (out / HEADER).exists():
             raise XPasteError("--fresh would delete a folder that is not a pool", out,

@@ -3,9 +3,10 @@
 A stage's work list is a deterministic function of its config and inputs, cut into fixed-size shards
 (`ShardPlan`, computed lazily: a huge plan is never listed). A shard's outputs (images, masks, then the
 shard table) are written atomically, so after a kill a rerun redoes only unfinished shards and ends with
-exactly the outputs of an uninterrupted run. The stage's fingerprint (its options and a digest of each
-input) is recorded in `<stage>/stage.json`; resuming with a different one is refused in one line naming
-what changed, or redone from scratch with `fresh`. Engines: this process, forked worker processes
+exactly the outputs of an uninterrupted run. The stage's fingerprint (its options, a digest of each
+input and of the upstream stages' outputs) is recorded in `<stage>/stage.json`; once the stage has produced
+a shard, resuming with a different one is refused in one line naming what changed, or redone from scratch
+with `fresh` (before that, e.g. after a model failed to load, the next run's record replaces it). Engines: this process, forked worker processes
 (`engines.run_on_processes`) or Ray actors (`engines.run_on_ray`); all write the same files.
 """
 from __future__ import annotations
