@@ -84,9 +84,10 @@ def test_cutout_and_augmented_pixels_are_the_object(tmp_path, orientation):
 def test_json_with_the_stored_size_is_refused_with_an_exif_hint(tmp_path, orientation, capsys):
     ann, images, _ = _write(tmp_path, orientation, json_size="stored")
     assert main(["pool", "import-coco", str(ann), "--images", str(images), "--out", str(tmp_path / "pool"),
-                 "--min-area", "10"]) == 0  # the image is skipped and listed, nothing imported
+                 "--min-area", "10"]) == 2  # its only image refused: nothing imported, one line, no empty pool
     captured = capsys.readouterr()
     assert "dataset says" in captured.out + captured.err
+    assert not (tmp_path / "pool" / "pool.json").exists()
     from xpaste.data.coco import load_coco, load_sample
     from xpaste.errors import XPasteError
 
