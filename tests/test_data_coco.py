@@ -295,3 +295,22 @@ def test_compressed_counts_equal_pycocotools_runs(seed):
     assert int(runs.sum()) == h * w
     decoded = np.repeat(np.arange(len(runs)) % 2 == 1, runs).reshape(w, h).T
     assert np.array_equal(decoded, mask)
+
+
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
+def test_every_json_the_package_reads_refuses_nonstandard_numbers(tmp_path, token):
+    """Stats files and pool.json go through the same reader as datasets: one line naming file and line."""
+    from xpaste.data.stats import resolve_scale_prior
+    from xpaste.errors import XPasteError
+    from xpaste.pool.store import InstancePool
+
+    stats = tmp_path / "stats.json"
+    stats.write_text('{"format": "xpaste-stats", "version": 1,\n "categories": [{"id": 1, "scale_mean": %s}]}' % token)
+    with pytest.raises(XPasteError, match=f"non-standard number {token} \\(line 2\\)"):
+        resolve_scale_prior(stats)
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    (pool / "pool.json").write_text('{"format": "xpaste-pool", "version": 2, "score": %s}' % token)
+    with pytest.raises(XPasteError, match=token) as err:
+        InstancePool.open(pool)
+    assert "\n" not in str(err.value)

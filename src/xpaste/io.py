@@ -169,13 +169,42 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = No
     write_bytes_atomic(path, data, durable)
 
 
+class _NonStandardToken(ValueError):
+    def __init__(self, token: str):
+        super().__init__(token)
+        self.token = token
+
+
+def _refuse_constant(token: str):
+    raise _NonStandardToken(token)
+
+
+_TOKEN_AT = re.compile(rb"[\[:,]\s*(-?Infinity|NaN)\b")
+
+
 def read_json(path: str | os.PathLike) -> Any:
+    """Parse a json file (datasets, predictions, stats, pool.json, run records), refusing the NaN / Infinity /
+    -Infinity tokens Python's json accepts by default.
+
+    Standard JSON (RFC 8259) has no such numbers; Python writes them for float('nan') unless allow_nan=False,
+    and a value read back as NaN later breaks writing (`allow_nan=False`) or comparisons. Uses json's
+    `parse_constant` hook, which costs nothing on files without the tokens. Raises XPasteError naming the file
+    (and the token with its line) for a missing file, a folder, malformed json or such a token.
+    """
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            return json.loads(f.read())
+        data = path.read_bytes()
     except FileNotFoundError:
         raise XPasteError("file not found", path) from None
+    except IsADirectoryError:
+        raise XPasteError("expected a json file, got a folder", path) from None
+    try:
+        return json.loads(data, parse_constant=_refuse_constant)
+    except _NonStandardToken as e:
+        m = _TOKEN_AT.search(data)
+        where = f" (line {data.count(10, 0, m.start(1)) + 1})" if m else ""  # 10: b"\n"
+        raise XPasteError(f"the json contains the non-standard number {e.token}{where}", path,
+                          "standard JSON has no NaN/Infinity: write null or a finite number instead") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise XPasteError(f"malformed json: {e}", path) from None
 

@@ -11,10 +11,8 @@ multi-part polygon. Images are read by `xpaste.imageio` (as displayed: EXIF orie
 """
 from __future__ import annotations
 
-import json
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -27,7 +25,7 @@ from xpaste.core.targets import Targets
 from xpaste.errors import XPasteError
 from xpaste.imageio import exif_orientation
 from xpaste.imageio import read_rgb as read_image_rgb  # the package's one image reader (EXIF applied)
-from xpaste.io import resolve_inside, write_json_atomic
+from xpaste.io import read_json, resolve_inside, write_json_atomic
 from xpaste.ops.masks import polygons_to_mask, rle_decode, rle_encode, tight_box
 
 _LISTS = ("images", "annotations", "categories")
@@ -101,43 +99,7 @@ def _is_id(v: Any) -> bool:
     return type(v) is int and ID_MIN <= v <= ID_MAX
 
 
-class _NonStandardToken(ValueError):
-    def __init__(self, token: str):
-        super().__init__(token)
-        self.token = token
-
-
-def _refuse_constant(token: str):
-    raise _NonStandardToken(token)
-
-
-_TOKEN_AT = re.compile(rb"[\[:,]\s*(-?Infinity|NaN)\b")
-
-
-def read_json_finite(path: str | os.PathLike) -> Any:
-    """Parse a json file, refusing the NaN / Infinity / -Infinity tokens Python's json accepts by default.
-
-    Standard JSON (RFC 8259) has no such numbers; Python writes them for float('nan') unless allow_nan=False,
-    and a value read back as NaN later breaks writing (`allow_nan=False`) or comparisons. Uses json's
-    `parse_constant` hook, which costs nothing on files without the tokens. Raises XPasteError naming the file
-    (and the token with its line) for a missing file, malformed json or such a token.
-    """
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise XPasteError("file not found", path) from None
-    except IsADirectoryError:
-        raise XPasteError("expected a json file, got a folder", path) from None
-    try:
-        return json.loads(data, parse_constant=_refuse_constant)
-    except _NonStandardToken as e:
-        m = _TOKEN_AT.search(data)
-        where = f" (line {data.count(10, 0, m.start(1)) + 1})" if m else ""  # 10: b"\n"
-        raise XPasteError(f"the json contains the non-standard number {e.token}{where}", path,
-                          "standard JSON has no NaN/Infinity: write null or a finite number instead") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise XPasteError(f"malformed json: {e}", path) from None
+read_json_finite = read_json  # the package's one json reader refuses NaN / Infinity (xpaste.io.read_json)
 
 
 def _check_records(records: list, kind: str, required: dict[str, str], path) -> None:
