@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from coco_fixtures import write_dataset
+from file_checks import assert_complete_files
 from PIL import Image
 
 from xpaste.cli import main
@@ -34,22 +35,6 @@ def n_images(out: Path) -> int:
         return sum(1 for n in os.listdir(out / "images") if not n.startswith("."))
     except FileNotFoundError:
         return 0
-
-
-def assert_complete_files(folder: Path) -> None:
-    """Nothing half-written under a final name (checked with PIL, json and pyarrow, not xpaste)."""
-    import pyarrow.parquet as pq
-
-    for p in folder.rglob("*"):
-        if not p.is_file() or p.name.startswith("."):
-            continue
-        if p.suffix in (".jpg", ".png"):
-            with Image.open(p) as im:
-                im.load()
-        elif p.suffix == ".json":
-            json.loads(p.read_text())
-        elif p.suffix == ".parquet":
-            pq.read_table(p)
 
 
 @pytest.fixture(scope="module")

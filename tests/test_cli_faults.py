@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from coco_fixtures import write_dataset
+from file_checks import assert_complete_files
 
 from xpaste.cli import OS_FAULT_HINTS, main
 from xpaste.errors import XPasteError
@@ -130,26 +131,6 @@ def fill(folder: Path) -> Path:
     return filler
 
 
-def assert_nothing_half_written(folder: Path) -> int:
-    """Every file under a final name (not a hidden temp file) reads back completely; returns how many."""
-    import pyarrow.parquet as pq
-    from PIL import Image
-
-    n = 0
-    for f in folder.rglob("*"):
-        if not f.is_file() or any(p.startswith(".") for p in f.relative_to(folder).parts) or f.name == "filler":
-            continue
-        n += 1
-        if f.suffix in (".png", ".jpg"):
-            with Image.open(f) as im:
-                im.load()
-        elif f.suffix == ".json":
-            json.loads(f.read_text())
-        elif f.suffix == ".parquet":
-            pq.read_table(f)
-    return n
-
-
 @pytest.fixture
 def small_disk(tmp_path):
     disk = tmp_path / "small"
@@ -218,11 +199,11 @@ def test_disk_full_every_writing_command_one_line_then_resumes(dataset, sources,
         assert main(argv) == 2, name
         line = one_error_line(capsys)
         assert os.strerror(errno.ENOSPC) in line and str(small_disk) in line and "hint:" in line, (name, line)
-        assert_nothing_half_written(small_disk)
+        assert_complete_files(small_disk, skip_names=("filler",), skip_hidden_folders=True)
     filler.unlink()  # space again: every command finishes
     for name, argv in commands(dataset, pool, run, small_disk).items():
         assert main(argv) == 0, name
-    assert assert_nothing_half_written(small_disk) > 0
+    assert assert_complete_files(small_disk, skip_names=("filler",), skip_hidden_folders=True) > 0
 
 
 def test_read_only_output_folder_every_command_one_line(dataset, sources, read_only, capsys):
@@ -281,7 +262,7 @@ def test_sigint_to_import_coco_and_augment_exit_130_then_resume(sources, tmp_pat
     rc, err = interrupt(argv, lambda e: images.is_dir() and sum(not n.startswith(".") for n in os.listdir(images)) >= 5)
     assert rc == 130 and err.strip().splitlines()[-1] == "xpaste: interrupted" and "Traceback" not in err
     assert not (aug / "annotations.json").exists()
-    assert_nothing_half_written(aug)
+    assert_complete_files(aug, skip_names=("filler",), skip_hidden_folders=True)
     r = subprocess.run(XPASTE + argv, capture_output=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert r.returncode == 0, r.stderr.decode()[-500:]
     doc = json.loads((aug / "annotations.json").read_text())
@@ -294,7 +275,7 @@ def test_sigint_to_import_coco_and_augment_exit_130_then_resume(sources, tmp_pat
                         group=True)
     assert rc == 130 and err.strip().splitlines()[-1] == "xpaste: interrupted" and "Traceback" not in err
     assert not (aug2 / "annotations.json").exists()
-    assert_nothing_half_written(aug2)
+    assert_complete_files(aug2, skip_names=("filler",), skip_hidden_folders=True)
 
 
 def pool_content(path: Path) -> list[tuple]:
@@ -318,7 +299,7 @@ def test_disk_full_mid_import_then_rerun_resumes_to_the_uninterrupted_pool(tmp_p
         assert main(argv + ["--out", str(disk / "pool")]) == 2
         line = one_error_line(capsys)
         assert os.strerror(errno.ENOSPC) in line and str(disk) in line
-        assert_nothing_half_written(disk)
+        assert_complete_files(disk, skip_names=("filler",), skip_hidden_folders=True)
         subprocess.run(["mount", "-o", f"remount,size={4 * size // 1024 + 64}k", str(disk)], check=True)
         assert main(argv + ["--out", str(disk / "pool")]) == 0  # the same command resumes the interrupted pool
         assert pool_content(disk / "pool") == pool_content(tmp_path / "reference")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from coco_fixtures import write_dataset
+from file_checks import assert_complete_files
 from PIL import Image
 
 from xpaste.cli import main
@@ -40,20 +40,6 @@ def digest(folder: Path, skip=("augment_log.json",)) -> dict[str, str]:
     """Every file's sha256 (internal shard tables included) but the log, which counts resumed work."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in skip}
-
-
-def assert_complete_files(folder: Path) -> None:
-    """Nothing half-written under a final name (temp files are hidden dot-files and never read)."""
-    for p in folder.rglob("*"):
-        if not p.is_file() or p.name.startswith("."):
-            continue
-        if p.suffix in (".jpg", ".png"):
-            with Image.open(p) as im:
-                im.load()
-        elif p.suffix == ".json":
-            json.loads(p.read_text())
-        elif p.suffix == ".parquet":
-            pq.read_table(p)
 
 
 def test_augment_killed_repeatedly_resumes_to_identical_output(tmp_path):
