@@ -43,7 +43,8 @@ def make_pool(seed: int = 0) -> InstancePool:
     return InstancePool.from_arrays(arrays, cats)
 
 
-def make_sample(seed: int = 0, size: int = 640, n: int = 8) -> Sample:
+def make_sample(seed: int = 0, size: int = 640, n: int = 8, labels: tuple[int, int] = (0, 50)) -> Sample:
+    """A size x size random image with n elliptical instances, labels ~ U[labels[0], labels[1])."""
     rng = np.random.default_rng(seed)
     image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
     masks = np.zeros((n, size, size), bool)
@@ -52,7 +53,7 @@ def make_sample(seed: int = 0, size: int = 640, n: int = 8) -> Sample:
         y, x = (int(v) for v in rng.integers(0, size - 250, 2))
         yy, xx = np.mgrid[:h, :w]
         masks[i, y : y + h, x : x + w] = ((yy - h / 2) / (h / 2)) ** 2 + ((xx - w / 2) / (w / 2)) ** 2 < 1
-    return Sample(image, Targets(tight_boxes(masks), masks, rng.integers(0, 50, n)))
+    return Sample(image, Targets(tight_boxes(masks), masks, rng.integers(*labels, n)))
 
 
 def rate(fn, seconds: float) -> float:

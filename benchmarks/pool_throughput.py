@@ -28,8 +28,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from xpaste import CopyPaste, InstancePool, Sample, Targets  # noqa: E402
-from xpaste.ops.masks import tight_boxes  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import paste_throughput  # noqa: E402
+
+from xpaste import CopyPaste, InstancePool, Sample  # noqa: E402
 from xpaste.pool.writer import PoolWriter  # noqa: E402
 
 cv2.setNumThreads(1)
@@ -92,16 +94,9 @@ def write_png_pool(root: Path, n: int) -> None:
     (root / "pool.json").write_text(json.dumps({"format": "xpaste-pool", "version": 1, "categories": cats}))
 
 
-def make_sample(seed: int = 0, size: int = 640, n: int = 8) -> Sample:
-    rng = np.random.default_rng(seed)
-    image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-    masks = np.zeros((n, size, size), bool)
-    for i in range(n):
-        h, w = (int(v) for v in rng.integers(40, 250, 2))
-        y, x = (int(v) for v in rng.integers(0, size - 250, 2))
-        yy, xx = np.mgrid[:h, :w]
-        masks[i, y : y + h, x : x + w] = ((yy - h / 2) / (h / 2)) ** 2 + ((xx - w / 2) / (w / 2)) ** 2 < 1
-    return Sample(image, Targets(tight_boxes(masks), masks, rng.integers(1, N_CATS + 1, n)))
+def make_sample(seed: int = 0) -> Sample:
+    """The issue's destination (640x640, 8 instances; paste_throughput.make_sample) with this pool's labels."""
+    return paste_throughput.make_sample(seed, labels=(1, N_CATS + 1))
 
 
 def run_paired(pools: dict[str, InstancePool], sample: Sample, images: int, seed: int) -> dict[str, float]:
