@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from xpaste.core import keys
+from xpaste.errors import XPasteError
 from xpaste.core.sample import Sample
 from xpaste.core.targets import Targets
 from xpaste.paste.plan import PastePlan
@@ -153,7 +154,6 @@ def apply_plan(sample: Sample, plan: PastePlan, pool, box_tolerance: float = 10.
     draws that row twice; the other objects are pasted.
     The input sample is never modified.
     """
-    from xpaste.errors import XPasteError
 
     height, width = sample.height, sample.width
     if (plan.canvas_height, plan.canvas_width) != (height, width):
