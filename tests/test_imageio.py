@@ -147,3 +147,102 @@ def test_import_xpaste_stays_light():
 
     code = "import sys, xpaste, xpaste.imageio; assert 'PIL' not in sys.modules, 'PIL imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ------------------------------------------------------------------ readers of files xpaste writes or checks
+def test_mask_reader_decodes_as_opencv_grayscale(tmp_path):
+    import cv2
+
+    rng = np.random.default_rng(1)
+    gray = tmp_path / "gray.png"
+    Image.fromarray(rng.integers(0, 256, (H, W), dtype=np.uint8)).save(gray)
+    colour = tmp_path / "colour.png"
+    Image.fromarray(rng.integers(0, 256, (H, W, 3), dtype=np.uint8)).save(colour)
+    tagged = _save(tmp_path / "tagged.png", rng.integers(0, 256, (H, W), dtype=np.uint8), 6)
+    deep = tmp_path / "deep.png"
+    cv2.imwrite(str(deep), rng.integers(0, 65536, (H, W)).astype(np.uint16))
+    for p in (gray, colour, tagged, deep):
+        got = imageio.read_mask(p)
+        assert got.dtype == np.uint8 and np.array_equal(got, cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)), p.name
+    assert np.array_equal(imageio.read_mask(gray), np.asarray(Image.open(gray)))  # 8-bit: the stored values
+    assert imageio.read_mask(tagged).shape == (W, H)  # the orientation tag applied, as OpenCV shows it
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "garbage", "text"])
+def test_mask_reader_errors_name_the_file(tmp_path, kind):
+    p = _bad_file(tmp_path, kind)
+    with pytest.raises(XPasteError) as info:
+        imageio.read_mask(p)
+    assert info.value.path == str(p) and "\n" not in str(info.value)
+
+
+def test_mask_reader_refuses_a_bomb_from_its_header(tmp_path):
+    p = tmp_path / "big.png"
+    Image.fromarray(np.zeros((300, 400), np.uint8)).save(p)
+    with pytest.raises(XPasteError, match="120000 pixels, over the limit of 100000"):
+        imageio.read_mask(p, max_pixels=100_000)
+    assert imageio.read_mask(p, max_pixels=120_000).shape == (300, 400)
+
+
+def test_png_size_from_the_header_only(tmp_path):
+    import io
+
+    Image.fromarray(np.zeros((H, W, 4), np.uint8)).save(tmp_path / "a.png")
+    data = (tmp_path / "a.png").read_bytes()
+    assert imageio.png_size(data) == (H, W) == imageio.png_size(np.frombuffer(data, np.uint8))
+    assert imageio.png_size(data[:23]) is None and imageio.png_size(b"") is None
+    jpeg = io.BytesIO()
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(jpeg, "JPEG")
+    assert imageio.png_size(jpeg.getvalue()) is None
+
+
+def test_rgba_bytes_keep_the_channel_order_and_the_stored_pixels(tmp_path):
+    rng = np.random.default_rng(2)
+    rgba = rng.integers(0, 256, (H, W, 4), dtype=np.uint8)
+    p = _save(tmp_path / "cut.png", rgba, 6)  # a tag a cut-out never has: the stored pixels all the same
+    got = imageio.decode_rgba_bytes(np.fromfile(p, np.uint8))
+    assert got.dtype == np.uint8 and np.array_equal(got, np.asarray(Image.open(p)))
+    Image.fromarray(rgba[..., :3]).save(tmp_path / "rgb.png")
+    assert imageio.decode_rgba_bytes(np.fromfile(tmp_path / "rgb.png", np.uint8)) is None
+    assert imageio.decode_rgba_bytes(np.frombuffer(b"\x89PNG\r\n\x1a\n" + bytes(100), np.uint8)) is None
+
+
+def test_encoded_bytes_header_and_first_frame_as_stored(tmp_path):
+    import io
+
+    arr = _blocky(3)
+    p = _save(tmp_path / "tagged.jpg", arr, 6, quality=100)
+    data = p.read_bytes()
+    assert imageio.image_header(data, verify=True) == ("JPEG", W, H) == imageio.image_header(p)
+    assert image_size(p) == (H, W)  # displayed: swapped
+    with Image.open(p) as im:
+        assert np.array_equal(imageio.decode_first_frame(data), np.asarray(im.convert("RGB")))
+    assert imageio.decode_first_frame(data, convert=False) is None
+    pal = Image.fromarray(arr).convert("P")
+    out = io.BytesIO()
+    pal.save(out, "GIF", transparency=0)
+    with Image.open(io.BytesIO(out.getvalue())) as im:
+        expected = np.asarray(im.convert("RGBA"))
+    got = imageio.decode_first_frame(out.getvalue())
+    assert got.shape == (H, W, 4) and np.array_equal(got, expected)
+    with pytest.raises(XPasteError, match="over the limit of 100"):
+        imageio.decode_first_frame(data, max_pixels=100)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "bad crc"])
+def test_damaged_bytes_are_one_decode_error(tmp_path, damage):
+    import io
+
+    out = io.BytesIO()
+    Image.fromarray(_blocky(4)).save(out, "PNG")
+    data = out.getvalue()
+    if damage == "truncated":
+        data = data[:-60]
+    elif damage == "garbage":
+        data = b"not an image" * 9
+    else:
+        data = data[:40] + bytes([data[40] ^ 1]) + data[41:]  # inside the IHDR chunk: its checksum fails
+    with pytest.raises(XPasteError) as info:
+        imageio.image_header(data, verify=True)
+        imageio.decode_first_frame(data)
+    assert info.value.message.startswith(imageio.DECODE_FAILED) and info.value.path is None

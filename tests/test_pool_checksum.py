@@ -154,6 +154,9 @@ def test_migrate_writes_checksums(tmp_path):
     _drop_checksums(old)
     report = migrate(old, tmp_path / "new")
     assert report.written == len(arrays)
+    job = report.job_report()  # the same outcome as every job's JobReport
+    assert (job.job, job.out, job.failures) == ("migrate", str(tmp_path / "new"), [])
+    assert job.counts == {"rows": len(arrays), "written": len(arrays), "duplicates": 0} and job.seconds > 0
     new = InstancePool.open(tmp_path / "new")
     data = {p: (tmp_path / "new" / p).read_bytes() for p in set(new.paths.tolist())}
     for row, rec in enumerate(new.records().to_pylist()):

@@ -209,3 +209,44 @@ def test_index_with_empty_numbers_is_refused(tmp_path, rng):
     pq.write_table(table.set_column(table.schema.get_field_index("offset"), "offset", offsets), part)
     with pytest.raises(XPasteError, match=r"\['offset'\] have empty values"):
         InstancePool.open(tmp_path / "p")
+
+
+# ------------------------------------------------------------------ the layout's one home; reader never imports writer
+def test_layout_names_round_trip_and_old_imports_still_work():
+    from xpaste.pool import layout, store
+    from xpaste.pool.header import HEADER
+
+    assert layout.part_name(12) == "part-000012.parquet" and layout.PART_NAME.fullmatch(layout.part_name(12))
+    assert layout.shard_name(3) == "data/shard-000003.bin"
+    assert layout.file_number(layout.part_name(12)) == 12 and layout.file_number(layout.shard_name(3)) == 3
+    for name in ("DATA_DIR", "INDEX_DIR", "MANIFEST", "HEADER", "CHECKSUM", "list_parts", "shard_name"):
+        assert getattr(store, name) is getattr(layout, name), name  # users' `from xpaste.pool.store import ...`
+    assert HEADER is layout.HEADER == "pool.json"
+
+
+def test_writer_files_are_where_the_layout_says(tmp_path, rng):
+    from xpaste.pool.layout import DATA_DIR, HEADER, INDEX_DIR, MANIFEST, list_parts, shard_name
+
+    with PoolWriter.create(tmp_path / "p", CATS) as w:
+        w.add(make_cutout(rng, 12, 9, "blob"), 3)
+    root = tmp_path / "p"
+    assert (root / HEADER).is_file() and (root / INDEX_DIR / MANIFEST).is_file()
+    assert [p.name for p in list_parts(root, 2)] == ["part-000000.parquet"]
+    assert [p.name for p in (root / DATA_DIR).iterdir()] == ["shard-000000.bin"]
+    assert InstancePool.open(root).paths.tolist() == [shard_name(0)]
+
+
+def test_store_never_imports_the_writer_yet_create_returns_one(tmp_path):
+    import ast
+
+    import xpaste.pool.store as store_module
+
+    tree = ast.parse(open(store_module.__file__, encoding="utf-8").read())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert "xpaste.pool.writer" not in imported and "xpaste.pool" not in imported
+    code = ("import sys; from xpaste.pool.store import InstancePool; "
+            f"w = InstancePool.create({str(tmp_path / 'p')!r}, {{1: 'cup'}}); w.close(); "
+            f"print(type(w).__name__, type(InstancePool.open({str(tmp_path / 'p')!r}, writable=True)).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.split() == ["PoolWriter", "PoolWriter"], out.stderr

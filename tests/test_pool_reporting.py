@@ -138,6 +138,30 @@ def test_import_report_failure_fields():
     assert report.failed == 2 and report.first_failure == ("a.jpg", "too big") and len(report.skipped) == 2
 
 
+def test_import_report_as_a_job_report():
+    from xpaste.jobs import JobReport
+    from xpaste.pool.importers import ImportReport
+
+    report = ImportReport(added=3, duplicates=1, too_small=2, crowd=1, job="import-coco", out="p", seconds=1.25)
+    report.fail("a.jpg", "too big")
+    job = report.job_report()
+    assert isinstance(job, JobReport) and (job.job, job.out, job.seconds) == ("import-coco", "p", 1.25)
+    assert job.counts == {"added": 3, "duplicates": 1, "too small": 2, "crowd": 1}
+    assert job.failures == [{"item": "a.jpg", "reason": "too big"}]
+    assert job.summary() == "import-coco: 3 added, 1 duplicates, 2 too small, 1 crowd, 1 failed, 1.2 s -> p"
+    assert report.summary() == "added 3, duplicates 1, too small 2, crowd 1, skipped 1"  # the CLI's line
+
+
+def test_import_coco_report_names_its_job_and_pool(tmp_path):
+    from xpaste.pool.importers import import_coco
+
+    ann, images = write_dataset(tmp_path / "d", n_images=2)
+    report = import_coco(ann, images, tmp_path / "pool", min_area=10, progress=False)
+    job = report.job_report()
+    assert (job.job, job.out) == ("import-coco", str(tmp_path / "pool")) and job.seconds > 0
+    assert job.counts["added"] == report.added == len(InstancePool.open(tmp_path / "pool")) > 0
+
+
 # ------------------------------------------------------------------ 4. header errors: typed, each with a hint
 def _edit_header(root, edit):
     header = json.loads((root / "pool.json").read_text())

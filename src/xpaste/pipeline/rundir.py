@@ -20,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from xpaste.categories import categories_from_rows, categories_to_rows, load_categories, select_categories
 from xpaste.errors import XPasteError
+from xpaste.imageio import read_mask, read_rgb
 from xpaste.io import read_json, resolve_inside, write_bytes_atomic, write_image_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -105,9 +107,6 @@ class RunDir:
 
         Raises XPasteError when there are none, or when they differ from the ones the run started with.
         check: optional `check(categories)` of the calling stage, run before anything is recorded."""
-        from xpaste.categories import (categories_from_rows, categories_to_rows, load_categories,
-                                       select_categories)
-
         path = self.categories_file
         recorded = categories_from_rows(read_json(path)["categories"]) if path.exists() else None
         source = config["categories"]["source"]
@@ -135,21 +134,18 @@ class RunDir:
         write_image_atomic(self.path(rel, "output path"), array)
 
     def load_rgb(self, rel: str) -> np.ndarray:
-        """(H, W, 3) uint8 RGB of a run-relative image; XPasteError if missing or unreadable."""
-        from xpaste.data.coco import read_image_rgb
-
-        return read_image_rgb(self.path(rel, "image path"))
+        """(H, W, 3) uint8 RGB of a run-relative image, as displayed (`xpaste.imageio.read_rgb`); XPasteError if
+        missing or unreadable."""
+        return read_rgb(self.path(rel, "image path"))
 
     def load_mask(self, rel: str) -> np.ndarray:
-        """(H, W) uint8 soft mask of a run-relative PNG; XPasteError if missing or unreadable."""
-        import cv2
-
+        """(H, W) uint8 soft mask of a run-relative PNG (`xpaste.imageio.read_mask`); XPasteError if missing or
+        unreadable."""
         path = self.path(rel, "mask path")
-        data = np.fromfile(path, np.uint8) if path.exists() else np.zeros(0, np.uint8)
-        mask = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
-        if mask is None:
-            raise XPasteError("missing or unreadable mask", path, "rerun the segment stage with --fresh")
-        return mask
+        try:
+            return read_mask(path)
+        except XPasteError:
+            raise XPasteError("missing or unreadable mask", path, "rerun the segment stage with --fresh") from None
 
 
 # Function forms used by the stage modules (each is the RunDir method of the same name).

@@ -4,8 +4,9 @@ COCO and LVIS (and any two datasets) reuse small integer ids for different thing
 1 is "aerosol_can". Pasting a pool built on one dataset into another by id alone labels fire hydrants as
 trees without a word, so ids are only trusted when the names agree.
 
-Names agree when they are equal after `normalise_name` (case-insensitive, `_`/`-`/spaces the same, as LVIS
-writes "fire_hydrant" for COCO's "fire hydrant"), or when one category's name is among the other's LVIS
+Names agree when they are equal under `xpaste.categories.normalize_name`, the package's one name rule
+(case, `_`, `-` and spacing ignored, as LVIS writes "fire_hydrant" for COCO's "fire hydrant"; `normalise_name`
+here is the same function, kept for old imports), or when one category's name is among the other's LVIS
 `synonyms` (LVIS v1 category field). Placeholder pool names ("3", "category_3", written when a pool is built
 without names, e.g. `xpaste pool import-xpaste` without `--dataset`) are accepted for their id, with one
 warning per pool and process that their names could not be checked.
@@ -13,13 +14,13 @@ warning per pool and process that their names could not be checked.
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any, Iterable
 
+# `normalise_name`: this module's former own rule, now the package's one rule under its old name (old imports).
+from xpaste.categories import normalize_name, normalize_name as normalise_name  # noqa: F401
 from xpaste.errors import XPasteError
 
 log = logging.getLogger("xpaste.pool")
-_SEPARATORS = re.compile(r"[\s_\-]+")
 _warned_placeholders: set[str] = set()  # pools (by folder) already warned about in this process
 # What exists to fix a mismatch: the CLI has no by-name option; Python has match_categories(by_name=True).
 MISMATCH_HINT = ("use a pool built for this dataset (`xpaste pool import-coco` on it, or `xpaste pool import-xpaste "
@@ -27,16 +28,11 @@ MISMATCH_HINT = ("use a pool built for this dataset (`xpaste pool import-coco` o
                  "pool.remap_categories(match_categories(pool, dataset_categories, by_name=True))")
 
 
-def normalise_name(name: str) -> str:
-    """Lower case, `_`, `-` and runs of spaces folded to one space, trimmed: "Fire_Hydrant " -> "fire hydrant"."""
-    return _SEPARATORS.sub(" ", str(name)).strip().casefold()
-
-
 def _names(category: dict) -> set[str]:
-    names = {normalise_name(category.get("name", ""))}
+    names = {normalize_name(category.get("name", ""))}
     synonyms = category.get("synonyms")
     if isinstance(synonyms, (list, tuple)):
-        names.update(normalise_name(s) for s in synonyms if isinstance(s, str))
+        names.update(normalize_name(s) for s in synonyms if isinstance(s, str))
     names.discard("")
     return names
 
@@ -48,7 +44,7 @@ def _as_dicts(categories: Iterable[dict] | dict[int, str]) -> dict[int, dict]:
 
 
 def _is_placeholder(cid: int, name: str) -> bool:
-    return normalise_name(name) in (str(cid), f"category {cid}")
+    return normalize_name(name) in (str(cid), f"category {cid}")
 
 
 def match_categories(pool: Any, dataset_categories: Iterable[dict] | dict[int, str],
@@ -96,7 +92,7 @@ def match_categories(pool: Any, dataset_categories: Iterable[dict] | dict[int, s
     mapping, unmatched = {}, []
     for cid in pooled:
         mine = pool_cats.get(cid, {"name": str(cid)})
-        exact = by_norm.get(normalise_name(mine.get("name", "")), set())  # the name itself first, then synonyms
+        exact = by_norm.get(normalize_name(mine.get("name", "")), set())  # the name itself first, then synonyms
         hits = exact or set().union(*(by_norm.get(n, set()) for n in _names(mine)))
         if len(hits) > 1:
             raise XPasteError(f"pool category {cid} {mine.get('name')!r} matches several dataset categories "

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from xpaste.errors import XPasteError
+from xpaste.imageio import decode_rgba_bytes, png_size
+from xpaste.io import encode_image
 
 # Largest cut-out read, in pixels (height * width). 4096 x 4096 RGBA is 64 MiB decoded; a larger one is a
 # damaged index row or a decompression bomb, never a useful paste (pastes are scaled to the destination).
@@ -68,39 +70,27 @@ def decode_raw(blob: bytes, height: int, width: int, codec: str, where: str | os
 
 
 def encode_png(rgba: np.ndarray, level: int = 3) -> bytes:
-    """PNG bytes of an RGBA array (for version 1 pools and `xpaste pool export-png`)."""
-    import cv2
-
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA), [cv2.IMWRITE_PNG_COMPRESSION, level])
-    if not ok:
-        raise RuntimeError("PNG encoding failed")
-    return buf.tobytes()
-
-
-def _png_size(data: np.ndarray) -> tuple[int, int] | None:
-    """(height, width) from a PNG's IHDR chunk, read before decoding so a bomb is refused cheaply."""
-    if data.size < 24 or data[:8].tobytes() != b"\x89PNG\r\n\x1a\n" or data[12:16].tobytes() != b"IHDR":
-        return None
-    return int.from_bytes(data[20:24].tobytes(), "big"), int.from_bytes(data[16:20].tobytes(), "big")
+    """PNG bytes of an (h, w, 4) uint8 RGBA array (for version 1 pools and `xpaste pool export-png`), with
+    `xpaste.io.encode_image` at zlib `level`. Raises ValueError for another shape or dtype."""
+    return encode_image(rgba, ".png", png_compression=level)
 
 
 def decode_png(path: Path, max_pixels: int = DEFAULT_MAX_CUTOUT_PIXELS) -> np.ndarray:
-    """The RGBA array of a version 1 cut-out file. Raises CutoutError (missing, unreadable, no alpha, too big)."""
-    import cv2
-
+    """The (h, w, 4) uint8 RGBA array of a version 1 cut-out file (its stored pixels, see
+    `xpaste.imageio.decode_rgba_bytes`). Raises CutoutError (missing, unreadable, not 8-bit RGBA, too big)."""
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except FileNotFoundError:
         raise CutoutError("pool file is missing", path, "the pool folder is incomplete; rebuild or re-import it") from None
     except OSError as e:
         raise CutoutError(f"pool file cannot be read: {e.strerror or e}", path) from None
-    size = _png_size(data)
+    size = png_size(data)  # checked before decoding, so a bomb is refused cheaply
     if size is None:
         raise CutoutError("pool file is not a readable RGBA PNG", path)
     if size[0] * size[1] > max_pixels:
         raise CutoutError(f"cut-out is {size[1]}x{size[0]} px, over the limit of {max_pixels} pixels", path,
                           TOO_BIG_HINT)
-    bgra = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    if bgra is None or bgra.ndim != 3 or bgra.shape[2] != 4 or bgra.dtype != np.uint8:
+    rgba = decode_rgba_bytes(data)
+    if rgba is None:
         raise CutoutError("pool file is not a readable 8-bit RGBA PNG", path)
-    return cv2.cvtColor(bgra, cv2.COLOR_BGRA2RGBA)
+    return rgba

@@ -5,7 +5,7 @@ Every field a reader uses is type-checked on open, so a damaged or hand-edited h
 
 Header fields (version 2; version 1 has no `codec` and no `incomplete`):
     format       "xpaste-pool"
-    version      int, 1 (one PNG per cut-out) or 2 (cut-outs packed into data shards, see `xpaste.pool.store`)
+    version      int, 1 (one PNG per cut-out) or 2 (cut-outs packed into data shards, see `xpaste.pool.layout`)
     categories   list of {"id": int, "name": str, ...}; ids unique; other keys kept, the LVIS ones type-checked
                  (`CATEGORY_FIELDS`: "synonyms" a list of strings, "frequency" "f"/"c"/"r", ...)
     config       dict, how the pool was made (free form)
@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from xpaste.errors import XPasteError
+from xpaste.io import read_json
+from xpaste.pool.layout import HEADER
 
 POOL_FORMAT = "xpaste-pool"
-HEADER = "pool.json"
 READ_VERSIONS = (1, 2)
 WRITE_VERSION = 2
 # Codecs of raw RGBA bytes, all built into pyarrow (no extra dependency); chosen with
@@ -112,8 +113,6 @@ def validate_header(header: Any, path: str | os.PathLike, hint: str = _HINT) -> 
 
 def read_header(root: str | os.PathLike) -> dict:
     """Read and type-check `root/pool.json`. Raises XPasteError when it is missing, malformed or mistyped."""
-    from xpaste.io import read_json
-
     root = Path(root)
     if not (root / HEADER).exists():
         raise XPasteError("not an xpaste pool (no pool.json)", root,

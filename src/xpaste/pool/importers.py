@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from xpaste.data.coco import load_coco, load_sample
 from xpaste.errors import XPasteError
+from xpaste.imageio import read_gray, read_rgba
 from xpaste.io import read_json, resolve_inside
+from xpaste.jobs import JobReport
+from xpaste.ops.masks import largest_component
+from xpaste.pool.layout import DATA_DIR, HEADER, INDEX_DIR, MANIFEST
 from xpaste.pool.store import InstancePool
+from xpaste.pool.writer import PoolWriter
 
 log = logging.getLogger("xpaste.pool")
 # Real instances smaller than this many mask pixels are skipped: COCO's "small" objects (< 32x32) upscale
@@ -22,6 +29,8 @@ FLUSH_EVERY = 500
 
 @dataclass
 class ImportReport:
+    """What an import did; `summary()` is the line the CLI prints, `job_report()` the same as a JobReport."""
+
     added: int = 0
     duplicates: int = 0
     too_small: int = 0
@@ -29,13 +38,16 @@ class ImportReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (what, why)
     failed: int = 0  # inputs (images, or pool json entries) that gave nothing: unreadable, wrong size, empty
     first_failure: tuple[str, str] | None = None
+    job: str = "import"  # 'import-coco' or 'import-xpaste'
+    out: str = ""
+    seconds: float = 0.0
 
     def fail(self, what: str, why: str) -> None:
         self.skipped.append((what, why))
         self.failed += 1
         self.first_failure = self.first_failure or (what, why)
 
-    def add(self, pool: InstancePool, rgba: np.ndarray, category_id: int, **fields) -> None:
+    def add(self, pool: PoolWriter, rgba: np.ndarray, category_id: int, **fields) -> None:
         """Add one cut-out, count it, and flush the index every FLUSH_EVERY rows."""
         if pool.add(rgba, category_id, **fields) is None:
             self.duplicates += 1
@@ -47,6 +59,12 @@ class ImportReport:
     def summary(self) -> str:
         return (f"added {self.added}, duplicates {self.duplicates}, too small {self.too_small}, "
                 f"crowd {self.crowd}, skipped {len(self.skipped)}")
+
+    def job_report(self) -> JobReport:
+        """The same outcome as the `xpaste.jobs.JobReport` every job returns (skipped inputs as failures)."""
+        counts = {"added": self.added, "duplicates": self.duplicates, "too small": self.too_small, "crowd": self.crowd}
+        return JobReport(self.job, self.out or None, counts, [{"item": w, "reason": y} for w, y in self.skipped],
+                         self.seconds)
 
 
 def _refuse_if_nothing_imported(report: ImportReport, total: int, what: str, out: str | os.PathLike,
@@ -63,9 +81,6 @@ def _refuse_if_nothing_imported(report: ImportReport, total: int, what: str, out
 
 
 def _remove_empty_pool(root: Path, folder_existed: bool) -> None:
-    from xpaste.pool.header import HEADER
-    from xpaste.pool.store import DATA_DIR, INDEX_DIR, MANIFEST
-
     for name in (HEADER, f"{INDEX_DIR}/{MANIFEST}", ".xpaste.lock"):
         (root / name).unlink(missing_ok=True)
     for folder in (root / DATA_DIR, root / INDEX_DIR) + (() if folder_existed else (root,)):
@@ -88,14 +103,18 @@ def cutout_from_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def import_coco(dataset_path: str | os.PathLike, images_dir: str | os.PathLike, out: str | os.PathLike,
                 min_area: int = DEFAULT_MIN_AREA, append: bool = False, progress: bool = True) -> ImportReport:
-    """Cut every non-crowd annotation of a COCO/LVIS dataset out as an RGBA pool instance (source 'gt')."""
+    """Cut every non-crowd annotation of a COCO/LVIS dataset out as an RGBA pool instance (source 'gt').
+
+    Annotations under `min_area` mask pixels are counted as too small; unreadable images are skipped and listed
+    in the report. Raises XPasteError for an unreadable dataset, a pool already at `out` (unless `append`),
+    or when every image failed (a pool this call created is removed first).
+    """
     from tqdm import tqdm
 
-    from xpaste.data.coco import load_coco, load_sample
-
+    started = time.monotonic()
     dataset = load_coco(dataset_path)
-    report = ImportReport()
-    folder_existed, pool_existed = Path(out).exists(), (Path(out) / "pool.json").exists()
+    report = ImportReport(job="import-coco", out=str(out))
+    folder_existed, pool_existed = Path(out).exists(), (Path(out) / HEADER).exists()
     # absolute dataset and images paths: build-pool's DiverGen filter finds each real instance's source image
     source = {"import": "coco", "dataset": os.path.abspath(dataset_path), "images": os.path.abspath(images_dir)}
     with InstancePool.create(out, dataset.categories, config={**source, "min_area": min_area},
@@ -124,12 +143,13 @@ def import_coco(dataset_path: str | os.PathLike, images_dir: str | os.PathLike, 
     _refuse_if_nothing_imported(report, len(dataset.images), "images", out, dataset_path, folder_existed,
                                 pool_existed, "check that --images is this dataset's image folder and that the "
                                 "json's width and height are those of the images as displayed (EXIF applied)")
+    report.seconds = time.monotonic() - started
     return report
 
 
 def _read_rgba(path: Path, mask_path: Path | None) -> np.ndarray:
-    from xpaste.imageio import read_gray, read_rgba  # the package's one reader (EXIF applied, one-line errors)
-
+    """(H, W, 4) uint8 RGBA of a cut-out file, alpha from `mask_path` (luminance) when given; both read with the
+    package's one reader (EXIF applied). Raises XPasteError (unreadable file, mask of another size)."""
     rgba = read_rgba(path)
     if mask_path is not None:
         alpha = read_gray(mask_path)
@@ -147,12 +167,13 @@ def import_xpaste(json_path: str | os.PathLike, out: str | os.PathLike, root: st
     Keys are 0-based category indices (category id = index + `id_offset`). A leading '*' marks an already
     cleaned RGBA cut-out; 'image|mask' pairs take alpha from the mask. As the reference does, alpha is
     binarised at > 128 and only the largest connected component is kept. Paths are resolved inside `root`
-    (default: the json's folder); anything outside it is refused.
+    (default: the json's folder); anything outside it is refused. Unreadable entries are skipped and listed in
+    the report. Raises XPasteError for a malformed json, an id not in `dataset_path`, a pool already at `out`
+    (unless `append`), or when every entry failed.
     """
     from tqdm import tqdm
 
-    from xpaste.ops.masks import largest_component
-
+    started = time.monotonic()
     json_path = Path(json_path)
     data = read_json(json_path)
     if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
@@ -160,8 +181,6 @@ def import_xpaste(json_path: str | os.PathLike, out: str | os.PathLike, root: st
     root = Path(root) if root is not None else json_path.parent
     names: dict[int, str] = {}
     if dataset_path is not None:
-        from xpaste.data.coco import load_coco
-
         names = {int(c["id"]): c["name"] for c in load_coco(dataset_path).categories}
     entries = []
     for key, paths in data.items():
@@ -177,8 +196,8 @@ def import_xpaste(json_path: str | os.PathLike, out: str | os.PathLike, root: st
     if dataset_path is None:
         log.warning("%s: categories are named category_N (no --dataset given): augment cannot check that the ids "
                     "are the dataset's; pass --dataset with the COCO/LVIS json the pool was made for", out)
-    report = ImportReport()
-    folder_existed, pool_existed = Path(out).exists(), (Path(out) / "pool.json").exists()
+    report = ImportReport(job="import-xpaste", out=str(out))
+    folder_existed, pool_existed = Path(out).exists(), (Path(out) / HEADER).exists()
     with InstancePool.create(out, categories, config={"import": "xpaste", "json": str(json_path)},
                              exist_ok=append) as pool:
         for cid, entry in tqdm(entries, desc="import-xpaste", unit="inst", disable=not progress):
@@ -200,6 +219,7 @@ def import_xpaste(json_path: str | os.PathLike, out: str | os.PathLike, root: st
             report.add(pool, rgba, cid, source="xpaste", model="", prompt="", segmenter="", original_path=text)
     _refuse_if_nothing_imported(report, len(entries), "cut-outs", out, json_path, folder_existed, pool_existed,
                                 "check --root: the json's paths are resolved inside it (default: the json's folder)")
+    report.seconds = time.monotonic() - started
     return report
 
 

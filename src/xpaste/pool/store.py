@@ -1,18 +1,8 @@
 """The instance pool reader: RGBA cut-outs by category, served from disk with a bounded, thread-safe cache.
 
-Layout of a pool folder, version 2 (written by `xpaste.pool.writer.PoolWriter`):
-    pool.json                         format, version 2, categories, config, codec (see xpaste.pool.header)
-    index/manifest.json               {"parts": ["part-000000.parquet", ...]}: the index parts in order
-    index/part-NNNNNN.parquet         index rows; numeric columns shard, offset, nbytes locate the pixels
-    data/shard-NNNNNN.bin             cut-outs packed back to back: each one the C-order (h, w, 4) uint8
-                                      RGBA bytes compressed with the header's codec (lz4_raw by default)
-    index column `crc32`              zlib.crc32 of each row's stored bytes, checked on every read (~9 us for
-                                      50 KiB), so damaged bytes that still decode are a CutoutError, never a
-                                      silently different paste. Pools written before it (no column, or null
-                                      values in rows appended to such a pool's older parts) read unchecked.
-
-Version 1 (still read; `xpaste pool migrate` converts it): index/part-*.parquet found by glob, and one PNG per
-cut-out at instances/<category_id>/<instance_id>.png named by each row's `path`.
+The folder layout (pool.json, index parts and manifest, data shards; version 1's one PNG per cut-out) is
+described in `xpaste.pool.layout`, its one home; the header's fields in `xpaste.pool.header`. This module
+only reads: `xpaste.pool.writer` imports it, never the other way round.
 
 Opening reads only numeric index columns (1M rows: a few Parquet files, well under a second); pixels are read
 with one `os.pread` per cut-out and decoded on demand (lz4_raw: ~20 us for a 170 px cut-out vs ~750 us PNG).
@@ -23,54 +13,30 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 import zlib
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, ClassVar, Iterable, Sequence
 
 import numpy as np
 
 from xpaste.core.instance import RECORD_COLUMNS, content_hash, crop_to_alpha, validate_rgba
 from xpaste.errors import XPasteError
-from xpaste.io import read_json, resolve_inside
+from xpaste.io import resolve_inside
 from xpaste.pool.codec import DEFAULT_MAX_CUTOUT_PIXELS, TOO_BIG_HINT, CutoutError, decode_png, decode_raw
-from xpaste.pool.header import HEADER, POOL_FORMAT, WRITE_VERSION, normalise_categories, read_header
+from xpaste.pool.header import POOL_FORMAT, WRITE_VERSION, normalise_categories, read_header
+# the layout's names are re-exported here, their home before xpaste.pool.layout existed
+from xpaste.pool.layout import CHECKSUM, DATA_DIR, HEADER, INDEX_DIR, MANIFEST, list_parts, shard_name
 from xpaste.pool.sampler import CategoryIndex, sample_rows
 
 __all__ = ["InstancePool", "CutoutError", "DEFAULT_CACHE_BYTES", "DEFAULT_MAX_CUTOUT_PIXELS", "POOL_FORMAT",
-           "HEADER", "INDEX_DIR", "DATA_DIR", "list_parts", "shard_name"]
+           "HEADER", "INDEX_DIR", "DATA_DIR", "MANIFEST", "list_parts", "shard_name"]
 
 log = logging.getLogger("xpaste.pool")
 POOL_VERSION = WRITE_VERSION  # kept for callers of the old name
-INDEX_DIR = "index"
-DATA_DIR = "data"
-MANIFEST = "manifest.json"
 DEFAULT_CACHE_BYTES = 256 * 2**20
-_PART_NAME = re.compile(r"part-\d{6}\.parquet")
 NUMERIC = {1: ["category_id", "width", "height"], 2: ["category_id", "width", "height", "shard", "offset", "nbytes"]}
-CHECKSUM = "crc32"  # optional index column (version 2): zlib.crc32 of the stored bytes; -1 (or absent) = unchecked
-
-
-def shard_name(number: int) -> str:
-    """Relative path of data shard `number` inside a version 2 pool."""
-    return f"{DATA_DIR}/shard-{int(number):06d}.bin"
-
-
-def list_parts(root: Path, version: int) -> list[Path]:
-    """The index part files of a pool, in row order (v2: from the manifest; v1: by name)."""
-    if version == 1:
-        return sorted((root / INDEX_DIR).glob("part-*.parquet"))
-    path = root / INDEX_DIR / MANIFEST
-    if not path.exists():
-        return []
-    manifest = read_json(path)
-    parts = manifest.get("parts") if isinstance(manifest, dict) else None
-    if not isinstance(parts, list) or not all(isinstance(p, str) and _PART_NAME.fullmatch(p) for p in parts):
-        raise XPasteError("index manifest field 'parts' must be a list of part-NNNNNN.parquet names", path,
-                          "the pool index is damaged; rebuild the pool")
-    return [root / INDEX_DIR / p for p in parts]
 
 
 class _ByteLRU:
@@ -257,6 +223,10 @@ class InstancePool:
     share between threads; pickles with an empty cache (one per DataLoader worker).
     """
 
+    #: The class `create` and `open(writable=True)` return: `xpaste.pool.writer.PoolWriter`, bound by the package
+    #: `xpaste.pool` (imported before any of its modules), so that this reader never imports its writer.
+    writer_class: ClassVar[Any] = None
+
     def __init__(self, storage: _Storage, header: dict, category_ids: np.ndarray,
                  categories: dict[int, str] | None = None, keep: np.ndarray | None = None):
         self._storage = storage
@@ -293,9 +263,7 @@ class InstancePool:
     def create(cls, path: str | os.PathLike, categories: Iterable[dict] | dict[int, str],
                config: dict | None = None, exist_ok: bool = False, **kwargs: Any):
         """Same as `PoolWriter.create` (returns a PoolWriter); kept for existing callers."""
-        from xpaste.pool.writer import PoolWriter
-
-        return PoolWriter.create(path, categories, config=config, exist_ok=exist_ok, **kwargs)
+        return cls.writer_class.create(path, categories, config=config, exist_ok=exist_ok, **kwargs)
 
     @classmethod
     def open(cls, path: str | os.PathLike, cache_bytes: int = DEFAULT_CACHE_BYTES, writable: bool = False,
@@ -307,9 +275,7 @@ class InstancePool:
         damaged or mistyped header or index (one line naming the file and field).
         """
         if writable:
-            from xpaste.pool.writer import PoolWriter
-
-            return PoolWriter.open(path)
+            return cls.writer_class.open(path)
         import pyarrow as pa
         import pyarrow.parquet as pq
 

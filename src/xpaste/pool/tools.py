@@ -3,28 +3,44 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xpaste.categories import normalize_name
 from xpaste.errors import XPasteError
+from xpaste.io import refuse_overlap, safe_name, write_bytes_atomic
+from xpaste.jobs import JobReport
 from xpaste.pool.codec import CutoutError, encode_png
 from xpaste.pool.header import DEFAULT_CODEC
+from xpaste.pool.layout import LOCATION_COLUMNS
+from xpaste.pool.store import InstancePool
+from xpaste.pool.writer import PoolWriter
 
 log = logging.getLogger("xpaste.pool")
-_SET_BY_POOL = {"instance_id", "category_id", "category", "path", "width", "height",
-                "shard", "offset", "nbytes", "crc32"}
+_SET_BY_POOL = {"instance_id", "category_id", "category", "path", "width", "height", *LOCATION_COLUMNS}
 
 
 @dataclass
 class MigrateReport:
+    """What `migrate` did; `summary()` is the line the CLI prints, `job_report()` the same as a JobReport."""
+
     rows: int = 0
     written: int = 0
     duplicates: int = 0
     skipped: list[tuple[int, str]] = field(default_factory=list)  # (row, why)
+    out: str = ""
+    seconds: float = 0.0
 
     def summary(self) -> str:
         return (f"{self.written} of {self.rows} cut-outs written, {self.duplicates} duplicates, "
                 f"{len(self.skipped)} unreadable skipped")
+
+    def job_report(self) -> JobReport:
+        """The same outcome as the `xpaste.jobs.JobReport` every job returns (unreadable rows as failures)."""
+        counts = {"rows": self.rows, "written": self.written, "duplicates": self.duplicates}
+        return JobReport("migrate", self.out or None, counts,
+                         [{"item": f"row {row}", "reason": why} for row, why in self.skipped], self.seconds)
 
 
 def migrate(src: str | os.PathLike, dst: str | os.PathLike, codec: str = DEFAULT_CODEC,
@@ -38,14 +54,11 @@ def migrate(src: str | os.PathLike, dst: str | os.PathLike, codec: str = DEFAULT
     """
     from tqdm import tqdm
 
-    from xpaste.io import refuse_overlap
-    from xpaste.pool.store import InstancePool
-    from xpaste.pool.writer import PoolWriter
-
+    started = time.monotonic()
     src, dst = Path(src), Path(dst)
     refuse_overlap(dst, {"the old pool (OLD)": src}, flag="NEW")
     pool = InstancePool.open(src, cache_bytes=0)
-    report = MigrateReport(rows=len(pool))
+    report = MigrateReport(rows=len(pool), out=str(dst))
     records = pool.records().to_pylist()
     config = {**pool.header.get("config", {}), "migrated_from": str(src.resolve()),
               "migrated_from_version": pool.version}
@@ -64,6 +77,7 @@ def migrate(src: str | os.PathLike, dst: str | os.PathLike, codec: str = DEFAULT
             if writer.pending_count >= 5000:
                 writer.flush()
         writer.compact()
+    report.seconds = time.monotonic() - started
     return report
 
 
@@ -75,9 +89,6 @@ def export_png(pool_path: str | os.PathLike, out: str | os.PathLike, category: i
     cut-outs are skipped (logged). Raises XPasteError for an unknown category, or an `out` that is, lies inside
     or contains the pool (`xpaste.io.refuse_overlap`).
     """
-    from xpaste.io import refuse_overlap, safe_name, write_bytes_atomic
-    from xpaste.pool.store import InstancePool
-
     refuse_overlap(out, {"the pool (POOL)": pool_path})
     pool = InstancePool.open(pool_path, cache_bytes=0)
     rows = range(len(pool))
@@ -105,9 +116,7 @@ def _category_id(pool, category: int | str) -> int:
     text = str(category).strip()
     if text.lstrip("-").isdigit() and int(text) in pool.categories:
         return int(text)
-    from xpaste.pool.categories import normalise_name
-
-    hits = [c for c, n in pool.categories.items() if normalise_name(n) == normalise_name(text)]
+    hits = [c for c, n in pool.categories.items() if normalize_name(n) == normalize_name(text)]
     if len(hits) != 1:
         raise XPasteError(f"category {category!r} is not {'unique' if hits else 'in the pool'}", pool.root,
                           "give a category id or name from `xpaste pool info`")

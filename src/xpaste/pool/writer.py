@@ -1,4 +1,4 @@
-"""The instance pool writer: appends cut-outs to a version 2 pool folder (layout in `xpaste.pool.store`).
+"""The instance pool writer: appends cut-outs to a version 2 pool folder (layout in `xpaste.pool.layout`).
 
 Safety rules:
 - One writer per pool: `PoolWriter` holds `xpaste.io.exclusive_lock(folder, "pool")` from create/open to
@@ -30,16 +30,17 @@ from xpaste.core.instance import RECORD_COLUMNS, content_hash, crop_to_alpha, va
 from xpaste.errors import XPasteError
 from xpaste.io import atomic_path, exclusive_lock, naming_os_errors, write_json_atomic
 from xpaste.pool.codec import encode_raw
-from xpaste.pool.header import (CODECS, DEFAULT_CODEC, HEADER, POOL_FORMAT, WRITE_VERSION, normalise_categories,
-                                read_header, validate_header)
-from xpaste.pool.store import DATA_DIR, INDEX_DIR, MANIFEST, list_parts, shard_name
+from xpaste.pool.header import (CODECS, DEFAULT_CODEC, POOL_FORMAT, WRITE_VERSION, normalise_categories, read_header,
+                                validate_header)
+from xpaste.pool.layout import (DATA_DIR, HEADER, INDEX_DIR, LOCATION_COLUMNS, MANIFEST, PART_GLOB, SHARD_GLOB,
+                                file_number, list_parts, part_name, shard_name)
+from xpaste.pool.store import InstancePool
 
 log = logging.getLogger("xpaste.pool")
 SHARD_BYTES = 2**30  # a data shard is closed once it holds this many bytes (1M cut-outs: ~100 files)
 MAX_PARTS = 8  # more index parts than this are merged into one when the writer closes (~1 ms per part on open)
 _CATEGORY_HINT = ("the categories given to the pool (e.g. the dataset's) have a field of the wrong type: "
                   "fix it in the dataset json")
-LOCATION_COLUMNS = ("shard", "offset", "nbytes", "crc32")  # crc32: zlib.crc32 of the stored bytes, checked on read
 
 
 def _jsonable(obj: Any) -> Any:
@@ -61,7 +62,7 @@ class PoolWriter:
         self._locks = locks
         self._parts = [p.name for p in list_parts(root, WRITE_VERSION)]
         self._rows = self._count_rows()
-        existing = [int(p.stem.split("-")[1]) for p in (root / INDEX_DIR).glob("part-*.parquet")]
+        existing = [file_number(p) for p in (root / INDEX_DIR).glob(PART_GLOB)]
         self._next_part = max(existing, default=-1) + 1  # never reuse a number, even an unlisted one
         self._pending: list[dict] = []
         self._known_ids: set[str] | None = None
@@ -213,9 +214,9 @@ class PoolWriter:
         if self._data is None:
             folder = self.root / DATA_DIR
             folder.mkdir(parents=True, exist_ok=True)
-            numbers = sorted(int(p.stem.split("-")[1]) for p in folder.glob("shard-*.bin"))
+            numbers = sorted(file_number(p) for p in folder.glob(SHARD_GLOB))
             number = max(numbers[-1] if numbers else 0, self._shard + 1)
-            if numbers and number == numbers[-1] and (folder / f"shard-{number:06d}.bin").stat().st_size >= SHARD_BYTES:
+            if numbers and number == numbers[-1] and (self.root / shard_name(number)).stat().st_size >= SHARD_BYTES:
                 number += 1
             self._shard = number
             self._data = open(self.root / shard_name(number), "ab")  # appends after any unlisted tail of a crash
@@ -250,7 +251,7 @@ class PoolWriter:
             return
         self._sync_data()
         table = pa.Table.from_pylist(self._pending, schema=_schema_for(self._pending))
-        name = f"part-{self._next_part:06d}.parquet"
+        name = part_name(self._next_part)
         with atomic_path(self.root / INDEX_DIR / name) as tmp:
             pq.write_table(table, tmp)
         self._next_part += 1
@@ -276,7 +277,7 @@ class PoolWriter:
         except pa.ArrowException as e:  # e.g. one free column written as int in one part and str in another
             log.warning("%s: index parts not merged (%s)", self.root, e)
             return
-        name = f"part-{self._next_part:06d}.parquet"
+        name = part_name(self._next_part)
         with atomic_path(self.root / INDEX_DIR / name) as tmp:
             pq.write_table(table, tmp)
         self._next_part += 1
@@ -331,8 +332,6 @@ class PoolWriter:
 
     def reader(self, **kwargs: Any):
         """An `InstancePool` over what has been flushed so far."""
-        from xpaste.pool.store import InstancePool
-
         return InstancePool.open(self.root, **kwargs)
 
     def _require_open(self) -> None:

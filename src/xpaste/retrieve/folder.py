@@ -15,6 +15,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from xpaste.errors import XPasteError
+from xpaste.imageio import read_rgb
 from xpaste.io import resolve_inside
 from xpaste.retrieve.filters import simple_background_fraction
 from xpaste.score import PROMPT_TEMPLATE, prompt_for
@@ -110,9 +111,8 @@ def labelled_folder(root: str | os.PathLike, names: Sequence[str]) -> Path | Non
 
 
 def load_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file to (H, W, 3) uint8 RGB: EXIF rotation applied, transparency put on white."""
-    from xpaste.imageio import read_rgb  # the package's one reader; white: what the background filter sees
-
+    """Decode an image file to (H, W, 3) uint8 RGB: EXIF rotation applied, transparency put on white (what the
+    background filter sees). Raises XPasteError as `xpaste.imageio.read_rgb`."""
     return read_rgb(path, background=(255, 255, 255))
 
 

@@ -30,10 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from PIL import Image
-
 from xpaste.errors import XPasteError
-from xpaste.io import write_bytes_atomic
+from xpaste.imageio import DECODE_FAILED, decode_first_frame, image_header
+from xpaste.io import encode_image, write_bytes_atomic
 
 USER_AGENT = "xpaste/0.1 (+https://github.com/; image retrieval for copy-paste augmentation)"
 _ALLOWED_SCHEMES = ("http", "https")
@@ -263,26 +262,21 @@ class Download:
 
 
 def _decode(data: bytes, min_side: int, max_pixels: int) -> tuple[bytes, str, int, int]:
-    """Check that `data` is a whole image of at least min_side; returns (bytes to store, extension, w, h)."""
+    """Check that `data` is a whole image of at least min_side; returns (bytes to store, extension, w, h): the
+    bytes as they came for the formats in _EXTENSIONS, else the first frame as PNG (so list_images picks it up).
+    w, h are the stored size (readers apply an EXIF orientation when they read the file)."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.verify()  # structure and checksums; the image must be reopened afterwards
-        with Image.open(io.BytesIO(data)) as im:
-            fmt, (w, h) = im.format, im.size
-            if min(w, h) < min_side:
-                raise _Rejected(f"too small ({w}x{h} < min_side {min_side})")
-            if w * h > max_pixels:  # a few KB of PNG can decode to gigabytes: check before decoding
-                raise _Rejected(f"too many pixels ({w}x{h} > max_pixels {max_pixels})")
-            im.load()  # catches truncated pixel data that verify() lets through
-            if fmt in _EXTENSIONS:
-                return data, _EXTENSIONS[fmt], w, h
-            out = io.BytesIO()  # GIF/TIFF/...: keep the first frame as PNG so list_images picks it up
-            im.convert("RGBA" if "A" in im.getbands() or "transparency" in im.info else "RGB").save(out, "PNG")
-            return out.getvalue(), ".png", w, h
-    except _Rejected:
-        raise
-    except Exception as e:  # noqa: BLE001 -- PIL raises many types for bad data
-        raise ValueError(f"not a decodable image ({type(e).__name__}: {e})") from None
+        fmt, w, h = image_header(data, verify=True)  # verify: structure and checksums
+        if min(w, h) < min_side:
+            raise _Rejected(f"too small ({w}x{h} < min_side {min_side})")
+        if w * h > max_pixels:  # a few KB of PNG can decode to gigabytes: check before decoding
+            raise _Rejected(f"too many pixels ({w}x{h} > max_pixels {max_pixels})")
+        frame = decode_first_frame(data, max_pixels, convert=fmt not in _EXTENSIONS)  # catches truncated pixel data
+    except XPasteError as e:
+        raise ValueError(f"not a decodable image ({e.message.removeprefix(DECODE_FAILED + ': ')})") from None
+    if frame is None:
+        return data, _EXTENSIONS[fmt], w, h
+    return encode_image(frame, ".png", png_compression=6), ".png", w, h  # GIF/TIFF/...: zlib level 6, as PIL's
 
 
 def _fields(result: object) -> tuple[str, float | None, str]:
@@ -318,8 +312,7 @@ def _download_one(result: object, out_dir: Path, max_bytes: int, timeout: float,
     existing = sorted(p for p in out_dir.glob(stem + ".*") if p.suffix in _STORED_SUFFIXES)
     if existing:  # fetched by an earlier run (files are only ever written whole, after the decode check)
         try:
-            with Image.open(existing[0]) as im:
-                record.width, record.height = im.size
+            _, record.width, record.height = image_header(existing[0])
             record.path, record.status, record.bytes = str(existing[0]), "ok", existing[0].stat().st_size
             return record
         except Exception:  # noqa: BLE001 -- damaged since: fetch it again
