@@ -283,7 +283,7 @@ def test_compressed_counts_equal_pycocotools_runs(seed):
     """The vectorised parser equals the transcription of maskApi.c and the runs pycocotools decodes."""
     from pycocotools import mask as mask_utils
 
-    from xpaste.data.coco import _compressed_counts
+    from xpaste.ops.masks import _compressed_counts
 
     r = np.random.default_rng(seed)
     h, w = int(r.integers(1, 300)), int(r.integers(1, 300))

@@ -305,9 +305,9 @@ def test_mask_to_polygon_random_masks(monkeypatch, max_tree_parts):
     number of holes) comes back exactly; an empty mask gives None."""
     import cv2
 
-    import xpaste.integrations.yolo_export as yolo_export
+    import xpaste.ops.polygons as polygons  # mask_to_polygon's home (re-exported by yolo_export)
 
-    monkeypatch.setattr(yolo_export, "MAX_TREE_PARTS", max_tree_parts)
+    monkeypatch.setattr(polygons, "MAX_TREE_PARTS", max_tree_parts)
 
     rng = np.random.default_rng(7)
     exact = 0

@@ -11,7 +11,6 @@ multi-part polygon. Images are read by `xpaste.imageio` (as displayed: EXIF orie
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -26,7 +25,16 @@ from xpaste.errors import XPasteError
 from xpaste.imageio import exif_orientation
 from xpaste.imageio import read_rgb as read_image_rgb  # the package's one image reader (EXIF applied)
 from xpaste.io import read_json, resolve_inside, write_json_atomic
-from xpaste.ops.masks import polygons_to_mask, rle_decode, rle_encode, tight_box
+from xpaste.ops.masks import (
+    DEGENERATE_POLYGON,
+    INVALID_SEGMENTATION,
+    SIZE_MISMATCH,
+    SegmentationError,
+    rle_decode,
+    rle_encode,
+    segmentation_to_rle,
+    tight_box,
+)
 
 _LISTS = ("images", "annotations", "categories")
 EXTRA_DTYPES = {"iscrowd": np.dtype(bool), "ann_id": np.dtype(np.int64)}
@@ -88,11 +96,6 @@ class CocoDataset:
 # Ids must fit a signed 64-bit integer: pycocotools, lvis, numpy (int64 `ann_id` columns), Parquet and
 # torch all store them so; a larger json integer would overflow or be silently cast to float there.
 ID_MIN, ID_MAX = -(2**63), 2**63 - 1
-
-
-def _is_int(v: Any) -> bool:
-    # json gives bool for true/false and float for 1.0; neither is a valid id.
-    return type(v) is int
 
 
 def _is_id(v: Any) -> bool:
@@ -204,53 +207,18 @@ def save_coco(dataset: CocoDataset, path: str | os.PathLike) -> None:
 
 
 # -------------------------------------------------------------------------------------------------- masks
-def _compressed_counts(counts: str, ann_id) -> np.ndarray:
-    """Parse pycocotools' compressed RLE string (the LEB128-like code of maskApi.c's rleFrString) into the
-    (K,) int64 run lengths, vectorised (a Python loop over characters cost ~0.2 ms per mask).
-
-    pycocotools does not check that the counts cover the image exactly: a short string decodes into
-    uninitialised memory. Parsing it here lets us reject such masks instead of returning garbage.
-    """
-    raw = np.frombuffer(counts.encode("ascii", errors="replace"), np.uint8).astype(np.int64) - 48
-    if len(raw) == 0:
-        return np.zeros(0, np.int64)
-    bad = (raw < 0) | (raw >= 64)
-    if bad.any():
-        raise ValueError(f"annotation {ann_id}: invalid character {counts[int(np.argmax(bad))]!r} in compressed RLE")
-    last = (raw & 0x20) == 0  # the last character of each run's code
-    if not last[-1]:
-        raise ValueError(f"annotation {ann_id}: truncated compressed RLE string")
-    starts = np.flatnonzero(np.r_[True, last[:-1]])
-    lengths = np.diff(np.r_[starts, len(raw)])
-    if lengths.max() > 12:  # 60 bits: beyond any image; also keeps the shifts below inside int64
-        raise ValueError(f"annotation {ann_id}: compressed RLE run code too long")
-    k = np.arange(len(raw)) - np.repeat(starts, lengths)
-    x = np.add.reduceat((raw & 0x1F) << (5 * k), starts)
-    negative = (raw[last] & 0x10) != 0  # sign extension of the last character
-    x[negative] -= np.left_shift(1, 5 * lengths[negative])
-    # Runs after the first two are stored as deltas to the run two before (maskApi.c: `if (m > 2) x += cnts[m-2]`).
-    x[3::2] = np.cumsum(x[1::2])[1:] if len(x) > 3 else x[3::2]
-    x[4::2] = np.cumsum(x[2::2])[1:] if len(x) > 4 else x[4::2]
-    return x
-
-
 # Why an annotation was not converted to an instance: the fixed vocabulary of `skipped_annotations` entries,
 # which are (annotation id, "<reason>: <detail>") pairs.
+# DEGENERATE_POLYGON, INVALID_SEGMENTATION and SIZE_MISMATCH are the decoder's (`xpaste.ops.masks`).
 NO_MASK = "no_mask"  # segmentation absent, null, [] or {} (a detection-style annotation: box only)
-DEGENERATE_POLYGON = "degenerate_polygon"  # no polygon part with an even number >= 6 of coordinates
-INVALID_SEGMENTATION = "invalid_segmentation"  # wrong types, bad coordinates, malformed RLE
-SIZE_MISMATCH = "size_mismatch"  # RLE size differs from the image's height/width
 OUT_OF_IMAGE = "out_of_image"  # the polygon lies entirely outside the image
 EMPTY_MASK = "empty_mask"  # decodes to no pixel (zero-area polygon, all-zero RLE)
 SKIP_REASONS = (NO_MASK, DEGENERATE_POLYGON, INVALID_SEGMENTATION, SIZE_MISMATCH, OUT_OF_IMAGE, EMPTY_MASK)
 
 
-class AnnotationError(ValueError):
-    """A segmentation that cannot become a mask; `reason` is one of SKIP_REASONS, str() names the annotation."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
+#: A segmentation that cannot become a mask; `reason` is one of SKIP_REASONS, str() names the annotation. The
+#: decoder's own error class (`xpaste.ops.masks.SegmentationError`), under the name this module always used.
+AnnotationError = SegmentationError
 
 
 def skip_reason(why: str) -> str:
@@ -293,80 +261,20 @@ def check_masks_present(dataset: CocoDataset) -> None:
             "segmenter) or remove these annotations")
 
 
-def _decode_rle(seg: dict, height: int, width: int, ann_id) -> np.ndarray:
-    size, counts = seg.get("size"), seg.get("counts")
-    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_int(v) for v in size)):
-        raise ValueError(f"annotation {ann_id}: RLE 'size' must be [height, width], got {size!r}")
-    if tuple(size) != (height, width):
-        raise AnnotationError(SIZE_MISMATCH, f"annotation {ann_id}: RLE size {list(size)} differs from the image size [{height}, {width}]")
-    if isinstance(counts, list):
-        if not all(_is_int(v) and v >= 0 for v in counts):
-            raise ValueError(f"annotation {ann_id}: uncompressed RLE counts must be non-negative integers")
-        runs = counts
-    elif isinstance(counts, (str, bytes)):
-        text = counts.decode("ascii", errors="replace") if isinstance(counts, bytes) else counts
-        runs = _compressed_counts(text, ann_id)
-        if (runs < 0).any():
-            raise ValueError(f"annotation {ann_id}: compressed RLE has negative run lengths")
-    else:
-        raise ValueError(f"annotation {ann_id}: RLE counts is a {type(counts).__name__}, expected list or str")
-    if int(np.sum(runs)) != height * width:
-        raise ValueError(f"annotation {ann_id}: RLE runs cover {int(np.sum(runs))} pixels, expected "
-                         f"{height}x{width}={height * width}")
-    return rle_decode({"size": [height, width], "counts": counts})
-
-
-def _decode_polygons(seg: list, height: int, width: int, ann_id) -> tuple[np.ndarray, list[int]]:
-    """The mask of the usable polygon parts and the indices of the parts dropped.
-
-    Parts with an odd number or fewer than 6 coordinates are dropped, as detectron2's COCO loader does
-    (`load_coco_json`: "filter out invalid polygons (< 3 points)"); pycocotools rasterises a part with
-    fewer than 3 points to no pixel, so the mask is the one pycocotools draws for the whole annotation.
-    """
-    # pycocotools reads a 4-number "polygon" as a box and allocates memory proportional to the polygon's
-    # perimeter, so malformed or absurdly distant coordinates are rejected before rasterising.
-    limit = 8 * max(height, width) + 64
-    kept, dropped = [], []
-    for j, poly in enumerate(seg):
-        if not isinstance(poly, (list, tuple)):
-            raise AnnotationError(INVALID_SEGMENTATION,
-                                  f"annotation {ann_id}: polygon {j} is a {type(poly).__name__}, expected a list")
-        for v in poly:
-            if type(v) not in (int, float) or not math.isfinite(v) or abs(v) > limit:
-                raise AnnotationError(INVALID_SEGMENTATION,
-                                      f"annotation {ann_id}: polygon {j} has an invalid coordinate {v!r}")
-        (kept if len(poly) >= 6 and len(poly) % 2 == 0 else dropped).append(j)
-    if not kept:
-        lengths = [len(p) for p in seg]
-        raise AnnotationError(DEGENERATE_POLYGON, f"annotation {ann_id}: no usable polygon (each needs an even "
-                              f"number of coordinates, at least 6 = 3 points; got {lengths})")
-    return polygons_to_mask([seg[j] for j in kept], height, width), dropped
-
-
 def _decode(ann: dict, height: int, width: int) -> tuple[np.ndarray, list[int]]:
     ann_id = ann.get("id", "?")
     if not has_mask(ann):
         raise AnnotationError(NO_MASK, f"annotation {ann_id}: no segmentation (a box only)")
-    seg = ann["segmentation"]
-    try:
-        if isinstance(seg, list):
-            mask, dropped = _decode_polygons(seg, height, width, ann_id)
-        elif isinstance(seg, dict):
-            mask, dropped = _decode_rle(seg, height, width, ann_id), []
-        else:
-            raise ValueError(f"annotation {ann_id}: segmentation is a {type(seg).__name__}, expected list or dict")
-    except AnnotationError:
-        raise
-    except ValueError as e:
-        raise AnnotationError(INVALID_SEGMENTATION, str(e)) from None
-    return np.ascontiguousarray(mask, dtype=bool), dropped
+    rle, dropped = segmentation_to_rle(ann["segmentation"], height, width, f"annotation {ann_id}")
+    return rle_decode(rle), dropped
 
 
 def decode_annotation_mask(ann: dict, height: int, width: int) -> np.ndarray:
     """The (height, width) bool mask of a COCO annotation (polygons, uncompressed or compressed RLE).
 
-    Polygon parts with fewer than 3 points or an odd number of coordinates are left out (see
-    `_decode_polygons`); the mask may be empty (the caller decides). Raises AnnotationError (a ValueError
+    Decoded by the package's one COCO decoder, `xpaste.ops.masks.segmentation_to_rle`: polygon parts with
+    fewer than 3 points or an odd number of coordinates are left out (the rule of `xpaste.ops.polygons`,
+    detectron2's); the mask may be empty (the caller decides). Raises AnnotationError (a ValueError
     with a `reason` from SKIP_REASONS) naming the annotation id when there is no segmentation or no usable
     one; a bbox is never used as a substitute because that would silently turn a missing mask into a wrong one.
     """

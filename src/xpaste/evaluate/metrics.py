@@ -17,8 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from xpaste.data.coco import _check_annotations, _check_records, has_mask
 from xpaste.errors import XPasteError
 from xpaste.io import read_json
+from xpaste.ops.masks import SIZE_MISMATCH, SegmentationError, segmentation_to_rle
 
 IOU_TYPES = ("segm", "bbox")
 KINDS = ("auto", "lvis", "coco")
@@ -33,9 +35,7 @@ _warned_crowd: set[tuple] = set()  # (file, mtime, size): one warning per ground
 
 # ----------------------------------------------------------------------------- input checks
 def _load_gt(path: str | os.PathLike) -> dict:
-    from xpaste.data.coco import read_json_finite
-
-    gt = read_json_finite(path)
+    gt = read_json(path)  # refuses NaN / Infinity (the package's one json reader)
     keys = ("images", "annotations", "categories")
     if not isinstance(gt, dict) or not all(isinstance(gt.get(k), list) for k in keys):
         raise XPasteError("not a COCO/LVIS annotation file (needs 'images', 'annotations' and 'categories' lists)",
@@ -64,37 +64,24 @@ def _check_lvis_gt(gt: dict, path) -> None:
 def _to_rle(seg: Any, img: dict, what: str, path) -> dict:
     """A compressed RLE ({'size': [h, w], 'counts': str}) of polygons or an RLE, as pycocotools' annToRLE builds it.
 
-    Polygon parts with fewer than 3 points or an odd number of coordinates are left out, as detectron2's COCO
-    loader does (pycocotools rasterises such parts to no pixel, but reads a first part of 4 numbers as a box).
+    Decoded by the package's one COCO decoder (`xpaste.ops.masks.segmentation_to_rle`, also used on dataset
+    load): polygon parts with fewer than 3 points or an odd number of coordinates are left out, as
+    detectron2's COCO loader does (the rule of `xpaste.ops.polygons`); RLE runs are checked to cover the image.
     Raises XPasteError (naming `what` and the file) for an unreadable segmentation or a size mismatch.
     """
-    from pycocotools import mask as mask_utils
-
     h, w = img.get("height"), img.get("width")
     sized = type(h) is int and type(w) is int and h > 0 and w > 0
-    if isinstance(seg, dict) and isinstance(seg.get("counts"), str):
-        if sized and list(seg.get("size", ())) != [h, w]:
-            raise XPasteError(f"{what}: RLE size {seg.get('size')} differs from image {img.get('id')} ({h}x{w})",
-                              path)
-        return seg
-    if not sized:
+    compressed = isinstance(seg, dict) and isinstance(seg.get("counts"), (str, bytes))
+    if not sized and not compressed:
         raise XPasteError(f"{what}: image {img.get('id')} has no positive integer height/width, needed to "
                           "rasterise its polygon or uncompressed RLE", path)
     try:
-        if isinstance(seg, list):
-            if not all(isinstance(p, list) and all(_is_number(v) for v in p) for p in seg):
-                raise ValueError("polygons must be lists of finite numbers")
-            parts = [p for p in seg if len(p) >= 6 and len(p) % 2 == 0]
-            if not parts:
-                raise ValueError(f"no polygon with at least 3 points (coordinate counts {[len(p) for p in seg]})")
-            rle = mask_utils.merge(mask_utils.frPyObjects(parts, h, w))
-        elif isinstance(seg, dict) and isinstance(seg.get("counts"), list) and list(seg.get("size", ())) == [h, w]:
-            rle = mask_utils.frPyObjects(seg, h, w)
-        else:
-            raise ValueError(f"expected polygons or an RLE of size [{h}, {w}], got {str(seg)[:80]}")
-    except (ValueError, TypeError) as e:
-        raise XPasteError(f"{what}: unreadable segmentation ({e})", path) from None
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+        rle, _ = segmentation_to_rle(seg, h if sized else None, w if sized else None, what)
+    except SegmentationError as e:
+        if e.reason == SIZE_MISMATCH:
+            raise XPasteError(f"{what}: {e.detail} (image {img.get('id')})", path) from None
+        raise XPasteError(f"{what}: unreadable segmentation ({e.detail})", path) from None
+    return rle
 
 
 def _normalise_gt(gt: dict, path, iou_type: str) -> dict:
@@ -113,8 +100,6 @@ def _normalise_gt(gt: dict, path, iou_type: str) -> dict:
     neither mask nor box for bbox evaluation.
     """
     from pycocotools import mask as mask_utils
-
-    from xpaste.data.coco import _check_annotations, _check_records, has_mask
 
     _check_records(gt["images"], "image", {"id": "int"}, path)
     _check_records(gt["categories"], "category", {"id": "int"}, path)
@@ -160,9 +145,7 @@ def _load_predictions(path: str | os.PathLike, gt: dict, iou_type: str) -> list[
     the box area as the detection's area, so APs/APm/APl would mix box and mask areas); polygon and
     uncompressed-RLE masks are converted to compressed RLE (the only form `loadRes` / `LVISResults` read).
     """
-    from xpaste.data.coco import read_json_finite
-
-    preds = read_json_finite(path)
+    preds = read_json(path)
     if not isinstance(preds, list):
         raise XPasteError(f"predictions must be a json list of result objects, got {type(preds).__name__}", path)
     images = {img["id"]: img for img in gt["images"]}
@@ -199,11 +182,7 @@ def _load_predictions(path: str | os.PathLike, gt: dict, iou_type: str) -> list[
             if not (isinstance(seg, list) or (isinstance(seg, dict) and "counts" in seg and "size" in seg)):
                 raise XPasteError(f"prediction {i}: segmentation must be a compressed RLE {{'size', 'counts'}}", path,
                                   "encode masks with pycocotools.mask.encode")
-            img = images[p["image_id"]]
-            if isinstance(seg, dict) and "height" in img and list(seg["size"]) != [img["height"], img["width"]]:
-                raise XPasteError(f"prediction {i}: RLE size {seg['size']} differs from image {p['image_id']} "
-                                  f"({img['height']}x{img['width']})", path)
-            q["segmentation"] = _to_rle(seg, img, f"prediction {i}", path)
+            q["segmentation"] = _to_rle(seg, images[p["image_id"]], f"prediction {i}", path)
         out.append(q)
     if unknown_images:
         raise XPasteError("predictions refer to image ids not in the ground truth: "

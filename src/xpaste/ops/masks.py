@@ -1,12 +1,23 @@
-"""Mask kernels: tight boxes, areas, RLE / polygon conversion, connected components, and the pool-building
-rules of X-Paste (soft-mask normalisation, binarisation at > 128, largest component with holes filled).
+"""Mask kernels: tight boxes, areas, COCO RLE, the one COCO segmentation decoder, connected components, and
+the pool-building rules of X-Paste (soft-mask normalisation, binarisation at > 128, largest component with
+holes filled).
+
+`segmentation_to_rle` is the package's one reader of a COCO `segmentation` (polygons, compressed or
+uncompressed RLE): dataset loading (`xpaste.data.coco`) and evaluation (`xpaste.evaluate.metrics`) both use
+it. Polygon rasterising and its <3-point rule live in `xpaste.ops.polygons` (`polygons_to_mask` is
+re-exported here under its old name).
 
 pycocotools and OpenCV are imported inside the functions that need them so that the numpy-only helpers stay
 light.
 """
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
+
+from xpaste.ops.polygons import polygons_to_mask, polygons_to_rle, usable_polygons  # noqa: F401  (re-exported)
 
 #: X-Paste binarises every 0-255 soft mask at > 128 (method.md, Stage 2; the reference code's `mask > 128`).
 BINARY_THRESHOLD = 128
@@ -148,16 +159,146 @@ def fortran_to_c(mask: np.ndarray) -> np.ndarray:
     return cv2.transpose(mask.T)
 
 
-def polygons_to_mask(polygons: list, height: int, width: int) -> np.ndarray:
-    """Rasterise COCO polygons ([[x1, y1, x2, y2, ...], ...]) into a bool mask, as pycocotools does."""
+# ------------------------------------------------------------------------------ COCO segmentation decoder
+# Why a segmentation is not a mask: the decoder's part of the reason codes of `xpaste.data.coco.SKIP_REASONS`.
+INVALID_SEGMENTATION = "invalid_segmentation"  # wrong types, bad coordinates, malformed RLE
+SIZE_MISMATCH = "size_mismatch"  # RLE size differs from the image's height/width
+DEGENERATE_POLYGON = "degenerate_polygon"  # no polygon part with an even number >= 6 of coordinates
+
+
+class SegmentationError(ValueError):
+    """A COCO segmentation that cannot become a mask. `reason` is a reason code (INVALID_SEGMENTATION,
+    SIZE_MISMATCH, DEGENERATE_POLYGON; `xpaste.data.coco` adds its own), str() is "<name>: <detail>" and
+    `detail` the part after the name. `xpaste.data.coco.AnnotationError` is this class."""
+
+    def __init__(self, reason: str, message: str, detail: str | None = None):
+        super().__init__(message)
+        self.reason = reason
+        self.detail = message if detail is None else detail
+
+
+def _fail(reason: str, name: Any, detail: str) -> SegmentationError:
+    return SegmentationError(reason, f"{name}: {detail}", detail)
+
+
+def _compressed_counts(counts: str, name: Any = "compressed RLE") -> np.ndarray:
+    """Parse pycocotools' compressed RLE string (the LEB128-like code of maskApi.c's rleFrString) into the
+    (K,) int64 run lengths, vectorised (a Python loop over characters cost ~0.2 ms per mask).
+
+    pycocotools does not check that the counts cover the image exactly: a short string decodes into
+    uninitialised memory. Parsing it here lets the decoder reject such masks instead of returning garbage.
+    Raises SegmentationError (INVALID_SEGMENTATION) naming `name` for a character outside the code.
+    """
+    try:
+        data = counts.encode("ascii")
+    except UnicodeEncodeError as e:
+        raise _fail(INVALID_SEGMENTATION, name, f"invalid character {counts[e.start]!r} in compressed RLE") from None
+    raw = np.frombuffer(data, np.uint8) - np.uint8(48)  # characters below '0' wrap around to >= 208
+    if len(raw) == 0:
+        return np.zeros(0, np.int64)
+    if raw.max() >= 64:
+        bad = int(np.argmax(raw >= 64))
+        raise _fail(INVALID_SEGMENTATION, name, f"invalid character {counts[bad]!r} in compressed RLE")
+    ends = np.flatnonzero(raw < 0x20)  # the last character of each run's code (no continuation bit)
+    if len(ends) == 0 or ends[-1] != len(raw) - 1:
+        raise _fail(INVALID_SEGMENTATION, name, "truncated compressed RLE string")
+    starts = np.empty_like(ends)
+    starts[0], starts[1:] = 0, ends[:-1] + 1
+    lengths = ends - starts + 1
+    if lengths.max() > 12:  # 60 bits: beyond any image; also keeps the shifts below inside int64
+        raise _fail(INVALID_SEGMENTATION, name, "compressed RLE run code too long")
+    k = np.arange(len(raw)) - np.repeat(starts, lengths)
+    x = np.add.reduceat((raw & 0x1F).astype(np.int64) << (5 * k), starts)
+    negative = (raw[ends] & 0x10) != 0  # sign extension of the last character
+    x[negative] -= np.left_shift(1, 5 * lengths[negative])
+    # Runs after the first two are stored as deltas to the run two before (maskApi.c: `if (m > 2) x += cnts[m-2]`).
+    x[3::2] = np.cumsum(x[1::2])[1:] if len(x) > 3 else x[3::2]
+    x[4::2] = np.cumsum(x[2::2])[1:] if len(x) > 4 else x[4::2]
+    return x
+
+
+def _rle_checked(seg: dict, height: int | None, width: int | None, name: Any) -> dict:
+    """The compressed RLE of an RLE `segmentation` whose size and runs are checked (see segmentation_to_rle)."""
+    size, counts = seg.get("size"), seg.get("counts")
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(type(v) is int for v in size)):
+        raise _fail(INVALID_SEGMENTATION, name, f"RLE 'size' must be [height, width], got {size!r}")
+    if height is None or width is None:  # no image size to compare with: the RLE's own (compressed only)
+        if isinstance(counts, list):
+            raise _fail(INVALID_SEGMENTATION, name, "an uncompressed RLE needs the image's height and width")
+        if min(size) < 0:
+            raise _fail(INVALID_SEGMENTATION, name, f"RLE 'size' must be [height, width], got {size!r}")
+        height, width = size
+    elif tuple(size) != (height, width):
+        raise _fail(SIZE_MISMATCH, name, f"RLE size {list(size)} differs from the image size [{height}, {width}]")
+    if isinstance(counts, list):
+        if not all(type(v) is int and v >= 0 for v in counts):
+            raise _fail(INVALID_SEGMENTATION, name, "uncompressed RLE counts must be non-negative integers")
+        runs = counts
+    elif isinstance(counts, (str, bytes)):
+        counts = counts.decode("ascii", errors="replace") if isinstance(counts, bytes) else counts
+        runs = _compressed_counts(counts, name)
+        if (runs < 0).any():
+            raise _fail(INVALID_SEGMENTATION, name, "compressed RLE has negative run lengths")
+    else:
+        raise _fail(INVALID_SEGMENTATION, name,
+                    f"RLE counts is a {type(counts).__name__}, expected list or str")
+    if int(np.sum(runs)) != height * width:
+        raise _fail(INVALID_SEGMENTATION, name, f"RLE runs cover {int(np.sum(runs))} pixels, expected "
+                                                f"{height}x{width}={height * width}")
+    if isinstance(counts, str):
+        return {"size": [height, width], "counts": counts}
     from pycocotools import mask as mask_utils
 
-    polys = [list(map(float, p)) for p in polygons]
-    for p in polys:
-        if len(p) < 6 or len(p) % 2:
-            raise ValueError(f"polygon with {len(p)} coordinates (needs an even number, at least 6)")
-    rles = mask_utils.frPyObjects(polys, height, width)
-    return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
+    rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+    return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+
+
+def _polygons_checked(seg: list, height: int, width: int, name: Any) -> tuple[dict, list[int]]:
+    """The compressed RLE of a polygon `segmentation` and the parts left out (see segmentation_to_rle)."""
+    # pycocotools allocates memory proportional to a polygon's perimeter, so malformed or absurdly distant
+    # coordinates are rejected before rasterising.
+    limit = 8 * max(height, width) + 64
+    for j, poly in enumerate(seg):
+        if not isinstance(poly, (list, tuple)):
+            raise _fail(INVALID_SEGMENTATION, name, f"polygon {j} is a {type(poly).__name__}, expected a list")
+        for v in poly:
+            if type(v) not in (int, float) or not math.isfinite(v) or abs(v) > limit:
+                raise _fail(INVALID_SEGMENTATION, name, f"polygon {j} has an invalid coordinate {v!r}")
+    parts, dropped = usable_polygons(seg)
+    if not parts:
+        raise _fail(DEGENERATE_POLYGON, name, "no usable polygon (each part needs an even number of coordinates, "
+                                              f"at least 6: at least 3 points; got {[len(p) for p in seg]})")
+    rle = polygons_to_rle(parts, height, width)
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}, dropped
+
+
+def segmentation_to_rle(seg: Any, height: int | None, width: int | None,
+                        name: Any = "segmentation") -> tuple[dict, list[int]]:
+    """Decode one COCO `segmentation` (polygons, compressed or uncompressed RLE) into its compressed RLE.
+
+    The package's one COCO segmentation decoder (dataset loading and evaluation both use it). Returns
+    (rle, dropped): rle = {'size': [height, width], 'counts': str} (json-ready; pycocotools' `annToRLE` of
+    the annotation, whose pixels `rle_decode` gives as an (H, W) bool mask), dropped = the indices of the
+    polygon parts left out by the <3-point rule of `xpaste.ops.polygons` (parts with an odd number or fewer
+    than 6 coordinates, detectron2's `load_coco_json` rule; [] for an RLE).
+
+    height, width: the image's size in pixels; may be None only for a compressed RLE, which is then checked
+    against its own size. Raises SegmentationError (a ValueError; str() starts with `name`), `reason`:
+    - SIZE_MISMATCH: an RLE whose size differs from (height, width);
+    - DEGENERATE_POLYGON: polygons without any usable part;
+    - INVALID_SEGMENTATION: neither a list nor a dict; a part that is not a list; a coordinate that is not a
+      finite int/float within 8 * max(height, width) + 64 of the origin (pycocotools' memory grows with the
+      perimeter); an RLE without a [height, width] int size; runs that are not non-negative integers, a
+      compressed string outside pycocotools' code, or runs not covering height * width pixels exactly
+      (pycocotools decodes a short string into uninitialised memory).
+    """
+    if isinstance(seg, list):
+        if height is None or width is None:
+            raise _fail(INVALID_SEGMENTATION, name, "polygons need the image's height and width")
+        return _polygons_checked(seg, height, width, name)
+    if isinstance(seg, dict):
+        return _rle_checked(seg, height, width, name), []
+    raise _fail(INVALID_SEGMENTATION, name, f"segmentation is a {type(seg).__name__}, expected list or dict")
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
