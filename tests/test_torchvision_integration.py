@@ -307,6 +307,48 @@ def test_options_validated_through_paste_config():
     assert t.copy_paste.scale_prior == {1: (0.1, 0.0)}
 
 
+# ----------------------------------------------------------------------------- build_copy_paste (common.py)
+def test_build_copy_paste_is_the_adapters_one_rule(tmp_path, monkeypatch):
+    """(pool, pool folder or CopyPaste; prior; options) -> CopyPaste, as every adapter builds it."""
+    import warnings
+
+    import xpaste.paste.transform as transform_module
+    from xpaste.integrations.common import build_copy_paste
+    from xpaste.paste.config import PasteConfig, PasteConfigError
+    from xpaste.pool.writer import PoolWriter
+
+    monkeypatch.setattr(transform_module, "_WARNED", set())
+    ready = CopyPaste(build_pool(), scale_prior={})
+    assert build_copy_paste(ready, where="X") is ready
+    for extra in ({"scale_prior": {}}, {"options": {"max_paste": 3}}, {"options": PasteConfig()}):
+        with pytest.raises(TypeError, match="not both"):  # they would be ignored
+            build_copy_paste(ready, where="X", **extra)
+    root = tmp_path / "pool"
+    with PoolWriter.create(root, [{"id": 1, "name": "a"}]) as w:
+        w.add(make_cutout(np.random.default_rng(0), 20, 20), 1)
+    for folder in (root, str(root)):  # opened
+        cp = build_copy_paste(folder, scale_prior={1: (0.1, 0.0)}, options={"max_paste": 4, "seed": 3}, where="X")
+        assert isinstance(cp.pool, InstancePool) and len(cp.pool) == 1
+        assert cp.config.max_paste == 4 and cp.seed == 3 and cp.scale_prior == {1: (0.1, 0.0)}
+    assert build_copy_paste(build_pool(), scale_prior={}, options=PasteConfig(max_paste=5), where="X").max_paste == 5
+    cp = build_copy_paste(build_pool(), scale_prior={}, where="X",
+                          options={"config": PasteConfig(max_paste=5, flip_prob=0.0), "max_paste": 6,
+                                   "category_weights": {1: 2.0}})
+    assert (cp.max_paste, cp.flip_prob, cp.category_weights) == (6, 0.0, {1: 2.0})  # keywords over `config`
+    with pytest.raises(PasteConfigError, match="unknown paste option"):
+        build_copy_paste(build_pool(), scale_prior={}, options={"max_pastes": 3}, where="X")
+    with pytest.raises(PasteConfigError, match="category_weights"):
+        build_copy_paste(build_pool(), scale_prior={}, options={"sampling": "weighted"}, where="X")
+    with pytest.warns(UserWarning, match=r"^Front-end A was built without a scale prior"):
+        assert build_copy_paste(build_pool(), where="Front-end A").scale_prior == {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_copy_paste(build_pool(), where="Front-end A")  # once per front-end and process
+        build_copy_paste(build_pool(), scale_prior={}, where="Front-end B")  # {}: chosen knowingly
+    # the adapter goes through it, so it takes a pool folder too (it took only an InstancePool before)
+    assert len(XPasteCopyPaste(str(root), scale_prior={}).copy_paste.pool) == 1
+
+
 # ----------------------------------------------------------------------------- fast conversions (common.py)
 # Right values from PIL / torchvision / OpenCV / pycocotools, never from xpaste.
 @pytest.mark.parametrize("height,width", [(1, 1), (3, 5), (64, 64), (97, 130)])

@@ -125,6 +125,20 @@ def test_unmapped_pool_category_refused():
         XPasteYOLOTransform(make_pool(), names=["cup"])
 
 
+def test_copy_paste_built_by_the_common_rule(tmp_path):
+    """`integrations.common.build_copy_paste`: a pool folder is opened, options beside a ready CopyPaste refused."""
+    from xpaste.paste.transform import CopyPaste
+    from xpaste.pool.writer import PoolWriter
+
+    with pytest.raises(TypeError, match="not both"):
+        XPasteYOLOTransform(CopyPaste(make_pool(), scale_prior={}), max_paste=3)
+    with PoolWriter.create(tmp_path / "pool", [{"id": 1, "name": "cup"}]) as w:
+        w.add(make_cutout(np.random.default_rng(0), 20, 20), 1)
+    transform = XPasteYOLOTransform(tmp_path / "pool", names=["dog", "Cup"], scale_prior={}, max_paste=3)
+    assert isinstance(transform.copy_paste.pool, InstancePool) and transform.copy_paste.max_paste == 3
+    assert transform.class_map == {1: 1}  # "cup" names the class "Cup" (case ignored)
+
+
 def test_install_into_mosaic_dataset_survives_close_mosaic(tmp_path, no_network):
     """install_xpaste on a dataset built the way the trainer builds it: mosaic on, then rebuilt without."""
     from ultralytics.cfg import get_cfg

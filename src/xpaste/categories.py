@@ -3,17 +3,61 @@
 Every stage keys its outputs by category, so a `Category` carries the two forms those outputs need: `text`
 (what goes into a prompt or a CLIP query) and `dir_name` (a folder name that is safe on every file system
 and unique even when two names sanitise to the same string, because it starts with the id).
+
+The package's one rule for whether two category names are the same lives here too (`normalize_name`,
+`match_name`): selection, the same-name checks, pool <-> dataset matching and the adapters' label maps use it.
 """
 from __future__ import annotations
 
 import difflib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping, TypeVar
 
 from xpaste.errors import XPasteError
 from xpaste.io import safe_name
+
+K = TypeVar("K")
+_SEPARATORS = re.compile(r"[\s_\-]+")
+#: How `normalize_name` compares names, for messages: "(ignoring {NAME_RULE})".
+NAME_RULE = "case, '_', '-' and spacing"
+
+
+# ------------------------------------------------------------------------------------------ the name rule
+def normalize_name(name: object) -> str:
+    """The form in which two category names are compared: the one rule for every place that matches
+    categories by name (selection, same-name checks, pool <-> dataset matching, framework label maps).
+
+    Folded: case (`str.casefold`, so "Traffic Light" = "traffic light"); `_`, `-` and runs of whitespace,
+    each run becoming one space ("traffic_light", "traffic-light", " traffic  light " -> "traffic light");
+    leading and trailing space. Why: LVIS writes words with `_` ("fire_hydrant", "bow_(weapon)"), COCO
+    and prompts with spaces ("fire hydrant"), and users, YOLO data.yaml files and mmdet class lists write
+    either, or `-`, with any case. Kept: every other character, parentheses, `/` and digits included, so
+    LVIS' "bow_(weapon)" -> "bow (weapon)", "bow_(decorative_ribbons)" and "bow-tie" -> "bow tie" stay
+    three names, as do "cup" and "cups". No Unicode compatibility folding (NFKC) is done.
+
+    Where a name must pick one category and several fold to it, the match is refused as ambiguous, never
+    guessed: `select_categories` (XPasteError), `require_distinct_names` (XPasteError),
+    `xpaste.pool.categories.match_categories(by_name=True)` (XPasteError), and
+    `xpaste.integrations.common.label_map_from_names` (ValueError). `name` is any object (`str()` of it).
+    (Before, `pool/categories.py` folded exactly this, selection did not fold `-`, and the adapters'
+    label maps compared names exactly.)
+    """
+    return _SEPARATORS.sub(" ", str(name)).strip().casefold()
+
+
+def match_name(name: object, candidates: Mapping[K, object] | Iterable[tuple[K, object]]) -> list[K]:
+    """The keys of the `candidates` ({key: name} or (key, name) pairs) that `name` names: those whose name
+    equals it exactly when there are any, else those equal under `normalize_name`; in candidate order, []
+    when none. More than one key back means `name` is ambiguous: the caller refuses it."""
+    items = list(candidates.items() if isinstance(candidates, Mapping) else candidates)
+    exact = [key for key, other in items if str(other) == str(name)]
+    if exact:
+        return exact
+    norm = normalize_name(name)
+    return [key for key, other in items if normalize_name(other) == norm]
 
 
 @dataclass(frozen=True)
@@ -138,16 +182,12 @@ def load_categories(source: str | os.PathLike) -> list[Category]:
 
 
 # --------------------------------------------------------------------------------------------- selection
-def _norm(s: str) -> str:
-    return " ".join(s.replace("_", " ").lower().split())
-
-
 def same_name_groups(cats: Iterable[Category]) -> list[list[Category]]:
-    """Groups of two or more categories whose names coincide once normalised as selection normalises them
-    (case, '_' vs ' ', runs of spaces: `Cup`, `cup`, `fire_hydrant` / `fire hydrant`), in catalogue order."""
+    """Groups of two or more categories whose names coincide under `normalize_name` (case, `_`, `-`,
+    spacing: `Cup` / `cup`, `fire_hydrant` / `fire hydrant` / `fire-hydrant`), in catalogue order."""
     groups: dict[str, list[Category]] = {}
     for c in cats:
-        groups.setdefault(_norm(c.name), []).append(c)
+        groups.setdefault(normalize_name(c.name), []).append(c)
     return [g for g in groups.values() if len(g) > 1]
 
 
@@ -163,7 +203,7 @@ def require_distinct_names(cats: Iterable[Category], why: str, where: str | os.P
         clash = [c for c in group[1:] if same is None or same(group[0], c)]
         if clash:
             listed = ", ".join(f"{c.id} {c.name!r}" for c in [group[0], *clash])
-            raise XPasteError(f"categories {listed} have the same name (ignoring case and '_'), and {why}: they "
+            raise XPasteError(f"categories {listed} have the same name (ignoring {NAME_RULE}), and {why}: they "
                               "would get the same images under different ids", where,
                               "rename one of them, or keep one with --set categories.select=<ids>")
 
@@ -184,9 +224,9 @@ def _match(key: str, cats: list[Category], by_id: dict[int, Category]) -> Catego
         raise _ambiguous(key, [exact[0], as_id], "the name of one and the id of another:")
     if exact or as_id is not None:
         return exact[0] if exact else as_id
-    norm = _norm(key)
-    for how, found in (("the name (ignoring case and '_') of", [c for c in cats if _norm(c.name) == norm]),
-                       ("a synonym of", [c for c in cats if any(_norm(s) == norm for s in c.synonyms)])):
+    norm = normalize_name(key)
+    for how, found in ((f"the name (ignoring {NAME_RULE}) of", [c for c in cats if normalize_name(c.name) == norm]),
+                       ("a synonym of", [c for c in cats if any(normalize_name(s) == norm for s in c.synonyms)])):
         if len(found) > 1:
             raise _ambiguous(key, found, how)
         if found:
@@ -195,8 +235,8 @@ def _match(key: str, cats: list[Category], by_id: dict[int, Category]) -> Catego
 
 
 def select_categories(cats: list[Category], names_or_ids: list[str] | None) -> list[Category]:
-    """The categories named in `names_or_ids`, each by exact name, id, name ignoring case and '_' vs ' ', or
-    (LVIS) synonym, tried in that order.
+    """The categories named in `names_or_ids`, each by exact name, id, name under `normalize_name` (case,
+    `_`, `-` and spacing ignored), or (LVIS) synonym under the same rule, tried in that order.
 
     None or an empty list selects everything. The result keeps the catalogue's order, without repeats, so
     the same selection written in another order gives the same run. Raises XPasteError (one line) for an

@@ -3,7 +3,10 @@
 - Source-row tracking: every adapter hands `CopyPaste` Targets whose `extra[SOURCE_ROW]` is the input row of
   each instance; pasted instances come back with -1, so the adapter can copy framework-specific fields of
   the originals (ids, ignore flags, polygons) and fill those of pasted instances.
-- Label maps: frameworks number classes 0..K-1 (or 1..K), a pool holds the dataset's category ids.
+- Building the `CopyPaste` (`build_copy_paste`): from a pool, a pool folder or a ready CopyPaste, a scale
+  prior and paste options, with one rule for the missing prior and for options given twice.
+- Label maps: frameworks number classes 0..K-1 (or 1..K), a pool holds the dataset's category ids; names are
+  matched by the package's one rule (`xpaste.categories.match_name` / `normalize_name`).
 - Polygon rasterising, as pycocotools does it (the COCO reference, also used by detectron2 and mmdet).
 - Per-DataLoader-worker reseeding.
 - Fast layout conversions the adapters share (the paste itself costs about 2 ms on one core, so numpy's
@@ -24,17 +27,64 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from xpaste.categories import match_name
 from xpaste.core.keys import ANN_ID, IGNORE, INSTANCE_ID, ISCROWD, PASTED, POOL_ROW, SOURCE_ROW  # noqa: F401
 from xpaste.core.targets import Targets
-from xpaste.ops.masks import polygons_to_mask
+from xpaste.ops.polygons import polygons_to_mask, usable_polygons
+from xpaste.paste.config import PasteConfig
+from xpaste.paste.transform import CopyPaste, warn_missing_prior
+from xpaste.pool.store import InstancePool
 
 Prior = dict[int, tuple[float, float]]
 
 __all__ = ["ANN_ID", "IGNORE", "INSTANCE_ID", "ISCROWD", "PASTED", "POOL_ROW", "SOURCE_ROW", "as_bool_masks",
-           "chw_from_hwc", "copy_mask", "from_pool_label", "gather_rows", "hwc_from_chw", "invert_map",
-           "label_map_from_names", "mask_areas", "mask_boxes", "polygon_mask", "polygons_to_masks", "remap_prior",
-           "reseed_for_worker", "scale_prior_from_records", "source_rows", "to_pool_labels", "tracked_targets",
-           "worker_seed"]
+           "build_copy_paste", "chw_from_hwc", "copy_mask", "from_pool_label", "gather_rows", "hwc_from_chw",
+           "invert_map", "label_map_from_names", "mask_areas", "mask_boxes", "open_pool", "polygon_mask",
+           "polygons_to_masks", "remap_prior", "reseed_for_worker", "scale_prior_from_records", "source_rows",
+           "to_pool_labels", "tracked_targets", "worker_seed"]
+
+
+# ----------------------------------------------------------------------------- the CopyPaste of an adapter
+def open_pool(pool: Any) -> Any:
+    """The pool of `pool`: a pool folder (str or os.PathLike) opened by `InstancePool.open` (XPasteError when
+    it is not a pool); anything else (an InstancePool, a CopyPaste, any object with the pool's interface) as
+    it is."""
+    return InstancePool.open(pool) if isinstance(pool, (str, os.PathLike)) else pool
+
+
+def build_copy_paste(source: Any, *, scale_prior: Any = None, options: PasteConfig | Mapping[str, Any] | None = None,
+                     where: str) -> CopyPaste:
+    """The `CopyPaste` an adapter pastes with, from what its user gave (the one rule of the torchvision,
+    detectron2, mmdet and ultralytics adapters).
+
+    source: a ready `CopyPaste`, returned as it is (it carries its own prior and options); an `InstancePool`
+        (or an object with its interface: `category_ids`, `categories`, sampling); or a pool folder (str or
+        os.PathLike, opened by `InstancePool.open`).
+    scale_prior: the training set's per-category prior (method.md, Stage 4) as `CopyPaste` takes it:
+        {pool category id: (mean, std)}, a COCO/LVIS training json or `xpaste stats` output. None:
+        `xpaste.paste.transform.warn_missing_prior(where)` warns (UserWarning, once per `where` and process)
+        and the pool is pasted without a prior (`{}`: every category sized by `no_prior_scale`, not X-Paste's
+        sizes); `{}` chooses that knowingly, without the warning.
+    options: a `PasteConfig`, or `CopyPaste` keywords: `PasteConfig` fields, `config` (a PasteConfig, which
+        the fields override), `seed` (int or None) and `category_weights` ({pool category id: weight}).
+        None or {}: the defaults of `PasteConfig`.
+    where: the front-end the missing-prior warning names (an adapter's class name, or a hint how to give one).
+
+    Raises: TypeError when `source` is a CopyPaste and `scale_prior` or options are given too (they would be
+    ignored silently); PasteConfigError (an XPasteError and ValueError, one line) for an unknown or
+    out-of-range option or sampling='weighted' without category_weights; XPasteError for a pool folder that
+    does not open or a prior file that cannot be read.
+    """
+    if isinstance(source, CopyPaste):
+        if scale_prior is not None or isinstance(options, PasteConfig) or options:
+            raise TypeError("pass CopyPaste options either to CopyPaste or here with a pool, not both")
+        return source
+    pool = open_pool(source)
+    kwargs = {"config": options} if isinstance(options, PasteConfig) else dict(options or {})
+    if scale_prior is None:
+        warn_missing_prior(where, stacklevel=4)  # the warning names the line that built the adapter
+        scale_prior = {}
+    return CopyPaste(pool, scale_prior=scale_prior, **kwargs)
 
 
 # ----------------------------------------------------------------------------- source rows
@@ -180,10 +230,29 @@ def invert_map(mapping: Mapping[int, int] | None) -> dict[int, int] | None:
 
 def label_map_from_names(label_names: Sequence[str] | Mapping[int, str],
                          pool_categories: Mapping[int, str]) -> dict[int, int]:
-    """{pool category id: label} matching names; `label_names` is a list (label = index) or {label: name}."""
+    """{pool category id: label} of the pool categories whose name names a framework class.
+
+    label_names: the framework's class names, a list (label = index: mmdet `classes`, a YOLO `names` list)
+        or {label: name} (a YOLO data.yaml `names` dict).
+    pool_categories: {pool category id: name} (`InstancePool.categories`).
+    Names are matched by the package's one rule, `xpaste.categories.match_name`: the exact name first, else
+    equal under `normalize_name` (case, `_`, `-` and spacing ignored), so a pool's LVIS "traffic_light" gets
+    the class "traffic light". Pool categories that name no class are left out (the caller decides whether
+    that is an error). Raises ValueError when a pool category's name names several classes (e.g. classes
+    "Cup" and "cup" for a pool's "CUP"): ambiguous, never guessed.
+    """
     items = label_names.items() if isinstance(label_names, Mapping) else enumerate(label_names)
-    by_name = {str(name): int(label) for label, name in items}
-    return {int(cid): by_name[str(name)] for cid, name in pool_categories.items() if str(name) in by_name}
+    classes = {int(label): str(name) for label, name in items}
+    mapping = {}
+    for cid, name in pool_categories.items():
+        labels = match_name(name, classes)
+        if len(labels) > 1:
+            listed = ", ".join(f"{label} {classes[label]!r}" for label in labels)
+            raise ValueError(f"pool category {int(cid)} {str(name)!r} names several classes ({listed}); rename "
+                             "the classes so each name is unique, or give the pool id -> class map explicitly")
+        if labels:
+            mapping[int(cid)] = labels[0]
+    return mapping
 
 
 def to_pool_labels(labels: Iterable[int], label_map: Mapping[int, int] | None) -> np.ndarray:
@@ -207,9 +276,11 @@ def from_pool_label(pool_id: int, label_map: Mapping[int, int] | None, what: str
 
 # ----------------------------------------------------------------------------- polygons
 def polygons_to_masks(polygons: Sequence[Sequence[Any]], height: int, width: int) -> np.ndarray:
-    """(N, H, W) bool masks of per-instance polygon lists (flat [x0, y0, x1, y1, ...] each), rasterised with
-    pycocotools as COCO, detectron2 (`polygons_to_bitmask`) and mmdet (`PolygonMasks.to_ndarray`) do.
-    Polygons of fewer than 3 points (slivers a crop leaves) enclose no pixel and are skipped."""
+    """(N, H, W) bool masks of per-instance polygon lists (flat [x0, y0, x1, y1, ...] each, pixels), rasterised
+    with pycocotools as COCO, detectron2 (`polygons_to_bitmask`) and mmdet (`PolygonMasks.to_ndarray`) do.
+    Parts of fewer than 3 points or with an odd number of coordinates (slivers a crop leaves) are left out, by
+    the one rule of `xpaste.ops.polygons.usable_polygons` (detectron2's); an instance without a usable part
+    gets an all-False mask."""
     out = np.zeros((len(polygons), height, width), bool)
     for i, polys in enumerate(polygons):
         mask = polygon_mask(polys, height, width)
@@ -220,10 +291,10 @@ def polygons_to_masks(polygons: Sequence[Sequence[Any]], height: int, width: int
 
 def polygon_mask(polys: Sequence[Any], height: int, width: int) -> np.ndarray | None:
     """One instance's polygons (flat [x0, y0, ...] each) rasterised by pycocotools as an (H, W) bool mask in
-    pycocotools' (Fortran) order, or None when no polygon has 3 points (see `polygons_to_masks`)."""
-    flat = [np.asarray(p, np.float64).reshape(-1) for p in polys]
-    flat = [p for p in flat if len(p) >= 6]
-    return polygons_to_mask(flat, height, width) if flat else None
+    pycocotools' (Fortran) order (`xpaste.ops.polygons.polygons_to_mask`), or None when no part is usable
+    (fewer than 3 points or an odd number of coordinates: `xpaste.ops.polygons.usable_polygons`)."""
+    usable, _ = usable_polygons(polys)
+    return polygons_to_mask(usable, height, width) if usable else None
 
 
 # ----------------------------------------------------------------------------- worker reseeding

@@ -24,18 +24,18 @@ the training json or `xpaste stats` output; left empty, the mapper measures it f
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Mapping
 
 import numpy as np
 
 from xpaste.core.sample import Sample
 from xpaste.core.targets import Targets
-from xpaste.integrations.common import (ISCROWD, PASTED, chw_from_hwc, copy_mask, from_pool_label, hwc_from_chw,
-                                        invert_map, mask_areas, mask_boxes, polygon_mask, remap_prior,
-                                        reseed_for_worker, scale_prior_from_records, source_rows, to_pool_labels,
-                                        tracked_targets)
+from xpaste.integrations.common import (ISCROWD, PASTED, build_copy_paste, chw_from_hwc, copy_mask, from_pool_label,
+                                        hwc_from_chw, invert_map, mask_areas, mask_boxes, open_pool, polygon_mask,
+                                        remap_prior, reseed_for_worker, scale_prior_from_records, source_rows,
+                                        to_pool_labels, tracked_targets)
 from xpaste.ops.masks import masks_to_rles, rle_decode
+from xpaste.paste.config import PasteConfig
 
 XYXY_ABS, XYWH_ABS = 0, 1  # detectron2.structures.BoxMode values (an IntEnum, so plain ints compare equal)
 _FORMATS = ("BGR", "RGB")
@@ -195,8 +195,6 @@ def add_xpaste_config(cfg) -> None:
       output, or "none" (no prior: every category uses NO_PRIOR_SCALE; not X-Paste's sizes);
     - SEED: < 0 unseeded; mixed with each DataLoader worker's seed.
     """
-    from xpaste.paste.config import PasteConfig
-
     node = type(cfg)()
     node.POOL = ""
     node.SCALE_PRIOR = ""
@@ -210,8 +208,6 @@ def copy_paste_kwargs_from_cfg(cfg) -> dict[str, Any]:
     """`CopyPaste` keyword arguments from cfg.INPUT.XPASTE: `config` (a validated `PasteConfig`; a bad value
     raises `PasteConfigError` naming the option), `seed`, and `scale_prior` (the SCALE_PRIOR file, {} for
     "none", or None when it is to be measured from the training datasets)."""
-    from xpaste.paste.config import PasteConfig
-
     x = cfg.INPUT.XPASTE
     options = {}
     for name in PasteConfig.field_names():
@@ -262,34 +258,28 @@ def make_xpaste_mapper(cfg, is_train: bool = True, pool=None, category_map: Mapp
     the config. The scale prior is measured from cfg.DATASETS.TRAIN unless SCALE_PRIOR or `scale_prior=`
     gives one (see the module docstring).
 
-    Raises: PasteConfigError for a bad option, ValueError without a pool, ImportError without detectron2.
+    Raises: PasteConfigError for a bad option, ValueError without a pool, XPasteError for a pool folder that
+    does not open, ImportError without detectron2.
     """
     mapper_class = _mapper_class()
     from detectron2.data import DatasetMapper, MetadataCatalog
-
-    from xpaste.paste.transform import CopyPaste, warn_missing_prior
-    from xpaste.pool.store import InstancePool
 
     if not is_train:
         return DatasetMapper(cfg, is_train=False)
     pool = pool if pool is not None else cfg.INPUT.XPASTE.POOL
     if not pool:
         raise ValueError("no pool: set cfg.INPUT.XPASTE.POOL or pass pool=")
-    if isinstance(pool, (str, os.PathLike)):
-        pool = InstancePool.open(pool)
-    kwargs = {**copy_paste_kwargs_from_cfg(cfg), **copy_paste_kwargs}
-    dicts = _training_dicts(cfg) if cfg.DATASETS.TRAIN and (category_map is None or
-                                                             kwargs.get("scale_prior") is None) else None
+    pool = open_pool(pool)  # before the training set is loaded: a wrong folder fails at once
+    options = {**copy_paste_kwargs_from_cfg(cfg), **copy_paste_kwargs}
+    scale_prior = options.pop("scale_prior", None)
+    dicts = _training_dicts(cfg) if cfg.DATASETS.TRAIN and (category_map is None or scale_prior is None) else None
     if category_map is None and cfg.DATASETS.TRAIN:
         meta = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
         category_map = getattr(meta, "thing_dataset_id_to_contiguous_id", None)
-    if kwargs.get("scale_prior") is None:
-        if dicts is None:
-            warn_missing_prior("make_xpaste_mapper without cfg.DATASETS.TRAIN or INPUT.XPASTE.SCALE_PRIOR")
-            kwargs["scale_prior"] = {}
-        else:  # X-Paste's prior of the training set (method.md, Stage 4)
-            kwargs["scale_prior"] = scale_prior_from_dataset_dicts(dicts, category_map)
-    copy_paste = CopyPaste(pool, **kwargs)
+    if scale_prior is None and dicts is not None:  # X-Paste's prior of the training set (method.md, Stage 4)
+        scale_prior = scale_prior_from_dataset_dicts(dicts, category_map)
+    copy_paste = build_copy_paste(pool, scale_prior=scale_prior, options=options,
+                                  where="make_xpaste_mapper without cfg.DATASETS.TRAIN or INPUT.XPASTE.SCALE_PRIOR")
     return mapper_class(cfg, True, copy_paste, category_map)
 
 

@@ -39,9 +39,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from xpaste.core.sample import Sample
-from xpaste.integrations.common import (IGNORE, PASTED, as_bool_masks, from_pool_label, label_map_from_names,
-                                        mask_boxes, polygons_to_masks, remap_prior, reseed_for_worker,
-                                        source_rows, to_pool_labels, tracked_targets)
+from xpaste.data.stats import resolve_scale_prior
+from xpaste.integrations.common import (IGNORE, PASTED, as_bool_masks, build_copy_paste, from_pool_label,
+                                        label_map_from_names, mask_boxes, open_pool, polygons_to_masks, remap_prior,
+                                        reseed_for_worker, source_rows, to_pool_labels, tracked_targets)
+from xpaste.paste.config import PasteConfig
 
 try:  # mmcv (or mmcv-lite) gives the base class mmengine pipelines expect; the helpers work without it.
     from mmcv.transforms import BaseTransform as _Base
@@ -54,6 +56,9 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 __all__ = ["XPasteCopyPaste", "XPasteScalePriorHook", "attach_scale_prior", "label_map_from_classes",
            "paste_arrays", "polygons_to_masks", "register"]
+# What the missing-prior warning names: where the prior comes from in an mmdet config.
+_NO_PRIOR = ("mmdet XPasteCopyPaste (add custom_hooks=[dict(type='XPasteScalePriorHook')] or "
+             "pass scale_prior=<ann_file>)")
 
 
 # ----------------------------------------------------------------------------- numpy conversions
@@ -100,7 +105,9 @@ def paste_arrays(img: np.ndarray, boxes: np.ndarray, masks: np.ndarray, labels: 
 
 
 def label_map_from_classes(classes: Sequence[str], pool_categories: Mapping[int, str]) -> dict[int, int]:
-    """{pool category id: index in `classes`} for the pool categories whose name is in `classes`."""
+    """{pool category id: index in `classes`} for the pool categories whose name names a class, by the
+    package's one name rule (`integrations.common.label_map_from_names`: exact name first, else case, `_`,
+    `-` and spacing ignored); ValueError when a pool name names several classes."""
     return label_map_from_names(list(classes), pool_categories)
 
 
@@ -109,7 +116,8 @@ class XPasteCopyPaste(_Base):
     """Paste pool instances into mmdet 3.x results (see the module docstring).
 
     `pool`: a pool folder (opened lazily in each process, so DataLoader workers open their own) or an
-    InstancePool. `classes` / `label_map`: pool category -> mmdet label (see the module docstring).
+    InstancePool. `classes` / `label_map`: pool category -> mmdet label (see the module docstring; `classes`
+    are matched to the pool's names by `label_map_from_classes`).
     `scale_prior`: the training set's prior (its annotation json, `xpaste stats` output or a mapping keyed
     by pool category id); left out, `attach_scale_prior(dataset)` / `XPasteScalePriorHook` measure it from
     the dataset's `ann_file`, and a transform that runs without any prior warns once. Every other keyword
@@ -121,8 +129,6 @@ class XPasteCopyPaste(_Base):
     def __init__(self, pool: Any, classes: Sequence[str] | None = None, label_map: Mapping[int, int] | None = None,
                  scale_prior: Any = None, seed: int | None = None,
                  category_weights: Mapping[int, float] | None = None, **options: Any) -> None:
-        from xpaste.paste.config import PasteConfig
-
         if classes is not None and label_map is not None:
             raise ValueError("give classes or label_map, not both")
         self.pool = os.fspath(pool) if isinstance(pool, (str, os.PathLike)) else pool
@@ -156,30 +162,25 @@ class XPasteCopyPaste(_Base):
             self._copy_paste = None  # rebuilt with it on next use
 
     def _prior(self, pool, check_only: bool = False) -> Any:
+        """The prior to build with: explicit, else the dataset's re-keyed by pool id; None when there is none
+        (`build_copy_paste` then warns), {} for the early check (a hook may still attach the dataset's)."""
         if self.scale_prior is not None:
             return self.scale_prior
-        if self._label_prior is None and check_only:  # a hook may still attach the dataset's prior
-            return {}
         if self._label_prior is None:
-            from xpaste.paste.transform import warn_missing_prior
-
-            warn_missing_prior("mmdet XPasteCopyPaste (add custom_hooks=[dict(type='XPasteScalePriorHook')] or "
-                               "pass scale_prior=<ann_file>)")
-            return {}
+            return {} if check_only else None
         # pool id -> label; with neither classes nor label_map, pool ids are the labels.
         return remap_prior(self._label_prior, self.label_map if self.label_map is not None
                            else {int(c): int(c) for c in pool.categories})
 
     def _build(self, check_only: bool = False) -> None:
-        from xpaste.paste.transform import CopyPaste
-        from xpaste.pool.store import InstancePool
-
-        pool = InstancePool.open(self.pool) if isinstance(self.pool, str) else self.pool
+        pool = open_pool(self.pool)
         if self.classes is not None:
             self.label_map = label_map_from_classes(self.classes, pool.categories)
             if not self.label_map:
-                raise ValueError(f"no pool category name is in classes (pool has {sorted(pool.categories.values())[:5]}...)")
-        copy_paste = CopyPaste(pool, scale_prior=self._prior(pool, check_only), **self.copy_paste_kwargs)
+                raise ValueError("no pool category name is in classes "
+                                 f"(pool has {sorted(pool.categories.values())[:5]}...)")
+        copy_paste = build_copy_paste(pool, scale_prior=self._prior(pool, check_only), options=self.copy_paste_kwargs,
+                                      where=_NO_PRIOR)
         if not check_only:
             self._copy_paste, self._owner_pid = copy_paste, os.getpid()
 
@@ -251,8 +252,6 @@ def attach_scale_prior(dataset: Any) -> int:
     scale prior of that dataset's `ann_file`, measured by `xpaste stats`' rule on its original annotations
     (crowd and `pasted` ones left out) and keyed by mmdet label through the dataset's `cat2label`.
     Transforms given an explicit `scale_prior` keep it. Returns how many transforms got a prior."""
-    from xpaste.data.stats import resolve_scale_prior
-
     count = 0
     for ds in _base_datasets(dataset):
         transforms = [t for t in getattr(getattr(ds, "pipeline", None), "transforms", [])

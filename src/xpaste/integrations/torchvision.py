@@ -27,9 +27,9 @@ from torchvision.transforms.v2 import functional as F
 
 from xpaste.core.sample import Sample
 from xpaste.core.targets import Targets
-from xpaste.integrations.common import (ISCROWD, PASTED, SOURCE_ROW, as_bool_masks, chw_from_hwc, gather_rows,
-                                        hwc_from_chw, mask_areas, reseed_for_worker, source_rows)
-from xpaste.paste.transform import CopyPaste, warn_missing_prior
+from xpaste.integrations.common import (ISCROWD, PASTED, SOURCE_ROW, as_bool_masks, build_copy_paste, chw_from_hwc,
+                                        gather_rows, hwc_from_chw, mask_areas, reseed_for_worker, source_rows)
+from xpaste.paste.transform import CopyPaste
 
 _AXIS_ALIGNED = (tv_tensors.BoundingBoxFormat.XYXY, tv_tensors.BoundingBoxFormat.XYWH,
                  tv_tensors.BoundingBoxFormat.CXCYWH)
@@ -40,9 +40,10 @@ _RAW_COCO_KEYS = ("segmentation", "bbox", "category_id")
 class XPasteCopyPaste(v2.Transform):
     """Paste pool instances into (image, target) samples with an xpaste `CopyPaste`.
 
-    `XPasteCopyPaste(copy_paste)` or `XPasteCopyPaste(pool, scale_prior=..., **options)`, where the options
-    are `PasteConfig` fields (validated there: a bad one raises `PasteConfigError` here, in one line) plus
-    `config`, `category_weights` and `seed`, as `CopyPaste` takes them.
+    `XPasteCopyPaste(copy_paste)` or `XPasteCopyPaste(pool, scale_prior=..., **options)`, with `pool` an
+    InstancePool or a pool folder, and the options `PasteConfig` fields (validated there: a bad one raises
+    `PasteConfigError` here, in one line) plus `config`, `category_weights` and `seed`, as `CopyPaste` takes
+    them; options with a ready CopyPaste raise TypeError (`integrations.common.build_copy_paste`).
 
     `scale_prior` is the training set's per-category prior that X-Paste sizes pasted objects with: the
     training COCO/LVIS json itself (measured on its original annotations: crowd and `pasted` ones left
@@ -57,13 +58,7 @@ class XPasteCopyPaste(v2.Transform):
 
     def __init__(self, copy_paste: CopyPaste | Any, *, scale_prior: Any = None, **options: Any) -> None:
         super().__init__()
-        if not isinstance(copy_paste, CopyPaste):  # given a pool
-            if scale_prior is None:
-                warn_missing_prior(type(self).__name__)
-                scale_prior = {}
-            copy_paste = CopyPaste(copy_paste, scale_prior=scale_prior, **options)
-        elif options or scale_prior is not None:
-            raise TypeError("pass CopyPaste options either to CopyPaste or here with a pool, not both")
+        copy_paste = build_copy_paste(copy_paste, scale_prior=scale_prior, options=options, where=type(self).__name__)
         self.copy_paste = copy_paste
         self._base_seed = copy_paste.seed
         self._worker_key: tuple | None = None

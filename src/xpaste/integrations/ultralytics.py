@@ -36,17 +36,20 @@ from ultralytics.utils.instance import Instances
 from ultralytics.utils.ops import resample_segments
 
 from xpaste.core.sample import Sample
-from xpaste.integrations.common import (label_map_from_names, mask_areas, remap_prior,
+from xpaste.integrations.common import (build_copy_paste, label_map_from_names, mask_areas, open_pool, remap_prior,
                                         reseed_for_worker, scale_prior_from_records, source_rows, tracked_targets)
 from xpaste.integrations.yolo_export import export_yolo_seg, mask_to_polygon  # noqa: F401  (re-exported)
-from xpaste.paste.transform import CopyPaste, warn_missing_prior
+from xpaste.paste.config import PasteConfig
+from xpaste.paste.transform import CopyPaste
 
 SEGMENT_POINTS = 1000  # ultralytics resamples every polygon to this many points (YOLODataset.update_labels_info)
 
 
 # ----------------------------------------------------------------------------- online transform
 def _class_map(pool, names: Mapping[int, str] | list | None, class_map: Mapping[int, int] | None) -> dict[int, int]:
-    """Pool category id -> YOLO class index. Every pooled category must map, so no paste is ever unlabeled."""
+    """Pool category id -> YOLO class index. Every pooled category must map, so no paste is ever unlabeled.
+    `names` are matched to the pool's category names by `label_map_from_names` (the package's one name rule;
+    ValueError when a name is ambiguous)."""
     if class_map is not None:
         mapping = {int(k): int(v) for k, v in class_map.items()}
     elif names is not None:
@@ -63,25 +66,22 @@ def _class_map(pool, names: Mapping[int, str] | list | None, class_map: Mapping[
 class XPasteYOLOTransform:
     """Paste pool instances into an ultralytics `labels` dict (img BGR, cls (N, 1), instances with segments).
 
-    `XPasteYOLOTransform(pool, names=..., **copy_paste_kwargs)` or `XPasteYOLOTransform(copy_paste, ...)`.
+    `XPasteYOLOTransform(pool, names=..., **copy_paste_kwargs)` (pool: an InstancePool or a pool folder) or
+    `XPasteYOLOTransform(copy_paste, ...)`; the CopyPaste is built by `integrations.common.build_copy_paste`
+    (no `scale_prior`: a warning, once; options with a ready CopyPaste: TypeError).
     Class ids: `class_map` {pool category id: YOLO class}, or `names` (the data.yaml names; matched by category
-    name), or by default the pool's categories in id order (export_yolo_seg's numbering). The instances come
-    back in the format and normalisation they came in; originals a paste did not touch keep their exact
-    polygon and box, occluded ones get a polygon of their visible part (or are dropped, by CopyPaste's rule),
-    pasted ones get a polygon resampled to the input's point count. `calls` / `pasted` count work done in
-    this process (a DataLoader worker counts in its own copy).
+    name, case, `_`, `-` and spacing ignored), or by default the pool's categories in id order
+    (export_yolo_seg's numbering). The instances come back in the format and normalisation they came in;
+    originals a paste did not touch keep their exact polygon and box, occluded ones get a polygon of their
+    visible part (or are dropped, by CopyPaste's rule), pasted ones get a polygon resampled to the input's
+    point count. `calls` / `pasted` count work done in this process (a DataLoader worker counts in its own
+    copy).
     """
 
     def __init__(self, pool_or_copy_paste: Any, *, names: Mapping[int, str] | list | None = None,
                  class_map: Mapping[int, int] | None = None, scale_prior: Any = None, **options: Any) -> None:
-        cp = pool_or_copy_paste
-        if not isinstance(cp, CopyPaste):  # options: PasteConfig fields, config, seed, category_weights
-            if scale_prior is None:
-                warn_missing_prior(type(self).__name__)
-                scale_prior = {}
-            cp = CopyPaste(cp, scale_prior=scale_prior, **options)
-        elif options or scale_prior is not None:
-            raise TypeError("pass CopyPaste options either to CopyPaste or here with a pool, not both")
+        # options: PasteConfig fields, config, seed, category_weights
+        cp = build_copy_paste(pool_or_copy_paste, scale_prior=scale_prior, options=options, where=type(self).__name__)
         self.copy_paste = cp
         self.class_map = _class_map(cp.pool, names, class_map)
         self._to_pool = {v: k for k, v in self.class_map.items()}
@@ -250,6 +250,7 @@ class XPasteSegmentationTrainer(SegmentationTrainer):
             if transform is None:
                 transform = self.xpaste_source
                 if not isinstance(transform, XPasteYOLOTransform):
+                    transform = open_pool(transform)  # a pool folder: opened once, for the class map and the paste
                     options = dict(self.xpaste_options)
                     if "class_map" not in options:
                         options.setdefault("names", self.data["names"])
@@ -266,7 +267,7 @@ class XPasteSegmentationTrainer(SegmentationTrainer):
 def xpaste_trainer(pool_or_transform: Any, **kwargs: Any) -> type[XPasteSegmentationTrainer]:
     """A trainer class for `YOLO(...).train(trainer=...)` that pastes from `pool_or_transform`.
 
-    `pool_or_transform`: an InstancePool, a CopyPaste or an XPasteYOLOTransform; kwargs go to
+    `pool_or_transform`: an InstancePool, a pool folder, a CopyPaste or an XPasteYOLOTransform; kwargs go to
     XPasteYOLOTransform (PasteConfig fields, validated here; `scale_prior`, `seed`, `class_map`, `names`).
     ultralytics instantiates the trainer class itself, so the configuration travels as class attributes of
     a fresh subclass (in-process training; a multi-GPU DDP run re-imports the trainer by name in new
@@ -274,8 +275,6 @@ def xpaste_trainer(pool_or_transform: Any, **kwargs: Any) -> type[XPasteSegmenta
     """
     if isinstance(pool_or_transform, XPasteYOLOTransform) and kwargs:
         raise TypeError("options go to XPasteYOLOTransform when a transform is given")
-    from xpaste.paste.config import PasteConfig
-
     # Fail now, in one line, not when ultralytics builds the dataset (PasteConfigError for a bad option).
     PasteConfig.from_dict({k: v for k, v in kwargs.items() if k in PasteConfig.field_names()})
     return type("BoundXPasteSegmentationTrainer", (XPasteSegmentationTrainer,),

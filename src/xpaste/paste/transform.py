@@ -1,7 +1,6 @@
 """`CopyPaste`: the X-Paste paste transform. It draws a `PastePlan` from a Generator, then applies it."""
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from typing import Mapping
@@ -17,15 +16,16 @@ from xpaste.paste.plan import PasteOp, PastePlan
 _WARNED: set[str] = set()
 
 
-def warn_missing_prior(where: str) -> None:
-    """Warn once per front-end that pastes without a scale prior (sizes then are not X-Paste's)."""
+def warn_missing_prior(where: str, stacklevel: int = 3) -> None:
+    """Warn once per front-end that pastes without a scale prior (sizes then are not X-Paste's); `stacklevel`
+    as `warnings.warn` takes it, counted from this function (3: the caller of the function that calls it)."""
     if where in _WARNED:
         return
     _WARNED.add(where)
     warnings.warn(f"{where} was built without a scale prior, so pasted objects are sized by the "
                   "no-prior rule, not by the training set's per-category sizes as in X-Paste; pass "
                   "scale_prior=<your COCO/LVIS training json or `xpaste stats` output> (or scale_prior={} "
-                  "to silence this)", UserWarning, stacklevel=3)
+                  "to silence this)", UserWarning, stacklevel=stacklevel)
 
 
 class CopyPaste:
