@@ -50,10 +50,10 @@ def main() -> None:
     from tiny_models import build_tiny_sd
 
     from xpaste.generate.diffusers_t2i import DiffusersGenerator
-    from xpaste.pipeline.build_pool import build_pool
-    from xpaste.pipeline.config import load_config
+    from xpaste.stages.build_pool import build_pool
+    from xpaste.stages.config import load_config
     from xpaste.pipeline.runner import run_stage
-    from xpaste.pipeline.stages import make_stage
+    from xpaste.stages.run import make_stage
     from xpaste.score.clip import ClipScorer
     from xpaste.segment.grabcut import GrabCutSegmenter
     from xpaste.segment.rembg_backend import RembgSegmenter

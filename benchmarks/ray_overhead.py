@@ -46,7 +46,7 @@ def build_models(folder: Path) -> dict:
 
 
 def make_config(run_dir: Path, models: dict, n: int, shard_size: int, segmenters: list[str]) -> dict:
-    from xpaste.pipeline.config import load_config
+    from xpaste.stages.config import load_config
 
     specs = {"grabcut": "grabcut", "clipseg": f"clipseg:{models['clipseg']}", "rembg": f"rembg:{models['u2net']}"}
     updates = {
@@ -65,9 +65,9 @@ def run_pipeline(run_dir: Path, config: dict, engine: str) -> dict[str, dict]:
     """Time each stage through `run_stage` (the code path of the CLI); for Ray also keep the timings that
     `run_on_ray` returns (start-up, in-actor shard seconds)."""
     from xpaste.pipeline import engines
-    from xpaste.pipeline.build_pool import build_pool
+    from xpaste.stages.build_pool import build_pool
     from xpaste.pipeline.runner import run_stage
-    from xpaste.pipeline.stages import make_stage
+    from xpaste.stages.run import make_stage
 
     original, captured = engines.run_on_ray, {}
 
@@ -75,7 +75,7 @@ def run_pipeline(run_dir: Path, config: dict, engine: str) -> dict[str, dict]:
         captured.update(original(*args, **kwargs))
         return captured
 
-    engines.run_on_ray = capture  # run_stage imports it from the module at call time
+    engines.run_on_ray = capture  # run_stage picks its engine from the module at call time (select_engine)
     out = {}
     try:
         for name in STAGES:

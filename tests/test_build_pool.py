@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from xpaste.errors import XPasteError
-from xpaste.pipeline.build_pool import PRESETS, apply_preset, build_pool
+from xpaste.stages.build_pool import PRESETS, apply_preset, build_pool
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,8 +35,9 @@ def write_run(run: Path, table: list[dict], seed: int = 0, size: int = 48) -> No
     """A run folder from a table of (candidate, category, segmenter, score, area, embedding) rows: random images,
     and per row a disc mask (soft values) so every cut-out differs."""
     from xpaste.io import write_json_atomic
-    from xpaste.pipeline.acquire import candidate_row, candidate_schema
-    from xpaste.pipeline.masks import ScoreStage, SegmentStage
+    from xpaste.stages.candidates import candidate_row, candidate_schema
+    from xpaste.stages.score import ScoreStage
+    from xpaste.stages.segment import SegmentStage
     from xpaste.pipeline.shards import write_shard
 
     r = np.random.default_rng(seed)
@@ -178,7 +179,7 @@ def test_presets_fill_unset_options_and_check_their_needs():
 
 
 def test_preset_in_the_pipeline_config():
-    from xpaste.pipeline.config import load_config
+    from xpaste.stages.config import load_config
 
     cfg = load_config(None, ["build_pool.preset=divergen"])
     section = cfg["build_pool"] if isinstance(cfg, dict) else cfg.build_pool
@@ -203,7 +204,7 @@ import json, sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from test_build_pool import config
-from xpaste.pipeline.build_pool import build_pool
+from xpaste.stages.build_pool import build_pool
 run = Path(sys.argv[1])
 build_pool(run, config(run, d=1000.0, area_min=0.0, area_max=1.0, flush_every=4), progress=False)
 """
@@ -379,7 +380,7 @@ def test_divergen_filter_mean_cosine_to_real_instances(tmp_path, tiny_clip):
 
 def test_no_import_cycle_through_the_pool_building_modules():
     """Every `import xpaste...` (top-level or inside a function) read with ast: no cycle passes through
-    pipeline/masks, pipeline/build_pool, score/* or segment/* (pipeline/masks <-> pipeline/stages was one)."""
+    stages/segment, stages/score, stages/build_pool, score/* or segment/* (pipeline/masks <-> pipeline/stages was one)."""
     import ast
 
     src = ROOT / "src"
@@ -410,9 +411,9 @@ def test_no_import_cycle_through_the_pool_building_modules():
                 todo.extend(graph.get(m, ()))
         return False
 
-    mine = [m for m in modules if m in ("xpaste.pipeline.masks", "xpaste.pipeline.build_pool", "xpaste.ops.masks")
-            or m.startswith(("xpaste.score", "xpaste.segment"))]
-    assert "xpaste.pipeline.stages" in modules and len(mine) >= 10
+    mine = [m for m in modules if m in ("xpaste.stages.segment", "xpaste.stages.score", "xpaste.stages.build_pool",
+                                         "xpaste.ops.masks") or m.startswith(("xpaste.score", "xpaste.segment"))]
+    assert "xpaste.stages.run" in modules and len(mine) >= 10
     cycles = [(m, d) for m in mine for d in graph[m] if reaches(d, m)]
     assert not cycles, cycles
 

@@ -273,8 +273,8 @@ def test_labelled_retrieval_refuses_same_name_categories(tmp_path, capsys, sourc
 
 
 def _generate_plan(tmp_path, source, **generate):
-    from xpaste.pipeline.acquire import GenerateStage
-    from xpaste.pipeline.config import load_config
+    from xpaste.stages.generate import GenerateStage
+    from xpaste.stages.config import load_config
 
     overrides = [f"categories.source={source}", f"run_dir={tmp_path / 'run'}", "generate.models=m",
                  "generate.per_category=2", "generate.backgrounds=0"]

@@ -44,8 +44,8 @@ def test_quiet_default_verbose(dataset, tmp_path):
         "segment": {"segmenters": ["grabcut"]}, "score": {"clip": None}}))
     verbose = run(["--verbose", "run", str(config)])
     assert verbose.returncode == 0, verbose.stderr[-500:]
-    assert "xpaste: xpaste.pipeline.stages: == segment" in verbose.stderr
-    assert "xpaste: xpaste.pipeline.stages: segment: " in verbose.stderr  # the debug summary of each stage
+    assert "xpaste: xpaste.stages.run: == segment" in verbose.stderr
+    assert "xpaste: xpaste.stages.run: segment: " in verbose.stderr  # the debug summary of each stage
     plain = run(["run", str(config)])
-    assert "xpaste: == segment" in plain.stderr and "xpaste.pipeline.stages:" not in plain.stderr
+    assert "xpaste: == segment" in plain.stderr and "xpaste.stages.run:" not in plain.stderr
     assert "xpaste: " not in run(["-q", "run", str(config)]).stderr

@@ -76,8 +76,9 @@ def augment_kill_cycle(tmp_path: Path, kills: int, seed: int) -> None:
 def fake_run(run: Path, n: int = 60) -> None:
     """A run folder as generate/segment/score leave it (synthetic images, masks, scores, embeddings)."""
     from xpaste.io import write_json_atomic
-    from xpaste.pipeline.acquire import candidate_row, candidate_schema
-    from xpaste.pipeline.masks import ScoreStage, SegmentStage
+    from xpaste.stages.candidates import candidate_row, candidate_schema
+    from xpaste.stages.score import ScoreStage
+    from xpaste.stages.segment import SegmentStage
     from xpaste.pipeline.shards import write_shard
 
     rng = np.random.default_rng(1)

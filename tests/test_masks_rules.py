@@ -8,7 +8,7 @@ from scipy import ndimage as ndi
 from skimage import exposure, measure
 
 from xpaste.ops.masks import BINARY_THRESHOLD, binarize, fill_holes, largest_filled_component, normalize_soft
-from xpaste.pipeline.build_pool import cutout
+from xpaste.stages.build_pool import cutout
 
 
 def random_masks(seed: int, n: int):

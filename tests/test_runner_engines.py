@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from xpaste.errors import XPasteError
-from xpaste.pipeline.augment_stage import AugmentTasks
+from xpaste.stages.augment import AugmentTasks
 from xpaste.pipeline.runner import ShardPlan, Stage, run_stage
 from xpaste.pipeline.shards import read_stage
 

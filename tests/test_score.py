@@ -119,7 +119,7 @@ def test_score_stage_scores_the_white_composite(scorer, images, tmp_path):
     """The pipeline's score stage gives each (image, segmenter) 100 x cosine of the hand composite."""
     from PIL import Image
 
-    from xpaste.pipeline.masks import ScoreStage
+    from xpaste.stages.score import ScoreStage
 
     r = np.random.default_rng(7)
     items = []

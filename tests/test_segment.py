@@ -226,7 +226,7 @@ def test_segment_stage_normalises_every_backend_per_image(tmp_path):
     from PIL import Image
     from skimage import exposure
 
-    from xpaste.pipeline.masks import SegmentStage
+    from xpaste.stages.segment import SegmentStage
 
     images = random_images(4) + random_images(5)
     items = []

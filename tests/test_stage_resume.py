@@ -100,7 +100,8 @@ def test_upstream_outputs_are_part_of_the_record(tmp_path, new_up, seed):
 
 
 def test_segment_and_score_record_their_upstream_stages():
-    from xpaste.pipeline.masks import ScoreStage, SegmentStage
+    from xpaste.stages.score import ScoreStage
+    from xpaste.stages.segment import SegmentStage
 
     assert set(SegmentStage.upstream) == {"generate", "retrieve"}
     assert set(ScoreStage.upstream) == {"generate", "retrieve", "segment"}
@@ -132,7 +133,7 @@ def build_outputs(run: Path) -> tuple:
 @pytest.mark.parametrize("change,oracle_kept", [({"area_min": 0.5}, 4), ({"area_max": 0.1}, 4),
                                                 ({"t": 100.0, "d": 5.0}, 6)])
 def test_build_pool_rerun_with_other_options_is_refused_and_fresh_rebuilds(tmp_path, change, oracle_kept):
-    from xpaste.pipeline.build_pool import build_pool
+    from xpaste.stages.build_pool import build_pool
 
     base = {"d": 1000.0, "area_min": 0.02, "area_max": 1.0}
     write_run(tmp_path / "r", TABLE)
@@ -157,7 +158,7 @@ def test_build_pool_rerun_with_other_options_is_refused_and_fresh_rebuilds(tmp_p
 
 
 def test_build_pool_refuses_after_an_upstream_stage_was_rerun(tmp_path):
-    from xpaste.pipeline.build_pool import build_pool
+    from xpaste.stages.build_pool import build_pool
 
     write_run(tmp_path, TABLE)
     cfg = bp_config(tmp_path, d=1000.0, area_min=0.0, area_max=1.0)
@@ -225,7 +226,7 @@ def test_segment_after_generate_was_redone_is_refused_then_fresh_redoes(tmp_path
 
 
 def test_build_pool_into_a_pool_it_did_not_start_is_refused(tmp_path):
-    from xpaste.pipeline.build_pool import build_pool
+    from xpaste.stages.build_pool import build_pool
 
     write_run(tmp_path / "a", TABLE)
     write_run(tmp_path / "b", TABLE)
@@ -257,7 +258,7 @@ def test_a_segmenter_that_fails_to_load_locks_nothing(tmp_path, capsys):
 
 
 def test_one_run_feeds_several_pools_each_with_its_own_record(tmp_path):
-    from xpaste.pipeline.build_pool import build_pool
+    from xpaste.stages.build_pool import build_pool
 
     write_run(tmp_path, TABLE)
     a, b = tmp_path / "pool-a", tmp_path / "pool-b"

@@ -201,9 +201,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from xpaste.cli import main as cli
     from xpaste.io import write_bytes_atomic
-    from xpaste.pipeline.config import PipelineConfig
+    from xpaste.stages.config import PipelineConfig
     from xpaste.pipeline.rundir import RunDir
-    from xpaste.pipeline.stages import run_pipeline
+    from xpaste.stages.run import run_pipeline
 
     out: Path = args.out
     times: dict[str, float] = {}

@@ -1,5 +1,5 @@
 """Typed configuration sections: frozen dataclasses whose fields carry their help, choices and range, and the
-coercion of user values (YAML, command-line text) to each field's type. Used by `xpaste.pipeline.config` and
+coercion of user values (YAML, command-line text) to each field's type. Used by `xpaste.stages.config` and
 `xpaste.paste.config` (one set of coercion rules for every configuration).
 
 Rules: a value is converted only losslessly (int -> float, list -> tuple, '8' -> 8 and 'true' -> True from

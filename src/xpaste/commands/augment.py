@@ -14,6 +14,7 @@ import typer
 
 from xpaste.commands.app import app
 from xpaste.paste.config import PRESETS, PasteConfig
+from xpaste.stages.augment import augment_dataset
 
 
 def augment_cmd(
@@ -42,8 +43,6 @@ def augment_cmd(
     Every option is checked before anything is written. A killed or interrupted run resumes when rerun
     with the same command; a rerun whose inputs or options changed is refused (or starts over with --fresh).
     """
-    from xpaste.augment import augment_dataset
-
     given = {k: v for k, v in paste_options.items() if v is not None}
     report = augment_dataset(
         dataset, images, pool, out, copies=copies, seed=seed, workers=workers, scale_prior=scale_prior,

@@ -1,9 +1,11 @@
 """`xpaste generate | retrieve | segment | score | build-pool | run`: the instance-generation pipeline.
 
-Every flag is a config key: the flags, their types, help and choices are derived from the dataclass fields of
-`xpaste.pipeline.config` (STAGE_FLAGS lists which keys each command offers), never spelled here. `--config
-FILE` gives them all at once and `--set a.b=v` overrides anything. The whole config is checked before any
-stage runs or anything is written. Each stage resumes where it stopped; `--fresh` redoes a stage from scratch.
+Every flag is a config key: each stage module (`xpaste.stages.STAGES`) lists the keys its command offers
+(`CLI_KEYS`) and its help line (`HELP`); the flags, their types, help and choices are derived from the config
+fields (`xpaste.stages.config.cli_options`), never spelled here. `--config FILE` gives them all at once and
+`--set a.b=v` overrides anything. The whole config is checked before any stage runs or is written. Each
+stage resumes where it stopped; `--fresh` redoes a stage from scratch. (`xpaste augment` has its own command
+module: its inputs are a dataset and a pool, not a run folder.)
 """
 from __future__ import annotations
 
@@ -15,30 +17,16 @@ from typing import List, Optional
 import typer
 
 from xpaste.commands.app import app
+from xpaste.stages import STAGES, stage_module
+from xpaste.stages.config import cli_options, load_config, merge, nested
+from xpaste.stages.run import run_pipeline, run_stage_job
 
 COMMON = ["run_dir", "engine", "ray_address", "device"]
 
-#: command -> (the config keys it offers as flags, its help line). Flags come from the fields' metadata.
+#: command -> (the config keys it offers as flags, its help line), from each stage's module.
 STAGE_FLAGS: dict[str, tuple[list[str], str]] = {
-    "generate": (COMMON + ["workers", "categories.source", "generate.models", "generate.per_category",
-                           "generate.seed", "generate.templates", "generate.prompt_file", "generate.batch_size",
-                           "generate.steps", "generate.guidance", "generate.scheduler", "generate.height",
-                           "generate.width", "generate.backgrounds"],
-                 "Generate object images per category with a diffusers text-to-image model."),
-    "retrieve": (COMMON + ["workers", "categories.source", "retrieve.folder", "retrieve.labelled",
-                           "retrieve.knn_url", "retrieve.knn_indice", "retrieve.per_category", "retrieve.min_score",
-                           "retrieve.simple_background", "score.clip", "score.pretrained"],
-                 "Retrieve candidate images per category from a local collection or a CLIP k-NN service."),
-    "segment": (COMMON + ["workers", "segment.segmenters", "segment.batch_size"],
-                "Cut out every candidate image with each segmenter (soft masks are stored)."),
-    "score": (COMMON + ["workers", "score.clip", "score.pretrained", "score.batch_size"],
-              "Score every cut-out (composited on white) with CLIP against 'a photo of {name}'."),
-    "build-pool": (COMMON + ["build_pool.preset", "build_pool.out", "build_pool.t", "build_pool.d",
-                             "build_pool.area_min", "build_pool.area_max", "build_pool.dedup", "build_pool.real_pool"],
-                   "Select the best cut-out per image, filter by CLIP bar, area and duplicates, and write the pool "
-                   "(light: always runs here, on the driver; --engine is accepted so one command line serves "
-                   "every stage)."),
-}
+    name: (COMMON + list(stage_module(name).CLI_KEYS), stage_module(name).HELP)
+    for name in STAGES if name != "augment"}
 
 CONFIG_OPTION = typer.Option(None, "--config", help="YAML config (keys as in `xpaste run`; see examples/pipeline.yaml)")
 SET_OPTION = typer.Option(None, "--set", metavar="KEY=VALUE",
@@ -57,8 +45,6 @@ def _flag_params(keys: list[str]) -> tuple[list[inspect.Parameter], dict[str, st
     """typer parameters for config keys: (parameters, python name -> key, key -> flag). Values arrive as text
     (or a list of text for list keys, a bool for true/false keys) and are coerced by the config loader, so a
     wrong value is refused in one line naming the flag, its key and the expected type."""
-    from xpaste.pipeline.config import cli_options
-
     params, names, flags = [], {}, {}
     for opt in cli_options(keys):
         name = "cfg_" + opt["key"].replace(".", "__")
@@ -82,8 +68,6 @@ def _flag_params(keys: list[str]) -> tuple[list[inspect.Parameter], dict[str, st
 
 def _flag_updates(values: dict, names: dict[str, str]) -> dict:
     """Flags given on the command line -> one nested config update (None means 'not given')."""
-    from xpaste.pipeline.config import merge, nested
-
     out: dict = {}
     for name, value in values.items():
         if value is None or (isinstance(value, (list, tuple)) and len(value) == 0):
@@ -93,8 +77,6 @@ def _flag_updates(values: dict, names: dict[str, str]) -> dict:
 
 
 def _load(config_file, overrides, values: dict, names: dict, flags: dict):
-    from xpaste.pipeline.config import load_config
-
     return load_config(config_file, list(overrides or []), [_flag_updates(values, names)], labels=flags)
 
 
@@ -107,15 +89,9 @@ def _make_stage_command(command: str, keys: list[str], help_text: str):
     params, names, flags = _flag_params(keys)
 
     def stage_command(**kwargs) -> None:
-        from xpaste.pipeline.stages import build_pool_job, run_stage_job
-
         fresh = kwargs.pop("fresh", False)
         config = _load(kwargs.pop("config"), kwargs.pop("set_"), kwargs, names, flags)
-        if command == "build-pool":
-            report = build_pool_job(config, fresh=fresh)
-        else:
-            report = run_stage_job(command, config, fresh=fresh)
-        _echo_report(report)
+        _echo_report(run_stage_job(command, config, fresh=fresh))
 
     signature = [_param("config", Optional[Path], CONFIG_OPTION), _param("set_", Optional[List[str]], SET_OPTION)]
     signature.append(_param("fresh", bool, BUILD_FRESH_OPTION if command == "build-pool" else FRESH_OPTION))
@@ -138,9 +114,6 @@ def run_cmd(
     set_: Optional[List[str]] = SET_OPTION,
 ) -> None:
     """Run the enabled stages in order (generate, retrieve, segment, score, build-pool), each resumable."""
-    from xpaste.pipeline.config import load_config
-    from xpaste.pipeline.stages import run_pipeline
-
     report = run_pipeline(load_config(config, list(set_ or [])))
     _echo_report(report)
     typer.echo("stage times: " + ", ".join(f"{p.job} {p.seconds:.1f} s" for p in report.parts))

@@ -1,6 +1,8 @@
-"""The instance-generation pipeline: generate / retrieve -> segment -> score -> build-pool, in resumable shards.
+"""The runner every sharded job uses: `runner` (the `Stage` contract, `run_stage`: shards, resume markers,
+fingerprints), `engines` (this process, forked processes, Ray), `shards` (atomic shard tables), `rundir`
+(the run folder's layout) and `determinism`. The stages themselves are `xpaste.stages` (one module each).
 
-Python entry points (the `xpaste run` command and the demo call these):
+Python entry points of the pipeline, named here for convenience (their home is `xpaste.stages`):
     from xpaste.pipeline import PipelineConfig, load_config, run_pipeline
     report = run_pipeline(load_config("examples/pipeline.yaml", ["generate.per_category=8"]))
     print(report.summary())
@@ -12,12 +14,12 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "PipelineConfig": "xpaste.pipeline.config",
-    "ConfigError": "xpaste.pipeline.config",
-    "load_config": "xpaste.pipeline.config",
-    "run_pipeline": "xpaste.pipeline.stages",
-    "run_stage_job": "xpaste.pipeline.stages",
-    "build_pool_job": "xpaste.pipeline.stages",
+    "PipelineConfig": "xpaste.stages.config",
+    "ConfigError": "xpaste.typed",
+    "load_config": "xpaste.stages.config",
+    "run_pipeline": "xpaste.stages.run",
+    "run_stage_job": "xpaste.stages.run",
+    "build_pool_job": "xpaste.stages.run",
     "RunDir": "xpaste.pipeline.rundir",
     "JobReport": "xpaste.jobs",
 }

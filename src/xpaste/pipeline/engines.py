@@ -1,4 +1,14 @@
-"""The multi-process and Ray engines of `runner.run_stage`.
+"""The engines of `runner.run_stage`, peers with one signature:
+
+    engine(stage, plan, todo, *, workers, ray_address, options, progress, resumed)
+
+`plan` is the stage's `ShardPlan`, `todo` an iterator of the indices of its unfinished shards, `options` the
+config's `ray:` section (or None), `resumed()` the number of items of shards already done (for the progress
+bar). `select_engine(engine, workers)` picks one: `run_in_process` (engine 'local', 1 worker),
+`run_on_processes` (engine 'local', more workers) or `run_on_ray` (engine 'ray'). Each writes every shard with
+`write_shard`, so the files are the same whichever ran them, and a run can switch engines and resume.
+
+`run_in_process`: shards one after the other in this process, the stage prepared before the first.
 
 `run_on_processes`: shards on forked worker processes (concurrent.futures.ProcessPoolExecutor). The stage,
 its loaded inputs included, is inherited copy-on-write, never pickled; a worker that dies (SIGKILL, OOM
@@ -33,10 +43,14 @@ import os
 import time
 import traceback
 from pathlib import Path
+from typing import Any, Callable
 
 from xpaste.errors import XPasteError, missing_extra
 
 log = logging.getLogger("xpaste.ray")
+#: Where a job runs: "local" (this process, or `workers` forked processes) or "ray" (Ray actors). One home:
+#: the config schema, `augment` and `run_stage` take their choices from here.
+ENGINES = ("local", "ray")
 DEAD_WORKER_RESTARTS = 2  # pool restarts after a worker process died, before the run stops
 DEAD_ACTOR_RETRIES = 3  # resubmissions of a shard whose actor process died (not exceptions: see max_retries)
 
@@ -275,7 +289,39 @@ def _stop(executor) -> None:
         manager.join(timeout=10)
 
 
-def run_on_processes(stage, plan, todo, workers: int, progress: bool = True, resumed=lambda: 0) -> None:
+def select_engine(engine: str, workers: int = 1) -> Callable[..., Any]:
+    """The engine function for `engine` ('local' or 'ray', see `ENGINES`) and `workers` (local only)."""
+    if engine not in ENGINES:
+        raise XPasteError(f"engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
+    return run_on_ray if engine == "ray" else run_on_processes if int(workers) > 1 else run_in_process
+
+
+def run_in_process(stage, plan, todo, *, workers: int = 1, ray_address: str | None = None,
+                   options: dict | None = None, progress: bool = True, resumed=lambda: 0) -> None:
+    """Process the shards yielded by `todo` one after the other in this process (`stage.prepare()` before the
+    first); `workers`, `ray_address` and `options` are the other engines' and unused here. Exceptions of a
+    shard (OSError, KeyboardInterrupt, ...) pass through; the shards written before it are kept."""
+    from tqdm import tqdm
+
+    from xpaste.pipeline.shards import write_shard
+
+    with tqdm(total=len(plan.items), desc=stage.name, unit="item", disable=not progress) as bar:
+        prepared, counted = False, 0  # counted: the resumed items the bar shows
+        for k in todo:
+            bar.update(resumed() - counted)  # shards `todo` skipped as done count too
+            counted = resumed()
+            if not prepared:
+                stage.prepare()
+                prepared = True
+            items = plan[k]
+            rows, skipped = stage.process(items)
+            write_shard(stage.stage_dir, k, rows, stage.schema(), skipped)
+            bar.update(len(items))
+        bar.update(resumed() - counted)
+
+
+def run_on_processes(stage, plan, todo, *, workers: int, ray_address: str | None = None,
+                     options: dict | None = None, progress: bool = True, resumed=lambda: 0) -> None:
     """Process the shards yielded by `todo` (an iterator of shard indices of `plan`) on `workers` forked
     processes, at most 2 per worker in flight (the plan is never listed); `resumed()` counts the items of
     shards `todo` skipped as already done (for the progress bar). Raises XPasteError when workers
@@ -351,14 +397,16 @@ def _is_model_stage(stage) -> bool:
     return bool(getattr(stage, "_model_attrs", ()))
 
 
-def run_on_ray(stage, shards: list[list[dict]], todo: list[int], ray_address: str | None = None,
-               progress=True, actors: int | None = None, gpus_per_actor: float | None = None,
-               max_retries: int = 2, options: dict | None = None) -> dict:
-    """Process shards `todo` of `stage` on Ray; returns {'done': [...], 'failed': [], timings} or raises an
+def run_on_ray(stage, shards, todo, *, workers: int = 1, ray_address: str | None = None,
+               options: dict | None = None, progress: bool = True, resumed=lambda: 0, actors: int | None = None,
+               gpus_per_actor: float | None = None, max_retries: int = 2) -> dict:
+    """Process shards `todo` of `stage` (its ShardPlan `shards`) on Ray actors (`workers` is the local
+    engines'; the actor count comes from `actors`, `options` or the environment, see the module); returns {'done': [...], 'failed': [], timings} or raises an
     XPasteError naming the shards that failed after `max_retries` retries (their tracebacks are in
     `<stage>/failed-shard-*.json`; the other shards are written, so a rerun redoes only the failed ones)."""
     from tqdm import tqdm
 
+    todo = list(todo)
     total = len(shards.items) if hasattr(shards, "items") and not isinstance(shards, dict) else sum(
         len(s) for s in shards)
     initial = total - sum(len(shards[k]) for k in todo)

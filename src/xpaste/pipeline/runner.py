@@ -11,7 +11,6 @@ with `fresh` (before that, e.g. after a model failed to load, the next run's rec
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -19,8 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from xpaste.errors import XPasteError
+from xpaste.fingerprint import digest, first_difference, outputs_digest
+from xpaste.jobs import JobReport
+from xpaste.pipeline import engines
+from xpaste.pipeline.engines import ENGINES
+from xpaste.pipeline.rundir import RunDir
 from xpaste.io import read_json, write_json_atomic
-from xpaste.pipeline.shards import clean_temp_files, read_skipped, shard_path, write_shard
+from xpaste.pipeline.shards import clean_temp_files, read_skipped, read_stage, shard_path
 
 
 class Stage:
@@ -121,10 +125,6 @@ class StageReport:
                 f"{self.rows} rows, {len(self.skipped)} skipped, {self.seconds:.1f} s")
 
 
-def digest(values: list[Any]) -> str:
-    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 class ShardPlan:
     """A stage's work items cut into fixed-size shards, computed on demand: `plan[k]` is shard k's item list.
 
@@ -147,56 +147,6 @@ class ShardPlan:
 
     def digest(self) -> str:
         return self.items.digest() if hasattr(self.items, "digest") else digest(self.items)
-
-
-#: Columns of stage tables that name files of the run (images, masks): their size and mtime are part of
-#: `outputs_digest`, so files rewritten under the same names (a rerun with another model file) count.
-FILE_COLUMNS = ("path", "mask_path")
-
-
-def outputs_digest(stage_dir: Path) -> str:
-    """A digest of a stage's outputs: the bytes of its shard tables, in order, and the size and modification
-    time of each run file they list (`FILE_COLUMNS`, relative to the run folder: the stage folder's parent).
-    A stage redone (`--fresh`) or whose files were rewritten gives another digest. '' when it has no shards."""
-    import os
-
-    import pyarrow.parquet as pq
-
-    stage_dir = Path(stage_dir)
-    shards = sorted(stage_dir.glob("shard-*.parquet")) if stage_dir.exists() else []
-    if not shards:
-        return ""
-    h = hashlib.sha256()
-    for shard in shards:
-        h.update(shard.name.encode())
-        with open(shard, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        try:
-            names = pq.read_schema(shard).names
-            columns = [c for c in FILE_COLUMNS if c in names]
-            table = pq.read_table(shard, columns=columns) if columns else None
-        except Exception:  # noqa: BLE001 - a damaged shard: its bytes are in the digest already
-            table = None
-        for column in table.column_names if table is not None else []:
-            for rel in table.column(column).to_pylist():
-                try:
-                    st = os.stat(stage_dir.parent / rel) if rel else None
-                    h.update(f"{rel}:{st.st_size}:{st.st_mtime_ns};".encode() if st else b"-;")
-                except (OSError, ValueError):
-                    h.update(f"{rel}:missing;".encode())
-    return h.hexdigest()[:16]
-
-
-def _first_difference(old: Any, new: Any, path: tuple = ()) -> tuple[tuple, Any, Any] | None:
-    """The first (key path, old, new) where two json-like values differ, or None when equal."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in sorted(set(old) | set(new), key=str):
-            found = _first_difference(old.get(key), new.get(key), (*path, key))
-            if found:
-                return found
-        return None
-    return None if old == new else (path, old, new)
 
 
 def describe_change(stage: Stage, path: tuple, old: Any, new: Any) -> str:
@@ -233,8 +183,8 @@ def check_fingerprint(stage: Stage, plan: ShardPlan | list[dict], fresh: bool = 
     if path.exists():
         previous = read_json(path)
         # the upstream outputs first: a rerun upstream is the cause when the work list changed with them
-        change = (_first_difference({"upstream": previous.get("upstream")}, {"upstream": record.get("upstream")})
-                  or _first_difference(previous, record))
+        change = (first_difference({"upstream": previous.get("upstream")}, {"upstream": record.get("upstream")})
+                  or first_difference(previous, record))
         if change is None:
             return
         if stage.started():
@@ -249,14 +199,13 @@ def chunk(items: list[dict], size: int) -> list[list[dict]]:
 
 def run_stage(stage: Stage, engine: str = "local", progress: bool = True, fresh: bool = False,
               ray_address: str | None = None, workers: int = 1) -> StageReport:
-    """Run the unfinished shards of `stage`: in this process (engine 'local', workers 1), in `workers`
-    forked processes (engine 'local', workers > 1; `engines.run_on_processes`) or on Ray (engine 'ray').
+    """Run the unfinished shards of `stage` on the engine `engines.select_engine(engine, workers)` picks: this
+    process (engine 'local', workers 1), `workers` forked processes (engine 'local', workers > 1) or Ray
+    actors (engine 'ray'); all write the same files.
     Raises XPasteError when the inputs changed since the stage was started (see `check_fingerprint`);
     KeyboardInterrupt and OSError pass through after the workers are stopped (finished shards are kept)."""
-    from tqdm import tqdm
-
-    if engine not in ("local", "ray"):  # checked before anything is written
-        raise XPasteError(f"engine must be 'local' or 'ray', got {engine!r}")
+    if engine not in ENGINES:  # checked before anything is written
+        raise XPasteError(f"engine must be one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise XPasteError(f"workers must be an integer >= 1, got {workers!r}")
     start = time.perf_counter()
@@ -273,35 +222,36 @@ def run_stage(stage: Stage, engine: str = "local", progress: bool = True, fresh:
             else:
                 yield k
 
-    if engine == "ray":
-        from xpaste.pipeline.engines import run_on_ray
-
-        run_on_ray(stage, plan, list(todo()), ray_address=ray_address, progress=progress,
-                   options=stage.config.get("ray"))
-    elif workers > 1:
-        from xpaste.pipeline.engines import run_on_processes
-
-        run_on_processes(stage, plan, todo(), workers, progress=progress,
-                         resumed=lambda: report.items_resumed)
-    else:
-        with tqdm(total=len(plan.items), desc=stage.name, unit="item", disable=not progress) as bar:
-            prepared = False
-            resumed = 0
-            for k in todo():
-                bar.update(report.items_resumed - resumed)
-                resumed = report.items_resumed
-                if not prepared:
-                    stage.prepare()
-                    prepared = True
-                items = plan[k]
-                rows, skipped = stage.process(items)
-                write_shard(stage.stage_dir, k, rows, stage.schema(), skipped)
-                bar.update(len(items))
-            bar.update(report.items_resumed - resumed)
+    run = engines.select_engine(engine, workers)  # looked up now: benchmarks may wrap an engine
+    run(stage, plan, todo(), workers=workers, ray_address=ray_address, options=stage.config.get("ray"),
+        progress=progress, resumed=lambda: report.items_resumed)
     if stage.reads_rows_at_end:
-        from xpaste.pipeline.shards import read_stage
-
         report.rows = read_stage(stage.stage_dir, stage.schema()).num_rows
     report.skipped = read_skipped(stage.stage_dir)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def as_dict(config: Any) -> dict:
+    """Stages read plain nested dicts: a `PipelineConfig` becomes its `to_dict()`; a dict stays as it is."""
+    return config.to_dict() if hasattr(config, "to_dict") else config
+
+
+def run_sharded_job(stage_cls: type[Stage], config: Any, fresh: bool = False, progress: bool = True) -> JobReport:
+    """The job of a sharded stage (generate, retrieve, segment, score): build `stage_cls(run_dir, config)`
+    (it checks its inputs first), run its unfinished shards on the configured engine (`run_stage`), record the
+    invocation in RUN/config.yaml once the stage has started, and return its `JobReport`.
+
+    config: a `PipelineConfig` or its `to_dict()`. Raises what `run_stage` raises."""
+    cfg = as_dict(config)
+    run = RunDir(cfg["run_dir"])
+    stage = stage_cls(run.root, cfg)
+    try:
+        report = run_stage(stage, engine=cfg["engine"], fresh=fresh, ray_address=cfg["ray_address"],
+                           progress=progress, workers=cfg.get("workers", 1))
+    finally:  # recorded once the stage started (its inputs passed the checks), even if it then failed
+        if run.stage_dir(stage.name).exists():
+            run.record_invocation(stage.name, cfg)
+    counts = {"items": report.items, "shards": report.shards, "shards resumed": report.shards_resumed,
+              "rows": report.rows}
+    return JobReport(stage.name, str(run.stage_dir(stage.name)), counts, list(report.skipped), report.seconds)

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+import xpaste.report.plots as plots  # light: matplotlib loads when a plot is drawn
 from xpaste.errors import XPasteError
 from xpaste.io import read_json, resolve_inside, write_bytes_atomic
 from xpaste.report.assets import ORIGINAL_RGB, PASTED_RGB, Assets, checker_thumb, outlined
@@ -170,7 +171,7 @@ def _figure(img: str, caption: str, title: str = "", cls: str = "") -> str:
 def _candidate_thumb(run: Path, d: dict) -> np.ndarray | None:
     """The rejected candidate as the pool would have cut it out; the whole image when there is no mask."""
     from xpaste.imageio import read_rgb
-    from xpaste.pipeline.build_pool import cutout
+    from xpaste.stages.build_pool import cutout
     from xpaste.pipeline.rundir import load_mask
 
     try:
@@ -237,8 +238,6 @@ def _contact_sheets(inp: _Inputs, assets: Assets, per_category: int, max_categor
 
 
 def _histograms(inp: _Inputs, assets: Assets) -> str:
-    from xpaste.report import plots
-
     if inp.pool is None and inp.run is None:
         return '<p class="missing">No pool or run folder given: nothing to plot.</p>'
     figs, notes = [], []
@@ -281,8 +280,6 @@ def _histograms(inp: _Inputs, assets: Assets) -> str:
 
 
 def _segmenters(inp: _Inputs, assets: Assets) -> str:
-    from xpaste.report import plots
-
     if inp.decisions:
         stats: dict[str, dict] = {}
         for d in inp.decisions:
@@ -310,8 +307,6 @@ def _segmenters(inp: _Inputs, assets: Assets) -> str:
 
 
 def _coverage(inp: _Inputs, assets: Assets, max_categories: int) -> str:
-    from xpaste.report import plots
-
     if inp.dataset_rows is None:
         return '<p class="missing">No target dataset given (--dataset): coverage needs its category list.</p>'
     if inp.pool is not None:

@@ -1,37 +1,185 @@
-"""`xpaste augment` as a stage of the pipeline runner: the augment task, its shards and its resume rules.
+"""The augment stage (`xpaste augment`, and the last stage of `xpaste run` when enabled): write K Copy-Paste
+copies of every image of a COCO/LVIS dataset, pasted with a pool, as images plus a COCO/LVIS json (RLE masks).
 
-One task per (image index, copy), `TASKS_PER_SHARD` per shard; a task's seed is (seed, image index, copy),
-so the output does not depend on the engine, the worker count or the order shards finish in. A shard
-writes its images (atomically) under OUT/images/, then its row table (`runner`'s done marker) under
-OUT/.xpaste/augment/; a shard counts as done only when its table exists and every image it lists exists
-with the recorded size. `augment.augment_dataset` assembles OUT/annotations.json from the tables.
+One module: its config section (`AugmentConfig`, the options of `xpaste run`'s `augment:`), the checks of every
+option and path (`check_options`, `check_paths`), its `AugmentStage` on the pipeline's runner (the same shards,
+done markers, fingerprint and engines as the other stages: this process, forked workers, Ray), its driver
+`augment_dataset` and its job (`run_job`).
 
-The dataset is packed once in the driver (`PackedDataset`: each image's record and annotations as json
-bytes in one uint8 array plus offsets), so forked workers share it copy-on-write without touching its
-pages, Ray actors receive it zero-copy, and the driver can drop the 1M+ annotation dicts of an LVIS json.
+One task per (image index, copy), `TASKS_PER_SHARD` per shard; a task's seed is (seed, image index, copy), so
+the output does not depend on the engine, the worker count or the order shards finish in. A shard writes its
+images (atomically) under OUT/images/, then its row table (the runner's done marker) under OUT/.xpaste/augment/;
+a shard counts as done only when its table exists and every image it lists exists with the recorded size. A
+rerun resumes a killed or interrupted run and ends with the bytes of an uninterrupted one; a rerun whose inputs
+changed (dataset json content, images folder, pool content, scale prior, any option) is refused in one line
+naming what changed, or starts over with `fresh=True`. One writer per output folder (a lock). The final json
+is assembled from the shard tables in task order and written atomically at the end (`_assemble`).
+
+The dataset is packed once in the driver (`xpaste.data.packed.PackedDataset`), so forked workers share it
+copy-on-write, Ray actors receive it zero-copy, and the driver can drop the 1M+ annotation dicts of an LVIS json.
+
+Output folder: images/ (<new id:012d>.jpg|.png), annotations.json, augment_log.json, and the internal
+.xpaste/augment/ (stage.json and shard tables).
 """
 from __future__ import annotations
 
-import hashlib
+import ctypes
+import gc
 import json
+import logging
+import numbers
 import os
 import shutil
+import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
+from xpaste.data.coco import CocoDataset, check_masks_present, count_skipped_by_reason, load_coco, load_sample
+from xpaste.data.packed import PackedDataset
+from xpaste.data.stats import category_stats, resolve_scale_prior, scale_prior_from_stats
 from xpaste.errors import XPasteError
-from xpaste.pipeline.runner import Stage, digest
-from xpaste.pipeline.shards import shard_path
+from xpaste.fingerprint import digest, file_digest, images_digest, pool_digest
+from xpaste.io import atomic_path, encode_image, exclusive_lock, refuse_overlap, write_bytes_atomic, write_json_atomic
+from xpaste.jobs import JobReport
+from xpaste.ops.masks import masks_to_rles
+from xpaste.paste.config import PasteConfig
+from xpaste.pipeline.engines import ENGINES
+from xpaste.pipeline.rundir import RunDir
+from xpaste.pipeline.runner import ShardPlan, Stage, as_dict, run_stage
+from xpaste.pipeline.shards import read_skipped, shard_path
+from xpaste.pool.categories import match_categories
+from xpaste.pool.store import InstancePool
+from xpaste.typed import ConfigError, Section, key_field
 
+log = logging.getLogger("xpaste.augment")
+NAME = "augment"
+IMAGE_FORMATS = ("auto", "png")
 TASKS_PER_SHARD = 16  # the unit of resume: a kill redoes at most this many images per worker
 STATE_DIR = ".xpaste"  # OUT/.xpaste/augment/: stage.json and the shard tables (internal)
+OCCLUDED = "occluded"  # the reason code of originals hidden by pasted objects (augment_log.json)
+#: What augment writes (or replaces with --fresh) under --out; an input file there would be overwritten.
+OUT_ENTRIES = ("annotations.json", "augment_log.json", "images", ".xpaste", ".parts")
 
 
+# ----------------------------------------------------------------------------- config and checks
+def _paste_config(value: Any, key: str):
+    """The paste options as `xpaste.paste.config.PasteConfig` (their one home), from a mapping or None."""
+    if value is None or isinstance(value, PasteConfig):
+        return value if value is not None else PasteConfig()
+    if not isinstance(value, dict):
+        raise ConfigError(f"config key {key} must be a mapping of paste options, got {value!r}")
+    try:
+        return PasteConfig.from_dict(value)
+    except XPasteError as e:
+        raise ConfigError(f"config key {key}: {e.message}", hint=e.hint) from None
+
+
+@dataclass(frozen=True)
+class AugmentConfig(Section):
+    """`xpaste run` ends with augment when enabled: the dataset pasted with the pool build-pool wrote. Options
+    left out take `augment_dataset`'s defaults; the paste options are `PasteConfig`'s (one home)."""
+
+    enabled: bool = key_field(False, "run augment after build-pool in `xpaste run`", cli=False)
+    dataset: Optional[str] = key_field(None, "COCO/LVIS annotation json to augment", cli=False)
+    images: Optional[str] = key_field(None, "folder the json's file_name entries are relative to", cli=False)
+    out: Optional[str] = key_field(None, "output folder (default RUN/augmented)", cli=False)
+    copies: Optional[int] = key_field(None, "augmented copies per image", lo=1, cli=False, unset=True)
+    seed: Optional[int] = key_field(None, "seed of the paste plans", lo=0, cli=False, unset=True)
+    scale_prior: Optional[str] = key_field(None, "'dataset', 'none', or an `xpaste stats` json", cli=False, unset=True)
+    image_format: Optional[str] = key_field(None, "auto (png stays png, else jpg) | png", choices=("auto", "png"),
+                                       cli=False, unset=True)
+    max_images: Optional[int] = key_field(None, "only the first N images (a subset run)", lo=1, cli=False)
+    paste: Any = field(default=None, metadata={"convert": _paste_config})
+
+    def _check(self) -> None:
+        prefix = getattr(self, "_prefix", "")
+        if self.enabled and not (self.dataset and self.images):
+            raise ConfigError(f"config key {prefix}enabled: augment needs {prefix}dataset and {prefix}images")
+
+
+
+INT64_MAX = 2**63 - 1  # numpy, Arrow and the shard tables hold counts, ids and seeds as int64
+
+
+def _int_option(name: str, value: Any, low: int | None = None, none_ok: bool = False,
+                high: int = INT64_MAX) -> int | None:
+    if value is None and none_ok:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise XPasteError(f"--{name} must be an integer, got {value!r}")
+    if low is not None and value < low:
+        raise XPasteError(f"--{name} must be at least {low}, got {value}")
+    if value > high:
+        raise XPasteError(f"--{name} must be at most {high}, got {value}")
+    return int(value)
+
+
+def check_options(copies, seed, workers, engine, image_format, max_images, scale_prior, paste, paste_kwargs):
+    """Validate every option (types, ranges, choices) and return the PasteConfig; raises XPasteError in one
+    line naming the option. Writes nothing. Paste options are checked by `PasteConfig` (its own rules)."""
+    _int_option("copies", copies, 1)
+    _int_option("seed", seed, 0)  # numpy's SeedSequence takes non-negative integers only
+    _int_option("workers", workers, 1)
+    _int_option("max-images", max_images, 1, none_ok=True)
+    if engine not in ENGINES:
+        raise XPasteError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if image_format not in IMAGE_FORMATS:
+        raise XPasteError(f"--image-format must be one of {', '.join(IMAGE_FORMATS)}, got {image_format!r}")
+    if not isinstance(scale_prior, (str, os.PathLike)):
+        raise XPasteError(f"--scale-prior must be 'dataset', 'none' or a file, got {scale_prior!r}")
+    if str(scale_prior) not in ("dataset", "none") and not Path(scale_prior).is_file():
+        raise XPasteError("--scale-prior is neither 'dataset', 'none' nor an existing file", scale_prior,
+                          "pass an `xpaste stats` json or a COCO/LVIS json")
+    base = paste if paste is not None else PasteConfig()
+    if not isinstance(base, PasteConfig):
+        raise XPasteError(f"paste must be a PasteConfig, got {type(base).__name__}")
+    config = base.replace(**paste_kwargs) if paste_kwargs else base
+    for name, value in config.to_dict().items():  # paste counts and sizes feed numpy's int64 as well
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool) and abs(value) > INT64_MAX:
+            raise XPasteError(f"--{name.replace('_', '-')} must be at most {INT64_MAX}, got {value}")
+    if config.sampling == "weighted":
+        raise XPasteError("sampling 'weighted' needs per-category weights, which augment does not take",
+                          hint="use balanced (X-Paste), uniform or present")
+    return config
+
+
+#: What augment writes (or replaces with --fresh) under --out; an input file there would be overwritten.
+OUT_ENTRIES = ("annotations.json", "augment_log.json", "images", ".xpaste", ".parts")
+
+
+def check_paths(dataset_path: Path, images_dir: Path, pool_path: Path, out: Path) -> None:
+    """Inputs exist, and --out would overwrite none of them (`xpaste.io.refuse_overlap`): it is not, is not
+    inside and does not contain the images folder or the pool, and nothing it writes is the dataset json
+    (XPasteError otherwise)."""
+
+    if not dataset_path.is_file():
+        raise XPasteError("dataset json not found", dataset_path)
+    if not images_dir.is_dir():
+        raise XPasteError("images folder not found", images_dir, "--images is the folder file_name is relative to")
+    if not pool_path.is_dir():
+        raise XPasteError("pool folder not found", pool_path)
+    refuse_overlap(out, {"the dataset json (--dataset)": dataset_path, "the images folder (--images)": images_dir,
+                         "the pool (--pool)": pool_path}, writes=OUT_ENTRIES)
+
+
+def _check_not_foreign(out: Path, state: Path) -> None:
+    """Refuse an --out that holds outputs this stage did not start (another tool, an older xpaste)."""
+    if (state / "stage.json").exists():
+        return
+    found = [n for n in ("images", "annotations.json", ".parts")  # an empty folder (a failed first write) is no output
+             if (out / n).exists() and not ((out / n).is_dir() and not any((out / n).iterdir()))]
+    if found:
+        raise XPasteError(f"the output folder already holds {', '.join(found)} from another run", out,
+                          "choose a new --out, or pass --fresh to replace them")
+
+
+# ----------------------------------------------------------------------------- the stage
 class AugmentTasks:
     """The lazy task list: item t is {'image_index': t // copies, 'copy': t % copies} (never materialised)."""
-
     def __init__(self, n_images: int, copies: int):
         self.n_images, self.copies = int(n_images), int(copies)
 
@@ -46,74 +194,9 @@ class AugmentTasks:
         return digest([self.n_images, self.copies])
 
 
-class PackedDataset:
-    """Images 0..n-1 of a dataset with their annotations, as json records in one uint8 array.
-
-    `record(i)` -> (image dict, [annotation dicts]) as in the source json. Memory: about the json's size,
-    held in two numpy arrays (no Python object per annotation), so forks share it.
-    """
-
-    def __init__(self, dataset, n_images: int):
-        blob = bytearray()  # grown in place (no list of chunks, no join): the peak stays near its final size
-        offsets = np.zeros(n_images + 1, dtype=np.int64)
-        for i, image in enumerate(dataset.images[:n_images]):
-            blob += json.dumps([image, dataset.annotations_for(image["id"])], ensure_ascii=False).encode()
-            offsets[i + 1] = len(blob)
-        self.blob = np.frombuffer(blob, dtype=np.uint8)
-        self.offsets = offsets
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    def record(self, i: int) -> tuple[dict, list[dict]]:
-        image, anns = json.loads(self.blob[self.offsets[i] : self.offsets[i + 1]].tobytes())
-        return image, anns
-
-
 def output_image_id(image_index: int, copy: int, copies: int) -> int:
+    """The id of (image index, copy) in the output json: 1-based, in task order."""
     return image_index * copies + copy + 1
-
-
-def encode_image(image: np.ndarray, ext: str) -> bytes:
-    """(H, W, 3) uint8 RGB -> JPEG (quality 95) or PNG (compression 1) bytes, with OpenCV."""
-    import cv2
-
-    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if ext == ".jpg" else [cv2.IMWRITE_PNG_COMPRESSION, 1]
-    ok, buf = cv2.imencode(ext, bgr, params)
-    if not ok:
-        raise RuntimeError(f"could not encode {ext}")
-    return buf.tobytes()
-
-
-def file_digest(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes (streamed)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def images_digest(images_dir: Path, file_names) -> str:
-    """The images folder as the run sees it: its resolved path and (name, size, mtime) of each named file."""
-    rows: list[Any] = [str(Path(images_dir).resolve())]
-    for name in file_names:
-        try:
-            st = os.stat(Path(images_dir) / name)
-            rows.append([name, st.st_size, st.st_mtime_ns])
-        except OSError:
-            rows.append([name, None])
-    return digest(rows)
-
-
-def pool_digest(pool) -> str:
-    """The pool's content: its header and index files (the cut-out files are named by the index)."""
-    from xpaste.pool.store import HEADER, INDEX_DIR
-
-    root = Path(pool.root)
-    files = [root / HEADER, *sorted(p for p in (root / INDEX_DIR).glob("*") if not p.name.startswith("."))]
-    return digest([[p.name, file_digest(p)] for p in files if p.is_file()])
 
 
 class AugmentStage(Stage):
@@ -154,9 +237,7 @@ class AugmentStage(Stage):
 
     def setup(self) -> None:
         if self._transform is None:
-            from xpaste.paste.config import PasteConfig
-            from xpaste.paste.transform import CopyPaste
-            from xpaste.pool.store import InstancePool
+            from xpaste.paste.transform import CopyPaste  # the paste kernels load OpenCV: imported to run
 
             pool = InstancePool.open(self.config["pool"])
             self._transform = CopyPaste(pool, PasteConfig.from_dict(self.config["paste"]), scale_prior=self.prior)
@@ -210,9 +291,6 @@ class AugmentStage(Stage):
 
     def _task(self, image_index: int, copy: int) -> tuple[dict, list[dict]]:
         """Augment one (image, copy): write its image, return its row and its skipped annotations."""
-        from xpaste.data.coco import CocoDataset, load_sample
-        from xpaste.io import write_bytes_atomic
-        from xpaste.ops.masks import masks_to_rles
 
         cfg = self.config
         image, anns = self.packed.record(image_index)
@@ -235,7 +313,7 @@ class AugmentStage(Stage):
         t = out.targets
         ext = ".png" if cfg["image_format"] == "png" or str(image["file_name"]).lower().endswith(".png") else ".jpg"
         file_name = f"{new_id:012d}{ext}"
-        data = encode_image(out.image, ext)
+        data = encode_image(out.image, ext)  # JPEG quality 95 or PNG compression 1
         write_bytes_atomic(self.out / "images" / file_name, data, durable=False)
         rles = masks_to_rles(t.masks, t.boxes)
         out_anns = []
@@ -269,8 +347,6 @@ class AugmentStage(Stage):
         return row, skipped
 
 
-OCCLUDED = "occluded"  # the reason code of originals hidden by pasted objects (augment_log.json)
-
 
 def occluded_originals(before, after) -> list[int]:
     """Source annotation ids present in `before` (the loaded sample's targets) and absent from the originals of
@@ -281,3 +357,205 @@ def occluded_originals(before, after) -> list[int]:
     pasted = np.asarray(after.extra["pasted"], bool)
     kept = set(np.asarray(after.extra["ann_id"])[~pasted].tolist())
     return sorted(int(a) for a in ids.tolist() if int(a) not in kept)
+
+
+# ----------------------------------------------------------------------------- driver
+@dataclass
+class AugmentReport:
+    images_written: int = 0
+    images_resumed: int = 0
+    annotations: int = 0
+    pasted: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (file name, reason)
+    skipped_annotations: list[tuple[str, str]] = field(default_factory=list)  # ("file#ann id", why), unique
+    skipped_by_reason: dict[str, int] = field(default_factory=dict)  # reason code -> source annotations
+    skipped_pastes: list[tuple[str, str]] = field(default_factory=list)  # ("file pool row N", why): unreadable
+    occluded: int = 0  # originals hidden by pasted objects (the occlusion rule), per source annotation per copy
+    out: str = ""
+    seconds: float = 0.0
+
+    def job_report(self):
+        """The same outcome as the `xpaste.jobs.JobReport` every job returns."""
+
+        counts = {"images written": self.images_written, "already done": self.images_resumed,
+                  "annotations": self.annotations, "pasted": self.pasted,
+                  **{f"not written ({k})": v for k, v in self.skipped_by_reason.items()},
+                  "originals occluded (per copy)": self.occluded, "pastes skipped": len(self.skipped_pastes)}
+        return JobReport("augment", self.out, counts, [{"item": f, "reason": w} for f, w in self.failed],
+                         self.seconds)
+
+    def summary(self) -> str:
+        text = (f"{self.images_written} images written ({self.images_resumed} already done), "
+                f"{self.annotations} annotations ({self.pasted} pasted), {len(self.failed)} images failed")
+        if self.skipped_by_reason:
+            reasons = ", ".join(f"{k}: {v}" for k, v in self.skipped_by_reason.items())
+            text += f"; source annotations not written: {sum(self.skipped_by_reason.values())} ({reasons})"
+        if self.occluded:
+            text += (f"; {self.occluded} original annotations occluded by pasted objects (not written; counted per "
+                     "source annotation per copy)")
+        if self.skipped_pastes:
+            text += f"; {len(self.skipped_pastes)} pastes skipped (pool cut-outs that could not be read)"
+        return text
+
+
+def augment_dataset(dataset_path: str | os.PathLike, images_dir: str | os.PathLike, pool_path: str | os.PathLike,
+                    out_dir: str | os.PathLike, copies: int = 1, seed: int = 0, workers: int = 1,
+                    scale_prior: str | os.PathLike = "dataset", image_format: str = "auto", progress: bool = True,
+                    max_images: int | None = None, engine: str = "local", ray_address: str | None = None,
+                    fresh: bool = False, paste=None, **paste_kwargs: Any) -> AugmentReport:
+    """Write OUT/images/ and OUT/annotations.json (see the module docstring for determinism and resume).
+
+    `paste` is a `xpaste.paste.config.PasteConfig` (default: its defaults); keyword paste options override
+    it. `scale_prior`: 'dataset' (measured on the dataset's own annotations), 'none', or a stats / dataset
+    json. `workers` > 1 forks that many processes (engine 'local'); `engine='ray'` runs on Ray actors.
+    Raises XPasteError (one line) for a bad option, a missing or overlapping path, a dataset or pool
+    refused at load, inputs changed since OUT was started, or another process writing OUT; OSError (disk
+    full, permissions) and KeyboardInterrupt pass through with nothing half-written: rerun to resume.
+    """
+    started = time.perf_counter()
+    config = check_options(copies, seed, workers, engine, image_format, max_images, scale_prior, paste,
+                           paste_kwargs)
+    dataset_path, images_dir, pool_path, out = (Path(p) for p in (dataset_path, images_dir, pool_path, out_dir))
+    check_paths(dataset_path, images_dir, pool_path, out)
+    dataset = load_coco(dataset_path)
+    check_masks_present(dataset)  # box-only annotations: refused up front, in one line
+    pool = InstancePool.open(pool_path)
+    match_categories(pool, dataset.categories)  # pooled ids must exist in the dataset with the same names
+    if str(scale_prior) == "dataset":
+        prior = scale_prior_from_stats(category_stats(dataset))
+    elif str(scale_prior) == "none":
+        prior = {}
+    else:
+        prior = resolve_scale_prior(scale_prior)
+    n_images = len(dataset.images) if max_images is None else min(int(max_images), len(dataset.images))
+    if int(copies) * n_images > INT64_MAX:  # the task count is an int64 (shard plan, progress, Arrow)
+        raise XPasteError(f"--copies {copies} x {n_images} images is more than {INT64_MAX} images to write",
+                          hint="use a smaller --copies (or --max-images)")
+    options = {"copies": int(copies), "seed": int(seed), "scale_prior": str(scale_prior),
+               "image_format": image_format, "max_images": max_images, "shard_size": TASKS_PER_SHARD,
+               "paste": config.to_dict()}
+    fingerprint = {
+        "dataset": file_digest(dataset_path),
+        "images": images_digest(images_dir, (img["file_name"] for img in dataset.images[:n_images])),
+        "pool": pool_digest(pool),
+        "scale_prior": None if str(scale_prior) in ("dataset", "none") else file_digest(scale_prior),
+        "options": options,
+    }
+    stage_config = {**options, "images_dir": str(images_dir.resolve()), "pool": str(pool_path.resolve()),
+                    "device": "cpu", "fingerprint": fingerprint}  # device: no GPU for Ray actors
+    # The workers share one packed copy of the inputs; the per-annotation dicts are dropped from here on.
+    packed = PackedDataset(dataset, n_images)
+    header, categories = dict(dataset.header), dataset.categories
+    del dataset, pool
+    _release_memory()
+    stage = AugmentStage(out, stage_config, packed, categories, prior)
+
+    with exclusive_lock(out, "output folder"):
+        if not fresh:
+            _check_not_foreign(out, out / STATE_DIR / stage.name)
+        elif (out / ".parts").exists():
+            shutil.rmtree(out / ".parts")
+        result = run_stage(stage, engine=engine, progress=progress, fresh=fresh, ray_address=ray_address,
+                           workers=int(workers))
+        report = AugmentReport(out=str(out), images_resumed=result.items_resumed)
+        info = {"xpaste": {"dataset": str(dataset_path.resolve()), "pool": str(pool_path.resolve()), **options}}
+        _assemble(stage, header, categories, info, report)
+        report.seconds = time.perf_counter() - started
+    for file_name, why in report.failed:
+        print(f"xpaste: skipped {file_name}: {why}", file=sys.stderr)
+    for why in sorted({why for _, why in report.skipped_pastes})[:5]:  # one line per unreadable cut-out file
+        print(f"xpaste: skipped pastes: {why}", file=sys.stderr)
+    log.debug("%s: %s", out, report.summary())
+    if report.images_written == 0 and report.failed:  # nothing usable: a failure, not an empty dataset
+        (out / "annotations.json").unlink(missing_ok=True)  # augment_log.json keeps every failure
+        file_name, why = report.failed[0]
+        raise XPasteError(f"no image could be written: all {len(report.failed)} failed, the first ({file_name}): "
+                          f"{why}", out, "see augment_log.json for every failure; fix the inputs and rerun "
+                          "with --fresh")
+    return report
+
+
+def _release_memory() -> None:
+    """Return freed heap pages to the OS (glibc), so forked workers do not map the dropped json objects."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _shard_rows(stage, k: int) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(shard_path(stage.stage_dir, k), columns=["status", "file_name", "record", "why"]).to_pylist()
+
+
+def _assemble(stage, header: dict, categories: list[dict], info: dict, report: AugmentReport) -> None:
+    """Stream OUT/annotations.json from the shard tables, in task order (ids do not depend on the engine),
+    then write OUT/augment_log.json. Both atomically; the json is never held whole in memory."""
+
+    def dump(obj) -> str:
+        return json.dumps(obj, ensure_ascii=False, allow_nan=False)
+
+    n_shards = len(ShardPlan(stage.plan(), stage.config["shard_size"]))
+    head = {**header}
+    if isinstance(head.setdefault("info", {}), dict):
+        head["info"] = {**head["info"], **info}
+    with atomic_path(stage.out / "annotations.json") as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write("{" + "".join(f"{dump(k)}: {dump(v)}, " for k, v in head.items()) + '"images": [')
+        first = True
+        for k in range(n_shards):
+            for row in _shard_rows(stage, k):
+                if row["status"] != "written":
+                    report.failed.append((row["file_name"], row["why"]))
+                    continue
+                f.write(("" if first else ", ") + dump(json.loads(row["record"])["image"]))
+                first = False
+                report.images_written += 1
+        f.write('], "annotations": [')
+        ann_id = 0
+        for k in range(n_shards):
+            for row in _shard_rows(stage, k):
+                if row["status"] != "written":
+                    continue
+                record = json.loads(row["record"])
+                for ann in record["annotations"]:
+                    ann_id += 1
+                    report.pasted += bool(ann["pasted"])
+                    f.write(("" if ann_id == 1 else ", ")
+                            + dump({"id": ann_id, "image_id": record["image"]["id"], **ann}))
+        report.annotations = ann_id
+        f.write(f'], "categories": {dump(categories)}}}')
+        f.flush()
+        os.fsync(f.fileno())
+    skipped = read_skipped(stage.stage_dir)
+    report.skipped_pastes = [(s["item"], s["reason"]) for s in skipped if s.get("kind") == "paste"]
+    report.occluded = sum(len(s["ann_ids"]) for s in skipped if s.get("kind") == OCCLUDED)
+    unique = {s["item"]: s["reason"] for s in skipped  # each copy skips the same
+              if s.get("kind") not in ("paste", OCCLUDED)}
+    report.skipped_annotations = sorted(unique.items())
+    report.skipped_by_reason = {k: v for k, v in count_skipped_by_reason(unique.items()).items() if v}
+    write_json_atomic(stage.out / "augment_log.json", {
+        "summary": report.summary(), "failed_images": report.failed,
+        "skipped_annotations": report.skipped_annotations,
+        "skipped_annotations_by_reason": report.skipped_by_reason,
+        "occluded_annotations": {"count": report.occluded, "counted": "per source annotation per copy",
+                                 "reason": OCCLUDED},
+        "skipped_pastes": report.skipped_pastes}, indent=1)
+
+
+def run_job(config: Any, progress: bool = True) -> JobReport:
+    """Augment `augment.dataset` with the pool build-pool wrote (`augment_dataset`), into `augment.out`
+    (default RUN/augmented); options left out take augment_dataset's defaults."""
+    start = time.perf_counter()
+    cfg = as_dict(config)
+    a, run = cfg["augment"], RunDir(cfg["run_dir"])
+    out = run.augmented_dir(cfg)
+    options = {k: a[k] for k in ("copies", "seed", "scale_prior", "image_format", "max_images") if a.get(k) is not None}
+    report = augment_dataset(a["dataset"], a["images"], run.pool_dir(cfg), out, workers=cfg["workers"],
+                             engine=cfg["engine"], ray_address=cfg["ray_address"], progress=progress,
+                             paste=PasteConfig.from_dict(a["paste"]), **options)
+    counts = {"images written": report.images_written, "images resumed": report.images_resumed,
+              "annotations": report.annotations, "pasted": report.pasted}
+    failures = [{"item": name, "reason": why} for name, why in report.failed]
+    return JobReport(NAME, str(out), counts, failures, time.perf_counter() - start)

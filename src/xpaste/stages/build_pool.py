@@ -18,19 +18,38 @@ log: a cut-out an earlier, interrupted attempt already stored keeps its id and c
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
+import shutil
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
+from xpaste.core.instance import content_hash, crop_to_alpha
+from xpaste.data.coco import load_coco, load_sample
 from xpaste.errors import XPasteError
-from xpaste.pipeline.masks import ScoreStage, SegmentStage, read_candidates
+from xpaste.fingerprint import first_difference, outputs_digest, pool_digest
+from xpaste.io import read_json, write_json_atomic, write_parquet_atomic
+from xpaste.jobs import JobReport
+from xpaste.ops.masks import binarize, largest_filled_component
 from xpaste.pipeline.rundir import RunDir, load_mask, load_rgb, resolve_categories
+from xpaste.pipeline.runner import as_dict
 from xpaste.pipeline.shards import read_stage
-from xpaste.score.filters import AREA, BAR, EMPTY, KEPT
+from xpaste.pool.header import HEADER
+from xpaste.pool.store import InstancePool
+from xpaste.registry import load_backend
+from xpaste.score import SCORERS, composite_on_black, real_instance_view
+from xpaste.score.filters import AREA, BAR, EMPTY, KEPT, dedup_by_embedding, select_instances
+from xpaste.stages.candidates import candidate_schema, read_candidates
+from xpaste.stages.score import ScoreStage
+from xpaste.stages.segment import SegmentStage
+from xpaste.typed import ConfigError, Section, key_field
 
 __all__ = ["PRESETS", "DEFAULT_PRESET", "apply_preset", "build_pool", "cutout", "decisions_schema", "RealViews",
            "KEPT", "EMPTY", "AREA", "BAR", "DUPLICATE", "IDENTICAL", "FAR"]
@@ -55,12 +74,48 @@ DEFAULT_PRESET = "xpaste"
 DUPLICATE, IDENTICAL, FAR = "near duplicate", "identical pixels", "far from real instances"
 
 
+NAME = "build-pool"
+#: The config keys `xpaste build-pool` offers as flags (besides the run's common ones), and its help line.
+CLI_KEYS = ["build_pool.preset", "build_pool.out", "build_pool.t", "build_pool.d", "build_pool.area_min",
+            "build_pool.area_max", "build_pool.dedup", "build_pool.real_pool"]
+HELP = ("Select the best cut-out per image, filter by CLIP bar, area and duplicates, and write the pool (light: "
+        "always runs here, on the driver; --engine is accepted so one command line serves every stage).")
+
+
+@dataclass(frozen=True)
+class BuildPoolConfig(Section):
+    """X-Paste's filter (method.md, Stage 3): CLIP bar min(t, max - d), area-fraction range, optional dedup and
+    DiverGen filter. Options left null take the value of `preset`, whose documented values live in
+    `PRESETS` (xpaste: t 21, d 1, area [0.05, 0.95], no dedup)."""
+
+    preset: Optional[str] = key_field(None, "documented option bundle (default xpaste)", choices=tuple(PRESETS))
+    out: Optional[str] = key_field(None, "pool folder (default RUN/pool)")
+    t: Optional[float] = key_field(None, "CLIP bar cap, 100 x cosine (preset xpaste: 21)", unset=True)
+    d: Optional[float] = key_field(None, "bar = min(t, max - d) (preset xpaste: 1)", lo=0, unset=True)
+    area_min: Optional[float] = key_field(None, "smallest mask area fraction kept (preset xpaste: 0.05)", lo=0, hi=1,
+                                     unset=True)
+    area_max: Optional[float] = key_field(None, "largest mask area fraction kept (preset xpaste: 0.95)", lo=0, hi=1,
+                                     unset=True)
+    dedup: Optional[float] = key_field(None, "embedding cosine above which two cut-outs are duplicates (default off)",
+                                  lo=-1, hi=1)
+    real_pool: Optional[str] = key_field(None, "DiverGen filter against this pool of real instances")
+    real_min_similarity: Optional[float] = key_field(None, "DiverGen: least mean cosine to the real instances "
+                                                "(preset: 0.6)", lo=-1, hi=1, cli=False, unset=True)
+    flush_every: int = key_field(256, "pool rows per index shard while building", lo=1, cli=False)
+
+    def _check(self) -> None:
+        if self.area_min is not None and self.area_max is not None and self.area_min > self.area_max:
+            prefix = getattr(self, "_prefix", "")
+            raise ConfigError(f"config keys {prefix}area_min/area_max: need area_min <= area_max, got "
+                              f"{self.area_min} > {self.area_max}")
+
+
+
 def _section(config: Any, name: str) -> dict:
     """A config section as a dict, whether the config is nested dicts or (typed) dataclasses."""
     value = config[name] if isinstance(config, Mapping) else getattr(config, name)
     if isinstance(value, Mapping):
         return dict(value)
-    import dataclasses
 
     return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else dict(vars(value))
 
@@ -96,8 +151,6 @@ def apply_preset(options: Mapping, name: str | None = None) -> dict:
 
 
 def _decisions(run_dir: Path, config: Any, b: dict) -> list[dict]:
-    from xpaste.score.filters import dedup_by_embedding, select_instances
-
     candidates = {r["candidate_id"]: r for r in read_candidates(run_dir)}
     segments = {(r["candidate_id"], r["segmenter"]): r
                 for r in read_stage(run_dir / "segment", SegmentStage.schema(None)).to_pylist()}
@@ -196,16 +249,11 @@ class RealViews:
         rgba = self.pool.rgba(row)
         source = self._source(row, rgba)
         if source is None:
-            from xpaste.score import real_instance_view
-
             self.fallbacks += 1
             return real_instance_view(rgba[..., :3], rgba[..., 3] > 0)
         return source
 
     def _source(self, row: int, rgba: np.ndarray) -> np.ndarray | None:
-        from xpaste.data.coco import load_coco, load_sample
-        from xpaste.score import real_instance_view
-
         key = self.keys[row]
         if key is None or key[0] is None or key[1] is None:
             return None
@@ -230,14 +278,10 @@ def _real_similarity_filter(run_dir: Path, decisions: list[dict], config: Any, b
     b["real_min_similarity"] (0.6). Generated images are shown whole with black outside the binary mask, real
     instances through `RealViews`; both embedded by the model that scored the cut-outs. Categories without real
     instances are not filtered. Sets d["real_similarity"] on every compared decision."""
-    from xpaste.pool.store import InstancePool
-    from xpaste.registry import load_backend
-    from xpaste.score import SCORERS, composite_on_black
 
     s = _section(config, "score")
     recorded = run_dir / "score" / "stage.json"
     if recorded.exists():  # the real instances must be embedded by the model that scored the cut-outs
-        from xpaste.io import read_json
 
         s.update({k: v for k, v in read_json(recorded)["fingerprint"].items() if k in ("clip", "pretrained")})
     real = InstancePool.open(b["real_pool"])
@@ -274,7 +318,6 @@ def cutout(image: np.ndarray, soft: np.ndarray) -> np.ndarray | None:
     alpha 255 on the filled region and 0 elsewhere (the reference saves the binary region), or None when the
     binary mask is empty. Source: method.md Stage 3 (`xpaste.ops.masks.largest_filled_component`).
     """
-    from xpaste.ops.masks import binarize, largest_filled_component
 
     region = largest_filled_component(binarize(soft))
     rows, cols = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))
@@ -291,7 +334,6 @@ def decisions_schema():
     """The columns of build_pool/decisions.parquet: the candidate's fields, then what build-pool decided."""
     import pyarrow as pa
 
-    from xpaste.pipeline.acquire import candidate_schema
 
     extra = [("segmenter", pa.string()), ("clip_score", pa.float64()), ("area_frac", pa.float64()),
              ("mask_path", pa.string()), ("decision", pa.string()), ("bar", pa.float64()),
@@ -306,7 +348,6 @@ UPSTREAM = ("generate", "retrieve", "segment", "score")
 def record_path(run_dir: Path, out: Path) -> Path:
     """RUN/build_pool/stage-<pool folder hash>.json: what that pool is being built from (`build_fingerprint`).
     One per pool folder: one run may feed several pools (e.g. one per threshold), each resumed on its own."""
-    import hashlib
 
     key = hashlib.sha1(str(Path(out).resolve()).encode()).hexdigest()[:12]
     return RunDir(run_dir).stage_dir("build-pool") / f"stage-{key}.json"
@@ -315,21 +356,16 @@ def record_path(run_dir: Path, out: Path) -> Path:
 def build_fingerprint(run_dir: Path, config: Any, b: dict, out: Path) -> dict:
     """What a build depends on: every resolved option (the preset's values filled in), the pool folder, the
     scoring model and segmenter order, the outputs of the upstream stages and the real pool's content."""
-    from xpaste.pipeline.runner import outputs_digest
 
     options = {k: v for k, v in b.items() if k not in ("flush_every", "out", "real_pool")}
     s = _section(config, "score")
     real = None
     if b.get("real_pool"):
-        from xpaste.pipeline.augment_stage import pool_digest
-        from xpaste.pool.store import InstancePool
-
         real = {"path": str(Path(b["real_pool"]).resolve()), "content": pool_digest(InstancePool.open(b["real_pool"]))}
     record = {"options": options, "out": str(Path(out).resolve()), "real_pool": real,
               "score": {k: s.get(k) for k in ("clip", "pretrained")},
               "segmenters": list(_section(config, "segment")["segmenters"]),
               "upstream": {name: outputs_digest(Path(run_dir) / name) for name in UPSTREAM}}
-    import json
 
     return json.loads(json.dumps(record, default=str))
 
@@ -350,10 +386,6 @@ def _describe(path: tuple, old: Any, new: Any) -> str:
 def _check_record(run_dir: Path, record: dict, out: Path, fresh: bool) -> bool:
     """Refuse a build whose inputs or options differ from the recorded ones, in one line naming what changed
     (unless `fresh`). Returns True when the existing pool and decisions must be discarded (`fresh`)."""
-    from xpaste.io import read_json
-    from xpaste.pipeline.runner import _first_difference
-
-    from xpaste.pool.header import HEADER
 
     path = record_path(run_dir, out)
     if fresh:
@@ -363,7 +395,7 @@ def _check_record(run_dir: Path, record: dict, out: Path, fresh: bool) -> bool:
             raise XPasteError("the pool folder already holds a pool that this build did not start", out,
                               "pass --fresh to rebuild it, or choose another build_pool.out")
         return False
-    change = _first_difference(read_json(path), record)
+    change = first_difference(read_json(path), record)
     if change is not None:
         raise XPasteError(_describe(*change), out,
                           "rerun with the same inputs and options to resume, or pass --fresh to rebuild the pool")
@@ -373,9 +405,6 @@ def _check_record(run_dir: Path, record: dict, out: Path, fresh: bool) -> bool:
 def _discard(run_dir: Path, out: Path, protected: list) -> None:
     """`--fresh`: remove the earlier build's record, decisions and pool (only a folder that is a pool: pool.json),
     so the build starts clean; a kill from here on resumes the new build."""
-    import shutil
-
-    from xpaste.pool.header import HEADER
 
     folder = RunDir(run_dir).stage_dir("build-pool")
     record_path(run_dir, out).unlink(missing_ok=True)
@@ -409,9 +438,6 @@ def build_pool(run_dir: str | Path, config: Any, progress: bool = True, fresh: b
     import pyarrow as pa
     from tqdm import tqdm
 
-    from xpaste.core.instance import content_hash, crop_to_alpha
-    from xpaste.io import write_json_atomic, write_parquet_atomic
-    from xpaste.pool.store import InstancePool
 
     start = time.perf_counter()
     run_dir = Path(run_dir)
@@ -472,3 +498,15 @@ def build_pool(run_dir: str | Path, config: Any, progress: bool = True, fresh: b
                "added": counts.get(KEPT, 0), "decisions": counts, "seconds": round(time.perf_counter() - start, 3)}
     write_json_atomic(RunDir(run_dir).build_summary_file, summary, indent=1)
     return summary
+
+
+def run_job(config: Any, fresh: bool = False, progress: bool = True) -> JobReport:
+    """Filter the run's scored cut-outs into the pool (`build_pool`); a rerun with the same inputs resumes, one
+    with changed inputs or options is refused unless `fresh` (rebuilt)."""
+    cfg = as_dict(config)
+    run = RunDir(cfg["run_dir"])
+    run.record_invocation(NAME, cfg)
+    summary = build_pool(run.root, cfg, progress=progress, fresh=fresh)
+    counts = {"candidates": summary["candidates"], "added": summary["added"]}
+    counts.update({k: v for k, v in summary["decisions"].items() if k != "kept"})
+    return JobReport(NAME, summary["pool"], counts, [], float(summary.get("seconds", 0.0)))

@@ -1,9 +1,10 @@
-"""Pipeline configuration: typed, frozen dataclasses, one per section, holding every default in one place.
+"""Pipeline configuration: typed, frozen dataclasses, one section per stage, composed into `PipelineConfig`.
 
-`PipelineConfig` (top level) has one section per stage (`generate`, `retrieve`, `segment`, `score`,
-`build_pool`, `augment`) plus `categories` and `ray`. Each field's metadata holds its help text, its choices,
-its range and its CLI flag name, so the stage commands' flags and help are derived from here (`cli_options`),
-never spelled twice. The paste options are not repeated here: `augment.paste` is a
+Each stage's section lives in that stage's module (`GenerateConfig` in `xpaste.stages.generate`, ...: one
+module a stage); this module holds the run-wide keys (`run_dir`, `engine`, `workers`, `device`, the `ray:`
+and `categories:` sections), the composition and the loading rules. Each field's metadata holds its help
+text, its choices, its range and its CLI flag name, so the stage commands' flags and help are derived from
+the fields (`cli_options`), never spelled twice. The paste options are not repeated: `augment.paste` is a
 `xpaste.paste.config.PasteConfig`, and options whose documented values belong to a preset or another function
 (build_pool's t, d, area range; augment's copies, seed, ...) stay unset (left out of `to_dict`) unless given.
 Field types, the coercion rules and `ConfigError` live in `xpaste.typed`.
@@ -28,29 +29,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from xpaste.errors import XPasteError
-from xpaste.typed import (ConfigError, Section, check_range, coerce, default_of, hints_of, key_field,
-                                   nearest_hint, type_name)
+from xpaste.pipeline.engines import ENGINES
+from xpaste.stages.augment import AugmentConfig
+from xpaste.stages.build_pool import BuildPoolConfig
+from xpaste.stages.generate import GenerateConfig
+from xpaste.stages.retrieve import RetrieveConfig
+from xpaste.stages.score import ScoreConfig
+from xpaste.stages.segment import SegmentConfig
+from xpaste.typed import (ConfigError, Section, check_range, coerce, default_of, hints_of, key_field, nearest_hint,
+                          type_name)
 
-ENGINES = ("local", "ray")
-#: Scheduler names of `xpaste.generate.diffusers_t2i.SCHEDULERS` (kept equal by a test; this module stays light).
-SCHEDULER_NAMES = ("dpm", "ddim", "euler", "euler_a", "pndm", "lms")
-#: Keys of `xpaste.pipeline.build_pool.PRESETS` (kept equal by a test).
-BUILD_POOL_PRESETS = ("xpaste", "divergen")
-
-
-def _paste_config(value: Any, key: str):
-    """The paste options as `xpaste.paste.config.PasteConfig` (their one home), from a mapping or None."""
-    from xpaste.paste.config import PasteConfig
-
-    if value is None or isinstance(value, PasteConfig):
-        return value if value is not None else PasteConfig()
-    if not isinstance(value, dict):
-        raise ConfigError(f"config key {key} must be a mapping of paste options, got {value!r}")
-    try:
-        return PasteConfig.from_dict(value)
-    except XPasteError as e:
-        raise ConfigError(f"config key {key}: {e.message}", hint=e.hint) from None
+__all__ = ["PipelineConfig", "ConfigError", "load_config", "cli_options", "field_of", "parse_override", "merge",
+           "nested", "SECTIONS", "RayConfig", "CategoriesConfig", "GenerateConfig", "RetrieveConfig",
+           "SegmentConfig", "ScoreConfig", "BuildPoolConfig", "AugmentConfig"]
 
 
 # ---------------------------------------------------------------------------------------------- sections
@@ -75,129 +66,6 @@ class CategoriesConfig(Section):
                                  flag="--categories")
     select: Optional[tuple[str, ...]] = key_field(None, "subset of the categories: names or ids", text_items=True,
                                              split=",", cli=False)
-
-
-@dataclass(frozen=True)
-class GenerateConfig(Section):
-    """Text-to-image generation (method.md, Stage 1: SD 1.5, DPM-Solver, 50 steps, guidance 7.5, 512x512)."""
-
-    enabled: bool = key_field(True, "run this stage in `xpaste run`", cli=False)
-    models: tuple[str, ...] = key_field(("stable-diffusion-v1-5/stable-diffusion-v1-5",),
-                                   "hub id or local folder", flag="--model", min_items=1)
-    per_category: int = key_field(4, "images per category and model", lo=0)
-    seed: int = key_field(0, "base seed; image i's seed derives from it", lo=0)
-    batch_size: int = key_field(4, "images per model call", lo=1)
-    steps: int = key_field(50, "diffusion steps", lo=1)
-    guidance: float = key_field(7.5, "classifier-free guidance scale", lo=0)
-    scheduler: str = key_field("dpm", "diffusion scheduler", choices=SCHEDULER_NAMES)
-    height: int = key_field(512, "image height, pixels", lo=8)
-    width: int = key_field(512, "image width, pixels", lo=8)
-    templates: tuple[str, ...] = key_field(("a photo of a single {name}",),
-                                      "template with {name} {definition} {synonym}", flag="--prompt",
-                                      min_items=1)
-    prompt_file: Optional[str] = key_field(None, "per-category prompts (json or name<TAB>prompt lines)")
-    negative_prompt: Optional[str] = key_field(None, "negative prompt", cli=False)
-    backgrounds: int = key_field(0, "also N scene images for paste canvases", lo=0)
-
-    def _check(self) -> None:
-        from xpaste.generate.prompts import template_fields
-
-        for template in self.templates:
-            try:
-                template_fields(template)
-            except XPasteError as e:
-                raise ConfigError(f"config key {getattr(self, '_prefix', '')}templates: {e.message}",
-                                  hint=e.hint) from None
-
-
-@dataclass(frozen=True)
-class RetrieveConfig(Section):
-    enabled: bool = key_field(False, "run this stage in `xpaste run`", cli=False)
-    folder: Optional[str] = key_field(None, "image folder or list file")
-    labelled: bool = key_field(False, "folder/<category name>/... holds each category's images (no CLIP ranking)")
-    knn_url: Optional[str] = key_field(None, "clip-retrieval service URL, e.g. http://host:1234/knn-service")
-    knn_indice: str = key_field("laion5B-L-14", "index name of the clip-retrieval service")
-    per_category: int = key_field(20, "images per category", lo=1)
-    min_score: Optional[float] = key_field(None, "keep images scoring at least this (100 x cosine)")
-    simple_background: Optional[float] = key_field(None, "keep images whose modal colour covers this fraction "
-                                                   "(e.g. 0.4)", lo=0, hi=1)
-    max_bytes: int = key_field(20 * 2**20, "largest download, bytes", lo=1, cli=False)
-
-
-@dataclass(frozen=True)
-class SegmentConfig(Section):
-    segmenters: tuple[str, ...] = key_field(("grabcut", "rembg:u2net", "clipseg"),
-                                       "grabcut | rembg[:model|:file.onnx] | clipseg[:folder]",
-                                       flag="--segmenter", split=",", min_items=1)
-    batch_size: int = key_field(8, "images per segmenter call", lo=1)
-
-    def _check(self) -> None:
-        from xpaste.segment import parse_spec
-
-        for spec in self.segmenters:
-            try:
-                parse_spec(spec)
-            except XPasteError as e:
-                prefix = getattr(self, "_prefix", "")
-                raise ConfigError(f"config key {prefix}segmenters: {e.message}", hint=e.hint) from None
-
-
-@dataclass(frozen=True)
-class ScoreConfig(Section):
-    clip: Optional[str] = key_field("ViT-L-14", "ViT-L-14 | hf-hub:org/name | local-dir:/folder; null: no CLIP scores")
-    pretrained: Optional[str] = key_field("openai", "open_clip pretrained tag")
-    batch_size: int = key_field(32, "cut-outs per CLIP call", lo=1)
-
-
-@dataclass(frozen=True)
-class BuildPoolConfig(Section):
-    """X-Paste's filter (method.md, Stage 3): CLIP bar min(t, max - d), area-fraction range, optional dedup and
-    DiverGen filter. Options left null take the value of `preset`, whose documented values live in
-    `xpaste.pipeline.build_pool.PRESETS` (xpaste: t 21, d 1, area [0.05, 0.95], no dedup)."""
-
-    preset: Optional[str] = key_field(None, "documented option bundle (default xpaste)", choices=BUILD_POOL_PRESETS)
-    out: Optional[str] = key_field(None, "pool folder (default RUN/pool)")
-    t: Optional[float] = key_field(None, "CLIP bar cap, 100 x cosine (preset xpaste: 21)", unset=True)
-    d: Optional[float] = key_field(None, "bar = min(t, max - d) (preset xpaste: 1)", lo=0, unset=True)
-    area_min: Optional[float] = key_field(None, "smallest mask area fraction kept (preset xpaste: 0.05)", lo=0, hi=1,
-                                     unset=True)
-    area_max: Optional[float] = key_field(None, "largest mask area fraction kept (preset xpaste: 0.95)", lo=0, hi=1,
-                                     unset=True)
-    dedup: Optional[float] = key_field(None, "embedding cosine above which two cut-outs are duplicates (default off)",
-                                  lo=-1, hi=1)
-    real_pool: Optional[str] = key_field(None, "DiverGen filter against this pool of real instances")
-    real_min_similarity: Optional[float] = key_field(None, "DiverGen: least mean cosine to the real instances "
-                                                "(preset: 0.6)", lo=-1, hi=1, cli=False, unset=True)
-    flush_every: int = key_field(256, "pool rows per index shard while building", lo=1, cli=False)
-
-    def _check(self) -> None:
-        if self.area_min is not None and self.area_max is not None and self.area_min > self.area_max:
-            prefix = getattr(self, "_prefix", "")
-            raise ConfigError(f"config keys {prefix}area_min/area_max: need area_min <= area_max, got "
-                              f"{self.area_min} > {self.area_max}")
-
-
-@dataclass(frozen=True)
-class AugmentConfig(Section):
-    """`xpaste run` ends with augment when enabled: the dataset pasted with the pool build-pool wrote. Options
-    left out take `xpaste.augment.augment_dataset`'s defaults; the paste options are `PasteConfig`'s (one home)."""
-
-    enabled: bool = key_field(False, "run augment after build-pool in `xpaste run`", cli=False)
-    dataset: Optional[str] = key_field(None, "COCO/LVIS annotation json to augment", cli=False)
-    images: Optional[str] = key_field(None, "folder the json's file_name entries are relative to", cli=False)
-    out: Optional[str] = key_field(None, "output folder (default RUN/augmented)", cli=False)
-    copies: Optional[int] = key_field(None, "augmented copies per image", lo=1, cli=False, unset=True)
-    seed: Optional[int] = key_field(None, "seed of the paste plans", lo=0, cli=False, unset=True)
-    scale_prior: Optional[str] = key_field(None, "'dataset', 'none', or an `xpaste stats` json", cli=False, unset=True)
-    image_format: Optional[str] = key_field(None, "auto (png stays png, else jpg) | png", choices=("auto", "png"),
-                                       cli=False, unset=True)
-    max_images: Optional[int] = key_field(None, "only the first N images (a subset run)", lo=1, cli=False)
-    paste: Any = field(default=None, metadata={"convert": _paste_config})
-
-    def _check(self) -> None:
-        prefix = getattr(self, "_prefix", "")
-        if self.enabled and not (self.dataset and self.images):
-            raise ConfigError(f"config key {prefix}enabled: augment needs {prefix}dataset and {prefix}images")
 
 
 @dataclass(frozen=True)

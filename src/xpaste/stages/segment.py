@@ -1,45 +1,49 @@
-"""Stage 2: a soft foreground mask per (candidate image, segmenter), and a CLIP score per cut-out.
+"""The segment stage: a soft foreground mask per (candidate image, segmenter) (method.md, Stage 2).
 
-Rules (method.md, Stage 2): every segmenter's output is min-max normalised per image to 0-255 and binarised
-at > 128 (`xpaste.ops.masks.normalize_soft` / `binarize`); each cut-out is scored as the whole image with white
-outside its binary mask (`xpaste.score.composite_on_white`), through CLIP's own preprocessing (resize 224,
-centre crop), against `a photo of {name}`, as 100 x cosine.
+Rule: every segmenter's output is min-max normalised per image to 0-255 and binarised at > 128
+(`xpaste.ops.masks.normalize_soft` / `binarize`). One module: its config section (`SegmentConfig`), its
+sharded `SegmentStage` (writes RUN/masks/<segmenter>/ PNGs and RUN/segment/ shard tables) and its job
+(`run_job`). Backends, one file each behind the registry: `xpaste.segment` (grabcut, rembg, clipseg).
 """
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import Any
 
 from xpaste.errors import XPasteError
 from xpaste.io import safe_name
-from xpaste.pipeline.rundir import load_mask, load_rgb, save_png
-from xpaste.pipeline.runner import Stage
+from xpaste.jobs import JobReport
+from xpaste.ops.masks import binarize, count_components, normalize_soft
+from xpaste.pipeline.rundir import load_rgb, save_png
+from xpaste.pipeline.runner import Stage, run_sharded_job
 from xpaste.pipeline.shards import read_stage
+from xpaste.segment import build_segmenter, parse_spec
+from xpaste.stages.candidates import read_candidates
+from xpaste.typed import ConfigError, Section, key_field
+
+NAME = "segment"
+#: The config keys `xpaste segment` offers as flags (besides the run's common ones), and its help line.
+CLI_KEYS = ["workers", "segment.segmenters", "segment.batch_size"]
+HELP = "Cut out every candidate image with each segmenter (soft masks are stored)."
 
 
-def read_candidates(run_dir: Path):
-    """Object candidates from generate and retrieve, sorted by id (the order every later stage uses)."""
-    import pyarrow as pa
+@dataclass(frozen=True)
+class SegmentConfig(Section):
+    segmenters: tuple[str, ...] = key_field(("grabcut", "rembg:u2net", "clipseg"),
+                                       "grabcut | rembg[:model|:file.onnx] | clipseg[:folder]",
+                                       flag="--segmenter", split=",", min_items=1)
+    batch_size: int = key_field(8, "images per segmenter call", lo=1)
 
-    from xpaste.pipeline.acquire import candidate_schema
+    def _check(self) -> None:
+        for spec in self.segmenters:
+            try:
+                parse_spec(spec)
+            except XPasteError as e:
+                prefix = getattr(self, "_prefix", "")
+                raise ConfigError(f"config key {prefix}segmenters: {e.message}", hint=e.hint) from None
 
-    tables = [read_stage(run_dir / name, candidate_schema()) for name in ("generate", "retrieve")]
-    table = pa.concat_tables(tables, promote_options="default")
-    rows = [r for r in table.to_pylist() if r["kind"] == "object"]
-    return sorted(rows, key=lambda r: r["candidate_id"])
-
-
-def segment_rows_with_paths(run_dir: Path) -> list[dict]:
-    """Segment rows joined with their candidate (image path, category name), in (candidate, segmenter) order."""
-    candidates = {r["candidate_id"]: r for r in read_candidates(run_dir)}
-    out = []
-    for row in read_stage(run_dir / "segment", SegmentStage.schema(None)).to_pylist():
-        cand = candidates.get(row["candidate_id"])
-        if cand is not None:
-            out.append({**row, "path": cand["path"], "category": cand["category"]})
-    return out
 
 
 class SegmentStage(Stage):
@@ -74,13 +78,9 @@ class SegmentStage(Stage):
 
     def setup(self) -> None:
         if self._segmenters is None:
-            from xpaste.segment import build_segmenter
-
             self._segmenters = [(spec, build_segmenter(spec)) for spec in self.config["segment"]["segmenters"]]
 
     def process(self, items: list[dict]) -> tuple[list[dict], list[dict]]:
-        from xpaste.ops.masks import binarize, count_components, normalize_soft
-
         self.setup()
         batch = int(self.config["segment"]["batch_size"])
         loaded, skipped = [], []
@@ -110,75 +110,17 @@ class SegmentStage(Stage):
         return rows, skipped
 
 
-class ScoreStage(Stage):
-    """Every cut-out shown as the whole image with white outside its binary mask (> 128), scored 100 x cosine
-    against `a photo of {name}` (method.md, Stage 2); the image embedding is kept for near-duplicate removal."""
+def segment_rows_with_paths(run_dir: Path) -> list[dict]:
+    """Segment rows joined with their candidate (image path, category name), in (candidate, segmenter) order."""
+    candidates = {r["candidate_id"]: r for r in read_candidates(run_dir)}
+    out = []
+    for row in read_stage(run_dir / "segment", SegmentStage.schema(None)).to_pylist():
+        cand = candidates.get(row["candidate_id"])
+        if cand is not None:
+            out.append({**row, "path": cand["path"], "category": cand["category"]})
+    return out
 
-    name = "score"
-    _model_attrs = ("_scorer",)
-    upstream = ("generate", "retrieve", "segment")  # the images and the masks it scores
 
-    def __init__(self, run_dir: Path, config: dict):
-        super().__init__(run_dir, config)
-        self._scorer = None
-
-    def schema(self):
-        import pyarrow as pa
-
-        return pa.schema([("candidate_id", pa.string()), ("category_id", pa.int64()), ("segmenter", pa.string()),
-                          ("clip_score", pa.float64()), ("embedding", pa.list_(pa.float32()))])
-
-    #: What CLIP is shown, part of the fingerprint: scores made under an older rule are not resumed silently.
-    rule = "whole image, white outside mask > 128, vs 'a photo of {name}'"
-    change_labels = {"rule": "the scoring rule (whole image, white outside the binary mask)"}
-
-    def fingerprint(self) -> dict:
-        s = self.config["score"]
-        return {"clip": s["clip"], "pretrained": s["pretrained"], "shard_size": self.config["shard_size"],
-                "rule": self.rule}
-
-    def plan(self) -> list[dict]:
-        items = segment_rows_with_paths(self.run_dir)
-        if not items:
-            raise XPasteError("no masks to score", self.run_dir, "run `xpaste segment` first")
-        return items
-
-    def setup(self) -> None:
-        if self._scorer is None:
-            from xpaste.registry import load_backend
-            from xpaste.score import SCORERS
-
-            s = self.config["score"]
-            scorer_cls = load_backend(SCORERS["clip"], "clip")
-            self._scorer = scorer_cls(s["clip"], s["pretrained"], device=self.config["device"],
-                                      batch_size=int(s["batch_size"]))
-
-    def process(self, items: list[dict]) -> tuple[list[dict], list[dict]]:
-        from xpaste.score import composite_on_white, prompt_for
-
-        self.setup()
-        composites, kept, skipped = [], [], []
-        for item in items:
-            try:
-                image = load_rgb(self.run_dir, item["path"])
-                mask = load_mask(self.run_dir, item["mask_path"])
-            except XPasteError as e:
-                skipped.append({"item": f"{item['candidate_id']}/{item['segmenter']}", "reason": str(e)})
-                continue
-            if mask.shape != image.shape[:2]:
-                skipped.append({"item": f"{item['candidate_id']}/{item['segmenter']}",
-                                "reason": f"mask {mask.shape} does not match image {image.shape[:2]}"})
-                continue
-            composites.append(composite_on_white(image, mask))
-            kept.append(item)
-        rows = []
-        if kept:
-            image_emb = self._scorer.embed_images(composites)
-            texts = sorted({prompt_for(it["category"]) for it in kept})
-            text_emb = dict(zip(texts, self._scorer.embed_texts(texts)))
-            for item, emb in zip(kept, image_emb):
-                score = 100.0 * float(np.dot(emb, text_emb[prompt_for(item["category"])]))
-                rows.append({"candidate_id": item["candidate_id"], "category_id": item["category_id"],
-                             "segmenter": item["segmenter"], "clip_score": score,
-                             "embedding": emb.astype(np.float32).tolist()})
-        return rows, skipped
+def run_job(config: Any, fresh: bool = False, progress: bool = True) -> JobReport:
+    """Run the segment stage in `config.run_dir` (resuming finished shards; `fresh` redoes it)."""
+    return run_sharded_job(SegmentStage, config, fresh, progress)
