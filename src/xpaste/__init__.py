@@ -5,6 +5,8 @@ transform, which uses OpenCV) are loaded on first attribute access.
 """
 from __future__ import annotations
 
+import importlib
+
 from xpaste._version import __version__
 from xpaste.core.instance import Instance, InstanceRecord
 from xpaste.core.sample import Sample
@@ -15,6 +17,7 @@ _LAZY = {
     "InstancePool": "xpaste.pool.store",
     "CopyPaste": "xpaste.paste.transform",
     "PastePlan": "xpaste.paste.plan",
+    "PasteConfig": "xpaste.paste.config",
 }
 
 __all__ = ["__version__", "Instance", "InstanceRecord", "Sample", "Targets", "XPasteError", *_LAZY]
@@ -22,7 +25,5 @@ __all__ = ["__version__", "Instance", "InstanceRecord", "Sample", "Targets", "XP
 
 def __getattr__(name: str):
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'xpaste' has no attribute {name!r}")

@@ -8,17 +8,21 @@ from typing import Any, Callable
 
 
 def moved(old: str, *new: str) -> Callable[[str], Any]:
-    """A module `__getattr__` for the alias module `old`: `old.NAME` is NAME from the first of the modules
-    `new` that has it, with a DeprecationWarning naming that module; AttributeError when none has it."""
+    """A module `__getattr__` for the alias module `old`: `old.NAME` is NAME from the module of `new` that
+    defines it (else the first that has it), with a DeprecationWarning naming that module; AttributeError
+    when none has it."""
 
     def __getattr__(name: str) -> Any:
         if not name.startswith("__"):
-            for target in new:
-                module = importlib.import_module(target)
-                if hasattr(module, name):
-                    warnings.warn(f"{old} moved to {target}: import {name} from {target} (the old path goes in "
-                                  "the next release)", DeprecationWarning, stacklevel=2)
-                    return getattr(module, name)
+            found = [(target, getattr(module, name)) for target in new
+                     for module in [importlib.import_module(target)] if hasattr(module, name)]
+            # the module that defines it, not one that imports it
+            home = [(t, obj) for t, obj in found if getattr(obj, "__module__", None) == t] or found
+            if home:
+                target, obj = home[0]
+                warnings.warn(f"{old} moved to {target}: import {name} from {target} (the old path goes in the "
+                              "next release)", DeprecationWarning, stacklevel=2)
+                return obj
         raise AttributeError(f"module {old!r} has no attribute {name!r}")
 
     return __getattr__

@@ -24,14 +24,15 @@ class ConfigError(XPasteError, ValueError):
 
 
 def key_field(default: Any, help: str, *, flag: str | None = None, choices: tuple | None = None,
-         lo: float | None = None, hi: float | None = None, split: str | None = None, text_items: bool = False,
-         min_items: int = 0, cli: bool = True, unset: bool = False):
+              lo: float | None = None, hi: float | None = None, gt: float | None = None, lt: float | None = None,
+              split: str | None = None, text_items: bool = False, min_items: int = 0, cli: bool = True,
+              unset: bool = False):
     """A config field: its default, help text, CLI flag (default: --field-name), choices, inclusive range
-    [lo, hi], `split` (a single string is split on it into a tuple), `text_items` (numbers in a tuple are
+    [lo, hi] and exclusive bounds (gt, lt) (for a tuple: of each item), `split` (a single string is split on it into a tuple), `text_items` (numbers in a tuple are
     taken as text), `min_items` (for tuples), `unset` (the default None means "not set, another rule gives the
     value"; a user cannot set it to null, and `to_dict` leaves it out while unset)."""
     return field(default=default, metadata={"help": help, "flag": flag, "choices": choices, "lo": lo, "hi": hi,
-                                            "split": split, "text_items": text_items, "min_items": min_items,
+                                            "gt": gt, "lt": lt, "split": split, "text_items": text_items, "min_items": min_items,
                                             "cli": cli, "unset": unset})
 
 
@@ -93,6 +94,20 @@ class Section:
             out[f.name] = value.to_dict() if hasattr(value, "to_dict") else (
                 list(value) if isinstance(value, tuple) else value)
         return out
+
+
+def check_value(cls: type, name: str, value: Any, label: str) -> Any:
+    """`value` for the field `name` of the config dataclass `cls`, coerced to its type and checked against its
+    bounds and choices, the rules a config file or a flag would meet; ConfigError (one line, `label` first:
+    the flag or argument that gave it) otherwise. For front-ends that take one option outside a config."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    key = getattr(cls, "_key_prefix", "") + name
+    try:
+        out = coerce(key, value, hints_of(cls)[name], f.metadata)
+        check_range(key, out, f.metadata)
+    except ConfigError as e:
+        raise ConfigError(f"{label}: {e.message}", hint=e.hint) from None
+    return out
 
 
 def default_of(f: dataclasses.Field) -> Any:
@@ -198,6 +213,8 @@ def coerce(key: str, value: Any, hint: Any, meta: dict | None = None) -> Any:
 
 
 def check_range(key: str, value: Any, meta: dict) -> None:
+    """Choices and bounds of a field's metadata (`key_field`): inclusive lo/hi, exclusive gt/lt, each item of
+    a tuple checked on its own. Raises ConfigError in one line naming `key`."""
     if value is None:
         return
     choices = meta.get("choices")
@@ -205,9 +222,15 @@ def check_range(key: str, value: Any, meta: dict) -> None:
         close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
         hint = f"did you mean {close[0]}?" if close else None
         raise ConfigError(f"config key {key}: {value!r} is not one of {', '.join(map(str, choices))}", hint=hint)
-    lo, hi = meta.get("lo"), meta.get("hi")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
+    lo, hi, gt, lt = (meta.get(k) for k in ("lo", "hi", "gt", "lt"))
+    for item in value if isinstance(value, tuple) else (value,):
+        if not isinstance(item, (int, float)) or isinstance(item, bool):
+            continue
+        if (lo is not None and item < lo) or (hi is not None and item > hi):
             bounds = (f"between {lo} and {hi}" if lo is not None and hi is not None
                       else f"at least {lo}" if lo is not None else f"at most {hi}")
+            raise ConfigError(f"config key {key}: must be {bounds}, got {value!r}")
+        if (gt is not None and not item > gt) or (lt is not None and not item < lt):
+            bounds = " and ".join(b for b in (f"greater than {gt}" if gt is not None else "",
+                                               f"less than {lt}" if lt is not None else "") if b)
             raise ConfigError(f"config key {key}: must be {bounds}, got {value!r}")

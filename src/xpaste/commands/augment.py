@@ -13,8 +13,14 @@ from typing import Optional
 import typer
 
 from xpaste.commands.app import app
-from xpaste.paste.config import PRESETS, PasteConfig
-from xpaste.stages.augment import augment_dataset
+from xpaste.commands.pipeline import _flag_params
+from xpaste.paste.config import PRESETS, PasteConfig, PasteConfigError
+from xpaste.stages.augment import HELP, augment_dataset
+
+#: The config keys `xpaste augment` offers as flags: their types, bounds, help and defaults are the fields of
+#: `AugmentConfig` and `RunSettings` (declared once; `xpaste run` reads the same keys from its YAML).
+AUGMENT_KEYS = ["augment.copies", "augment.seed", "workers", "augment.scale_prior", "augment.image_format",
+                "augment.max_images", "engine", "ray_address"]
 
 
 def augment_cmd(
@@ -22,33 +28,21 @@ def augment_cmd(
     images: Path = typer.Option(..., "--images", help="folder the json's file_name entries are relative to"),
     pool: Path = typer.Option(..., "--pool", help="instance pool folder"),
     out: Path = typer.Option(..., "--out", help="output folder (images/ and annotations.json)"),
-    copies: int = typer.Option(1, "--copies", help="augmented copies per image"),
-    seed: int = typer.Option(0, "--seed"),
-    workers: int = typer.Option(1, "--workers", help="processes; the output does not depend on it"),
-    scale_prior: str = typer.Option("dataset", "--scale-prior",
-                                    help="'dataset' (measured on --dataset's original annotations), 'none', "
-                                         "an `xpaste stats` json or another COCO/LVIS json"),
     preset: str = typer.Option("xpaste", "--preset", help=f"bundle of paste defaults: {' | '.join(PRESETS)}; "
                                                           "explicit paste flags win"),
-    image_format: str = typer.Option("auto", "--image-format", help="auto (png stays png, else jpg) | png"),
-    max_images: Optional[int] = typer.Option(None, "--max-images", help="only the first N images (a subset run)"),
-    engine: str = typer.Option("local", "--engine", help="local | ray (tasks on Ray actors; same output)"),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address (engine ray)"),
     fresh: bool = typer.Option(False, "--fresh", help="discard this --out's earlier outputs and start over "
                                "(needed when an input or option changed since it was started)"),
-    **paste_options: Optional[str],
+    **options: Optional[str],
 ) -> None:
-    """Paste pool instances into every image, K times, and write images plus a COCO/LVIS json (RLE masks).
-
-    Every option is checked before anything is written. A killed or interrupted run resumes when rerun
-    with the same command; a rerun whose inputs or options changed is refused (or starts over with --fresh).
-    """
-    given = {k: v for k, v in paste_options.items() if v is not None}
-    report = augment_dataset(
-        dataset, images, pool, out, copies=copies, seed=seed, workers=workers, scale_prior=scale_prior,
-        image_format=image_format, max_images=max_images, engine=engine, ray_address=ray_address, fresh=fresh,
-        paste=PasteConfig.preset(preset, **given),
-    )
+    run_options = {_OPTION_NAMES[k]: v for k, v in options.items() if k in _OPTION_NAMES and v is not None}
+    given = {k: v for k, v in options.items() if k not in _OPTION_NAMES and v is not None}
+    try:
+        paste = PasteConfig.preset(preset, **given)
+    except PasteConfigError as e:  # name the flag that gave the value
+        if e.option is None:
+            raise
+        raise PasteConfigError(f"--{e.option.replace('_', '-')}: {e.message}", hint=e.hint) from None
+    report = augment_dataset(dataset, images, pool, out, fresh=fresh, paste=paste, **run_options)
     typer.echo(f"{out}: {report.summary()}")
     if report.failed:
         typer.echo(f"see {out / 'augment_log.json'} for the {len(report.failed)} failed images")
@@ -80,8 +74,12 @@ def _paste_parameters() -> list[inspect.Parameter]:
     return params
 
 
+augment_cmd.__doc__ = HELP  # the help text lives with the stage, as every stage's does
+_option_params, _names, _ = _flag_params(AUGMENT_KEYS)
+#: typer parameter name -> augment_dataset's argument ('cfg_augment__copies' -> 'copies')
+_OPTION_NAMES = {name: key.rpartition(".")[2] for name, key in _names.items()}
 _signature = inspect.signature(augment_cmd)
 augment_cmd.__signature__ = _signature.replace(parameters=[
     *(p for p in _signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD),
-    *_paste_parameters()])
+    *_option_params, *_paste_parameters()])
 app.command("augment")(augment_cmd)

@@ -145,3 +145,14 @@ class Targets:
     def __repr__(self) -> str:
         h, w = self.image_size
         return f"Targets(n={len(self)}, size={h}x{w}, extra={sorted(self.extra)})"
+
+
+def occluded_originals(before, after) -> list[int]:
+    """Source annotation ids present in `before` (the loaded sample's targets) and absent from the originals of
+    `after` (the pasted sample's): those the occlusion rule dropped. Sorted."""
+    ids = np.asarray(before.extra["ann_id"])
+    if ids.size == 0:
+        return []
+    pasted = np.asarray(after.extra["pasted"], bool)
+    kept = set(np.asarray(after.extra["ann_id"])[~pasted].tolist())
+    return sorted(int(a) for a in ids.tolist() if int(a) not in kept)

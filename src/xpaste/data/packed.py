@@ -3,6 +3,8 @@ array, so that forked workers share it copy-on-write without touching its pages 
 annotation to refcount), Ray actors receive it zero-copy, and the driver can drop the dataset's dicts."""
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 
 import numpy as np
@@ -30,3 +32,13 @@ class PackedDataset:
     def record(self, i: int) -> tuple[dict, list[dict]]:
         image, anns = json.loads(self.blob[self.offsets[i] : self.offsets[i + 1]].tobytes())
         return image, anns
+
+
+def release_memory() -> None:
+    """Return freed heap pages to the OS (glibc's malloc_trim; a no-op elsewhere), so that workers forked after
+    the dataset's dicts were dropped for its `PackedDataset` do not map them."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

@@ -30,6 +30,7 @@ import numpy as np
 from xpaste.categories import match_name
 from xpaste.core.keys import ANN_ID, IGNORE, INSTANCE_ID, ISCROWD, PASTED, POOL_ROW, SOURCE_ROW  # noqa: F401
 from xpaste.core.targets import Targets
+from xpaste.data.stats import category_stats, scale_prior_from_stats
 from xpaste.ops.polygons import polygons_to_mask, usable_polygons
 from xpaste.paste.config import PasteConfig
 from xpaste.paste.transform import CopyPaste, warn_missing_prior
@@ -328,8 +329,6 @@ def scale_prior_from_records(records: Iterable[tuple[int, float, float, Iterable
 
     Measured by `category_stats` (crowd and pasted annotations left out; mean and population std of
     sqrt(box area / image area)), so it equals `xpaste stats` on the same annotations."""
-    from xpaste.data.stats import category_stats, scale_prior_from_stats
-
     images, anns, cats = [], [], set()
     for image_id, height, width, image_annos in records:
         images.append({"id": image_id, "height": float(height), "width": float(width)})

@@ -2,7 +2,8 @@
 
 `CopyPaste`, the `augment` command's flags, the detectron2 config node, the mmdet transform and the
 ultralytics hook are all derived from the fields below (name, type, default, help, choices), so no option
-is spelled or defaulted twice. A configuration is validated when it is built: a bad value raises
+is spelled or defaulted twice. A configuration is validated when it is built, by the bounds and choices on
+each field (`xpaste.typed.key_field`, the one option style of every configuration): a bad value raises
 `PasteConfigError` (an `XPasteError` and a `ValueError`) in one line naming the option.
 
 Sources of the defaults (method.md, Stage 4; X-Paste reference code):
@@ -21,11 +22,15 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from xpaste.errors import XPasteError
 from xpaste.pool.sampler import SAMPLING_MODES
+from xpaste.typed import ConfigError, check_range, coerce, key_field
+
+#: numpy, Arrow and the shard tables hold counts, sizes and seeds as int64
+INT64_MAX = 2**63 - 1
 
 BLEND_MODES = ("hard", "alpha", "gaussian", "poisson")
 NO_PRIOR_RULES = ("canvas", "cutout")
@@ -33,64 +38,56 @@ PRESETS = ("xpaste", "divergen")
 
 
 class PasteConfigError(XPasteError, ValueError):
-    """A paste option with a wrong type or value (raised when the configuration is built)."""
+    """A paste option with a wrong type or value (raised when the configuration is built); `option` names the
+    field when one option is at fault (front-ends name their flag or key with it), else None."""
 
-
-def _opt(default: Any, help: str, choices: tuple | None = None, cli: bool = True):
-    return field(default=default, metadata={"help": help, "choices": choices, "cli": cli})
+    option: str | None = None
 
 
 @dataclass(frozen=True)
 class PasteConfig:
     """Every paste option (units: pixels, fractions of the canvas side, degrees). Frozen and validated."""
 
-    max_paste: int = _opt(20, "paste count ~ U[0, max_paste) per image (X-Paste: 20)")
-    num_paste: typing.Optional[int] = _opt(None, "fixed paste count instead of drawing it")
-    sampling: str = _opt("balanced", "which pool instances: balanced (X-Paste), uniform, present, weighted",
-                         SAMPLING_MODES)
-    no_prior_scale: str = _opt("canvas", "size rule for categories without a scale prior: canvas "
-                               "(s ~ U(uniform_scale) of the canvas) or cutout (DiverGen: cut-out size x "
-                               "U(uniform_scale), min 3 px)", NO_PRIOR_RULES)
-    uniform_scale: tuple[float, float] = _opt((0.05, 0.3), "range of the no-prior scale factor")
-    max_scale: float = _opt(0.5, "upper clip of the sqrt-area fraction s (X-Paste: 0.5)")
-    min_object_px: float = _opt(10.0, "lower clip of s, in pixels of the canvas height (X-Paste: 10)")
-    min_size_px: int = _opt(5, "drop a pasted object whose width or height is under this (X-Paste: 5)")
-    aspect_jitter: tuple[float, float] = _opt((0.8, 1.2), "aspect ratio factor ~ U(low, high) (X-Paste)")
-    flip_prob: float = _opt(0.5, "probability of a horizontal flip of each pasted object")
-    max_rotation: float = _opt(0.0, "rotation ~ U(-deg, deg); 0 disables it (X-Paste: off)")
-    color_jitter: float = _opt(0.0, "brightness/contrast/saturation factors ~ U(1 - f, 1 + f); 0 disables")
-    blend: str = _opt("hard", "blending of pasted pixels (X-Paste: hard)", BLEND_MODES)
-    blend_sigma: float = _opt(1.0, "Gaussian blend: sigma of the mask blur, pixels")
-    alpha_threshold: int = _opt(0, "pasted mask = alpha > this after resizing (X-Paste: 0; 127 = alpha >= 128)")
-    box_tolerance: float = _opt(10.0, "keep an occluded object if its box moved <= this many px on every side")
-    min_visible_area: int = _opt(300, "... or if more than this many mask pixels remain (X-Paste: 300)")
+    max_paste: int = key_field(20, "paste count ~ U[0, max_paste) per image (X-Paste: 20)", lo=1, hi=INT64_MAX)
+    num_paste: typing.Optional[int] = key_field(None, "fixed paste count instead of drawing it", lo=0, hi=INT64_MAX)
+    sampling: str = key_field("balanced", "which pool instances: balanced (X-Paste), uniform, present, weighted",
+                              choices=SAMPLING_MODES)
+    no_prior_scale: str = key_field("canvas", "size rule for categories without a scale prior: canvas "
+                                    "(s ~ U(uniform_scale) of the canvas) or cutout (DiverGen: cut-out size x "
+                                    "U(uniform_scale), min 3 px)", choices=NO_PRIOR_RULES)
+    uniform_scale: tuple[float, float] = key_field((0.05, 0.3), "range of the no-prior scale factor", gt=0)
+    max_scale: float = key_field(0.5, "upper clip of the sqrt-area fraction s (X-Paste: 0.5)", gt=0, hi=1)
+    min_object_px: float = key_field(10.0, "lower clip of s, in pixels of the canvas height (X-Paste: 10)", lo=0)
+    min_size_px: int = key_field(5, "drop a pasted object whose width or height is under this (X-Paste: 5)", lo=1,
+                                 hi=INT64_MAX)
+    aspect_jitter: tuple[float, float] = key_field((0.8, 1.2), "aspect ratio factor ~ U(low, high) (X-Paste)", gt=0)
+    flip_prob: float = key_field(0.5, "probability of a horizontal flip of each pasted object", lo=0, hi=1)
+    max_rotation: float = key_field(0.0, "rotation ~ U(-deg, deg); 0 disables it (X-Paste: off)", lo=0, hi=180)
+    color_jitter: float = key_field(0.0, "brightness/contrast/saturation factors ~ U(1 - f, 1 + f); 0 disables",
+                                    lo=0, lt=1)
+    blend: str = key_field("hard", "blending of pasted pixels (X-Paste: hard)", choices=BLEND_MODES)
+    blend_sigma: float = key_field(1.0, "Gaussian blend: sigma of the mask blur, pixels", gt=0)
+    alpha_threshold: int = key_field(0, "pasted mask = alpha > this after resizing (X-Paste: 0; 127 = alpha >= 128)",
+                                     lo=0, hi=254)
+    box_tolerance: float = key_field(10.0, "keep an occluded object if its box moved <= this many px on every side",
+                                     lo=0)
+    min_visible_area: int = key_field(300, "... or if more than this many mask pixels remain (X-Paste: 300)", lo=0,
+                                      hi=INT64_MAX)
 
     def __post_init__(self) -> None:
+        """Each value coerced to its field's type and checked against the bounds and choices on its field
+        (`xpaste.typed`, the rules of every configuration), then the pairs' order (low <= high)."""
         for f in dataclasses.fields(self):
-            object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name), _HINTS[f.name]))
-        choices = {f.name: f.metadata["choices"] for f in dataclasses.fields(self) if f.metadata["choices"]}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise PasteConfigError(f"paste option {name}={getattr(self, name)!r} is not one of {allowed}")
-        checks = [
-            (self.max_paste >= 1, "max_paste must be >= 1 (the count is drawn from [0, max_paste))"),
-            (self.num_paste is None or self.num_paste >= 0, "num_paste must be >= 0"),
-            (0 < self.uniform_scale[0] <= self.uniform_scale[1], "uniform_scale must be 0 < low <= high"),
-            (0 < self.max_scale <= 1, "max_scale must be in (0, 1]"),
-            (self.min_object_px >= 0, "min_object_px must be >= 0"),
-            (self.min_size_px >= 1, "min_size_px must be >= 1"),
-            (0 < self.aspect_jitter[0] <= self.aspect_jitter[1], "aspect_jitter must be 0 < low <= high"),
-            (0 <= self.flip_prob <= 1, "flip_prob must be in [0, 1]"),
-            (0 <= self.max_rotation <= 180, "max_rotation must be in [0, 180] degrees"),
-            (0 <= self.color_jitter < 1, "color_jitter must be in [0, 1)"),
-            (self.blend_sigma > 0, "blend_sigma must be > 0"),
-            (0 <= self.alpha_threshold <= 254, "alpha_threshold must be in [0, 254]"),
-            (self.box_tolerance >= 0, "box_tolerance must be >= 0"),
-            (self.min_visible_area >= 0, "min_visible_area must be >= 0"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise PasteConfigError(message)
+            try:
+                value = _coerce(f.name, getattr(self, f.name), _HINTS[f.name])
+                check_range(f"paste.{f.name}", value, f.metadata)
+            except (ConfigError, PasteConfigError) as e:
+                raise _error(e.message, f.name, e.hint) from None
+            object.__setattr__(self, f.name, value)
+        for name in ("uniform_scale", "aspect_jitter"):
+            low, high = getattr(self, name)
+            if low > high:
+                raise _error(f"paste option {name} must be a pair low,high with low <= high, got {low},{high}", name)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -110,6 +107,19 @@ class PasteConfig:
         if unknown:
             raise PasteConfigError(f"unknown paste option(s) {unknown}; known: {', '.join(cls.field_names())}")
         return cls(**data)
+
+    @classmethod
+    def from_config_value(cls, value: Any, key: str) -> PasteConfig:
+        """A config file's paste section (`augment.paste` of `xpaste run`): None -> the defaults, a mapping ->
+        `from_dict`, a PasteConfig as it is; anything else, or a bad option, raises ConfigError naming `key`."""
+        if value is None or isinstance(value, PasteConfig):
+            return value if value is not None else cls()
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"config key {key} must be a mapping of paste options, got {value!r}")
+        try:
+            return cls.from_dict(value)
+        except XPasteError as e:
+            raise ConfigError(f"config key {key}: {e.message}", hint=e.hint) from None
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -139,12 +149,16 @@ class PasteConfig:
 _HINTS = typing.get_type_hints(PasteConfig)
 
 
+def _error(message: str, option: str, hint: str | None = None) -> PasteConfigError:
+    error = PasteConfigError(message, hint=hint)
+    error.option = option
+    return error
+
+
 def _coerce(name: str, value: Any, hint: Any) -> Any:
     """Check one value against its annotation with the package's one set of coercion rules
     (`xpaste.typed.coerce`: lossless conversions only, e.g. '3' -> 3, 1 -> 1.0, '0.8,1.2' -> (0.8, 1.2));
     anything else raises PasteConfigError naming the option."""
-    from xpaste.typed import ConfigError, coerce
-
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is typing.Union and isinstance(value, str) and value.strip().lower() in ("none", "null", ""):
         return None

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from xpaste.paste.config import BLEND_MODES
+from xpaste.paste.config import BLEND_MODES, PasteConfig
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,8 @@ class PastePlan:
     canvas_height: int
     canvas_width: int
     ops: tuple[PasteOp, ...] = field(default_factory=tuple)
-    blend: str = "hard"
-    blend_sigma: float = 1.0
+    blend: str = PasteConfig.blend  # the defaults are PasteConfig's (one home)
+    blend_sigma: float = PasteConfig.blend_sigma
 
     def __post_init__(self) -> None:
         if self.blend not in BLEND_MODES:
@@ -48,4 +48,4 @@ class PastePlan:
                 op["color"] = tuple(op["color"])
             ops.append(PasteOp(**op))
         return cls(int(data["canvas_height"]), int(data["canvas_width"]), tuple(ops),
-                   data.get("blend", "hard"), float(data.get("blend_sigma", 1.0)))
+                   data.get("blend", PasteConfig.blend), float(data.get("blend_sigma", PasteConfig.blend_sigma)))

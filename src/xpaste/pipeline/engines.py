@@ -46,6 +46,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from xpaste.errors import XPasteError, missing_extra
+from xpaste.io import write_bytes_atomic, write_json_atomic
+from xpaste.pipeline.shards import clean_temp_files, write_shard
 
 log = logging.getLogger("xpaste.ray")
 #: Where a job runs: "local" (this process, or `workers` forked processes) or "ray" (Ray actors). One home:
@@ -71,7 +73,6 @@ def _count_start(stage_dir: Path, k: int) -> int:
         count = int(path.read_text() or 0) + 1
     except (OSError, ValueError):
         count = 1
-    from xpaste.io import write_bytes_atomic
 
     write_bytes_atomic(path, str(count).encode(), durable=False)
     return count
@@ -166,9 +167,6 @@ class ShardWorker:
             self.setup_error = _error_payload(e)
 
     def _process(self, k: int) -> tuple[str, str]:
-        from xpaste.io import write_json_atomic
-        from xpaste.pipeline.shards import write_shard
-
         stage, items = self.stage, self.shards[k]
         # Ray resubmits the shard of a dead actor (max_task_retries, -1 by default, is no named parameter of
         # map_batches any more): the number of starts bounds it, so a shard that kills its process every
@@ -266,8 +264,6 @@ def _init_process(stage, plan, parent: int) -> None:
 
 
 def _process_shard(k: int) -> tuple[int, int]:
-    from xpaste.pipeline.shards import write_shard
-
     stage, items = _WORKER["stage"], _WORKER["plan"][k]
     rows, skipped = stage.process(items)
     write_shard(stage.stage_dir, k, rows, stage.schema(), skipped)
@@ -303,7 +299,6 @@ def run_in_process(stage, plan, todo, *, workers: int = 1, ray_address: str | No
     shard (OSError, KeyboardInterrupt, ...) pass through; the shards written before it are kept."""
     from tqdm import tqdm
 
-    from xpaste.pipeline.shards import write_shard
 
     with tqdm(total=len(plan.items), desc=stage.name, unit="item", disable=not progress) as bar:
         prepared, counted = False, 0  # counted: the resumed items the bar shows
@@ -378,7 +373,6 @@ def run_on_processes(stage, plan, todo, *, workers: int, ray_address: str | None
                                       "is short") from None
                 log.warning("%s: a worker process died; restarting the pool and redoing shards %s",
                             stage.name, lost)
-                from xpaste.pipeline.shards import clean_temp_files
 
                 clean_temp_files(stage.stage_dir, *stage.temp_folders())  # the dead pool's unfinished writes
                 retry = lost + retry
@@ -397,19 +391,19 @@ def _is_model_stage(stage) -> bool:
     return bool(getattr(stage, "_model_attrs", ()))
 
 
-def run_on_ray(stage, shards, todo, *, workers: int = 1, ray_address: str | None = None,
+def run_on_ray(stage, plan, todo, *, workers: int = 1, ray_address: str | None = None,
                options: dict | None = None, progress: bool = True, resumed=lambda: 0, actors: int | None = None,
                gpus_per_actor: float | None = None, max_retries: int = 2) -> dict:
-    """Process shards `todo` of `stage` (its ShardPlan `shards`) on Ray actors (`workers` is the local
+    """Process shards `todo` of `stage` (its ShardPlan `plan`) on Ray actors (`workers` is the local
     engines'; the actor count comes from `actors`, `options` or the environment, see the module); returns {'done': [...], 'failed': [], timings} or raises an
     XPasteError naming the shards that failed after `max_retries` retries (their tracebacks are in
     `<stage>/failed-shard-*.json`; the other shards are written, so a rerun redoes only the failed ones)."""
     from tqdm import tqdm
 
     todo = list(todo)
-    total = len(shards.items) if hasattr(shards, "items") and not isinstance(shards, dict) else sum(
-        len(s) for s in shards)
-    initial = total - sum(len(shards[k]) for k in todo)
+    total = len(plan.items) if hasattr(plan, "items") and not isinstance(plan, dict) else sum(
+        len(s) for s in plan)
+    initial = total - sum(len(plan[k]) for k in todo)
     if not todo:
         return {"done": [], "failed": [], "actors": 0, "wall_s": 0.0, "startup_s": 0.0, "first_shard_s": 0.0,
                 "shard_s": 0.0}
@@ -441,7 +435,7 @@ def run_on_ray(stage, shards, todo, *, workers: int = 1, ray_address: str | None
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     # a lazy ShardPlan travels as itself (small); a list of shards as the unfinished ones only
-    shards_ref = ray.put(shards if hasattr(shards, "size") else {k: shards[k] for k in todo})
+    shards_ref = ray.put(plan if hasattr(plan, "size") else {k: plan[k] for k in todo})
     shipped = copy.copy(stage)  # a model-less copy (Stage.__getstate__) whose run folder is absolute
     shipped.run_dir = Path(stage.run_dir).resolve()
     _clear_starts(stage.stage_dir)  # start counts are per run

@@ -15,16 +15,33 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from xpaste.errors import XPasteError
 from xpaste.fingerprint import digest, first_difference, outputs_digest
+from xpaste.io import read_json, write_json_atomic
 from xpaste.jobs import JobReport
 from xpaste.pipeline import engines
 from xpaste.pipeline.engines import ENGINES
 from xpaste.pipeline.rundir import RunDir
-from xpaste.io import read_json, write_json_atomic
 from xpaste.pipeline.shards import clean_temp_files, read_skipped, read_stage, shard_path
+from xpaste.typed import Section, key_field
+
+#: numpy, Arrow and the shard tables hold counts, ids and seeds as int64
+INT64_MAX = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class RunSettings(Section):
+    """Where and how a job runs: the run-wide keys of `xpaste run`'s config (`PipelineConfig` extends this
+    section) and the engine options of `xpaste augment`, declared once."""
+
+    run_dir: str = key_field("xpaste_run", "run folder", flag="--run")
+    engine: str = key_field("local", "where stages run", choices=ENGINES)
+    ray_address: Optional[str] = key_field(None, "Ray cluster address (engine ray); null starts a local Ray")
+    shard_size: int = key_field(32, "work items per shard (the unit of resume)", lo=1, hi=INT64_MAX, cli=False)
+    workers: int = key_field(1, "processes for engine local (the output does not depend on it)", lo=1, hi=INT64_MAX)
+    device: Optional[str] = key_field(None, "cuda | cpu | cuda:1 ... (default: cuda when available)")
 
 
 class Stage:

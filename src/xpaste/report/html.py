@@ -17,9 +17,16 @@ from typing import Any
 import numpy as np
 
 import xpaste.report.plots as plots  # light: matplotlib loads when a plot is drawn
+from xpaste._version import __version__
+from xpaste.data.coco import decode_annotation_mask, load_coco
+from xpaste.data.stats import category_stats
 from xpaste.errors import XPasteError
+from xpaste.imageio import read_rgb
 from xpaste.io import read_json, resolve_inside, write_bytes_atomic
+from xpaste.pipeline.rundir import RunDir, load_mask
+from xpaste.pool.store import InstancePool
 from xpaste.report.assets import ORIGINAL_RGB, PASTED_RGB, Assets, checker_thumb, outlined
+from xpaste.stages.build_pool import cutout
 
 SECTIONS = [("summary", "Summary"), ("contact-sheets", "Contact sheets"), ("histograms", "Histograms"),
             ("segmenters", "Segmenters"), ("coverage", "Coverage"), ("gallery", "Gallery")]
@@ -61,13 +68,10 @@ class _Inputs:
 
 
 def _load(pool, run, augmented, dataset) -> _Inputs:
-    from xpaste.pool.store import InstancePool
-
     inp = _Inputs()
     if run is not None:
         import pyarrow.parquet as pq
 
-        from xpaste.pipeline.rundir import RunDir
 
         inp.run = Path(run)
         path = RunDir(inp.run).decisions_file
@@ -100,9 +104,6 @@ def _load(pool, run, augmented, dataset) -> _Inputs:
             dataset = recorded
             inp.notes.append(f"target dataset taken from the augmented folder's settings: {recorded}")
     if dataset is not None:
-        from xpaste.data.coco import load_coco
-        from xpaste.data.stats import category_stats
-
         inp.dataset = Path(dataset)
         inp.dataset_rows = category_stats(load_coco(inp.dataset))
     return inp
@@ -170,10 +171,6 @@ def _figure(img: str, caption: str, title: str = "", cls: str = "") -> str:
 
 def _candidate_thumb(run: Path, d: dict) -> np.ndarray | None:
     """The rejected candidate as the pool would have cut it out; the whole image when there is no mask."""
-    from xpaste.imageio import read_rgb
-    from xpaste.stages.build_pool import cutout
-    from xpaste.pipeline.rundir import load_mask
-
     try:
         rgb = read_rgb(resolve_inside(run, d["path"], "image path"))
     except (XPasteError, KeyError, TypeError):
@@ -347,9 +344,6 @@ def _coverage(inp: _Inputs, assets: Assets, max_categories: int) -> str:
 
 
 def _gallery(inp: _Inputs, assets: Assets, limit: int) -> str:
-    from xpaste.data.coco import decode_annotation_mask
-    from xpaste.imageio import read_rgb
-
     if inp.aug is None:
         return '<p class="missing">No augmented folder given: no gallery.</p>'
     by_image: dict[Any, list[dict]] = {}
@@ -416,7 +410,6 @@ def write_report(out_dir: str | os.PathLike, pool=None, run=None, augmented=None
     folder, an augmented dataset folder, and a target dataset json for coverage. Returns the page's path."""
     from datetime import datetime, timezone
 
-    from xpaste._version import __version__
 
     inp = _load(pool, run, augmented, dataset)
     out = Path(out_dir)

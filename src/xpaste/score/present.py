@@ -11,8 +11,12 @@ Pure numpy apart from OpenCV's box blur, imported inside the function that needs
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
+from xpaste.data.coco import load_coco, load_sample
+from xpaste.errors import XPasteError
 from xpaste.ops.masks import binarize
 
 #: DiverGen's padding around a real instance's box, in pixels (`--padding_width 40`).
@@ -71,3 +75,53 @@ def real_instance_view(image: np.ndarray, mask: np.ndarray, pad: int = DIVERGEN_
     blurred = cv2.blur(np.ascontiguousarray(image), (blur, blur))
     out = np.where(fg[..., None], image, blurred)
     return np.ascontiguousarray(out[y0:y1, x0:x1])
+
+
+class RealViews:
+    """DiverGen's view of each real instance of a pool (`xpaste.score.real_instance_view`): its box padded by
+    40 px, cut from its source image with a blurred background.
+
+    The source image is found for pools made by `xpaste pool import-coco` (pool.json records the dataset and the
+    images folder, each row its image_id and ann_id) and checked against the stored cut-out (category and size);
+    otherwise, e.g. for pools imported from X-Paste json files, only the cut-out itself is there to show (its
+    pixels with a blurred background, no padding): `fallbacks` counts those.
+    """
+
+    def __init__(self, pool: Any):
+        self.pool, self.fallbacks = pool, 0
+        header = getattr(pool, "header", None) or {}
+        cfg = header.get("config") or {}
+        records = pool.records()
+        self.dataset = self.images = None
+        self.keys: list = [None] * len(pool)
+        if cfg.get("import") == "coco" and cfg.get("images") and {"image_id", "ann_id"} <= set(records.column_names):
+            self.images = cfg["images"]
+            self._dataset_path = cfg.get("dataset")
+            self.keys = list(zip(records.column("image_id").to_pylist(), records.column("ann_id").to_pylist()))
+
+    def view(self, row: int) -> np.ndarray:
+        rgba = self.pool.rgba(row)
+        source = self._source(row, rgba)
+        if source is None:
+            self.fallbacks += 1
+            return real_instance_view(rgba[..., :3], rgba[..., 3] > 0)
+        return source
+
+    def _source(self, row: int, rgba: np.ndarray) -> np.ndarray | None:
+        key = self.keys[row]
+        if key is None or key[0] is None or key[1] is None:
+            return None
+        try:
+            if self.dataset is None:
+                self.dataset = load_coco(self._dataset_path)
+            sample = load_sample(self.dataset, int(key[0]), self.images)
+        except (XPasteError, OSError, TypeError):
+            return None
+        hits = np.flatnonzero(np.asarray(sample.targets.extra["ann_id"]) == int(key[1]))
+        if hits.size != 1:
+            return None
+        mask = sample.targets.masks[hits[0]]
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        same = (int(sample.targets.labels[hits[0]]) == int(self.pool.category_ids[row]) and rows.size
+                and (rows[-1] + 1 - rows[0], cols[-1] + 1 - cols[0]) == rgba.shape[:2])
+        return real_instance_view(sample.image, mask) if same else None

@@ -23,11 +23,8 @@ Output folder: images/ (<new id:012d>.jpg|.png), annotations.json, augment_log.j
 """
 from __future__ import annotations
 
-import ctypes
-import gc
 import json
 import logging
-import numbers
 import os
 import shutil
 import sys
@@ -38,8 +35,9 @@ from typing import Any, Optional
 
 import numpy as np
 
+from xpaste.core.targets import occluded_originals
 from xpaste.data.coco import CocoDataset, check_masks_present, count_skipped_by_reason, load_coco, load_sample
-from xpaste.data.packed import PackedDataset
+from xpaste.data.packed import PackedDataset, release_memory
 from xpaste.data.stats import category_stats, resolve_scale_prior, scale_prior_from_stats
 from xpaste.errors import XPasteError
 from xpaste.fingerprint import digest, file_digest, images_digest, pool_digest
@@ -47,16 +45,18 @@ from xpaste.io import atomic_path, encode_image, exclusive_lock, refuse_overlap,
 from xpaste.jobs import JobReport
 from xpaste.ops.masks import masks_to_rles
 from xpaste.paste.config import PasteConfig
-from xpaste.pipeline.engines import ENGINES
 from xpaste.pipeline.rundir import RunDir
-from xpaste.pipeline.runner import ShardPlan, Stage, as_dict, run_stage
+from xpaste.pipeline.runner import INT64_MAX, RunSettings, ShardPlan, Stage, as_dict, run_stage
 from xpaste.pipeline.shards import read_skipped, shard_path
 from xpaste.pool.categories import match_categories
 from xpaste.pool.store import InstancePool
-from xpaste.typed import ConfigError, Section, key_field
+from xpaste.typed import ConfigError, Section, check_value, key_field
 
 log = logging.getLogger("xpaste.augment")
 NAME = "augment"
+HELP = ("Paste pool instances into every image, K times, and write images plus a COCO/LVIS json (RLE masks).\n\n"
+        "Every option is checked before anything is written. A killed or interrupted run resumes when rerun with "
+        "the same command; a rerun whose inputs or options changed is refused (or starts over with --fresh).")
 IMAGE_FORMATS = ("auto", "png")
 TASKS_PER_SHARD = 16  # the unit of resume: a kill redoes at most this many images per worker
 STATE_DIR = ".xpaste"  # OUT/.xpaste/augment/: stage.json and the shard tables (internal)
@@ -66,34 +66,27 @@ OUT_ENTRIES = ("annotations.json", "augment_log.json", "images", ".xpaste", ".pa
 
 
 # ----------------------------------------------------------------------------- config and checks
-def _paste_config(value: Any, key: str):
-    """The paste options as `xpaste.paste.config.PasteConfig` (their one home), from a mapping or None."""
-    if value is None or isinstance(value, PasteConfig):
-        return value if value is not None else PasteConfig()
-    if not isinstance(value, dict):
-        raise ConfigError(f"config key {key} must be a mapping of paste options, got {value!r}")
-    try:
-        return PasteConfig.from_dict(value)
-    except XPasteError as e:
-        raise ConfigError(f"config key {key}: {e.message}", hint=e.hint) from None
-
-
 @dataclass(frozen=True)
 class AugmentConfig(Section):
-    """`xpaste run` ends with augment when enabled: the dataset pasted with the pool build-pool wrote. Options
-    left out take `augment_dataset`'s defaults; the paste options are `PasteConfig`'s (one home)."""
+    """`xpaste run` ends with augment when enabled: the dataset pasted with the pool build-pool wrote. The one
+    declaration of augment's options: `xpaste augment`'s flags, `augment_dataset`'s defaults and the checks
+    of `check_options` come from these fields (with `RunSettings`' workers, engine, ray_address); the paste
+    options are `PasteConfig`'s (one home)."""
+
+    _key_prefix = "augment."
 
     enabled: bool = key_field(False, "run augment after build-pool in `xpaste run`", cli=False)
     dataset: Optional[str] = key_field(None, "COCO/LVIS annotation json to augment", cli=False)
     images: Optional[str] = key_field(None, "folder the json's file_name entries are relative to", cli=False)
     out: Optional[str] = key_field(None, "output folder (default RUN/augmented)", cli=False)
-    copies: Optional[int] = key_field(None, "augmented copies per image", lo=1, cli=False, unset=True)
-    seed: Optional[int] = key_field(None, "seed of the paste plans", lo=0, cli=False, unset=True)
-    scale_prior: Optional[str] = key_field(None, "'dataset', 'none', or an `xpaste stats` json", cli=False, unset=True)
-    image_format: Optional[str] = key_field(None, "auto (png stays png, else jpg) | png", choices=("auto", "png"),
-                                       cli=False, unset=True)
-    max_images: Optional[int] = key_field(None, "only the first N images (a subset run)", lo=1, cli=False)
-    paste: Any = field(default=None, metadata={"convert": _paste_config})
+    copies: int = key_field(1, "augmented copies per image", lo=1, hi=INT64_MAX)
+    # numpy's SeedSequence takes non-negative integers only
+    seed: int = key_field(0, "seed of the paste plans; copy c of image i uses (seed, i, c)", lo=0, hi=INT64_MAX)
+    scale_prior: str = key_field("dataset", "'dataset' (measured on the dataset's original annotations), 'none', "
+                                 "an `xpaste stats` json or another COCO/LVIS json")
+    image_format: str = key_field("auto", "auto: png stays png, else jpg", choices=IMAGE_FORMATS)
+    max_images: Optional[int] = key_field(None, "only the first N images (a subset run)", lo=1, hi=INT64_MAX)
+    paste: Any = field(default=None, metadata={"convert": PasteConfig.from_config_value})
 
     def _check(self) -> None:
         prefix = getattr(self, "_prefix", "")
@@ -102,60 +95,37 @@ class AugmentConfig(Section):
 
 
 
-INT64_MAX = 2**63 - 1  # numpy, Arrow and the shard tables hold counts, ids and seeds as int64
-
-
-def _int_option(name: str, value: Any, low: int | None = None, none_ok: bool = False,
-                high: int = INT64_MAX) -> int | None:
-    if value is None and none_ok:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise XPasteError(f"--{name} must be an integer, got {value!r}")
-    if low is not None and value < low:
-        raise XPasteError(f"--{name} must be at least {low}, got {value}")
-    if value > high:
-        raise XPasteError(f"--{name} must be at most {high}, got {value}")
-    return int(value)
+#: The options `check_options` validates: name -> the config dataclass that declares it.
+_OPTION_HOMES = {"copies": AugmentConfig, "seed": AugmentConfig, "max_images": AugmentConfig,
+                 "image_format": AugmentConfig, "scale_prior": AugmentConfig, "workers": RunSettings,
+                 "engine": RunSettings}
 
 
 def check_options(copies, seed, workers, engine, image_format, max_images, scale_prior, paste, paste_kwargs):
-    """Validate every option (types, ranges, choices) and return the PasteConfig; raises XPasteError in one
-    line naming the option. Writes nothing. Paste options are checked by `PasteConfig` (its own rules)."""
-    _int_option("copies", copies, 1)
-    _int_option("seed", seed, 0)  # numpy's SeedSequence takes non-negative integers only
-    _int_option("workers", workers, 1)
-    _int_option("max-images", max_images, 1, none_ok=True)
-    if engine not in ENGINES:
-        raise XPasteError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    if image_format not in IMAGE_FORMATS:
-        raise XPasteError(f"--image-format must be one of {', '.join(IMAGE_FORMATS)}, got {image_format!r}")
-    if not isinstance(scale_prior, (str, os.PathLike)):
-        raise XPasteError(f"--scale-prior must be 'dataset', 'none' or a file, got {scale_prior!r}")
-    if str(scale_prior) not in ("dataset", "none") and not Path(scale_prior).is_file():
+    """Validate every option against the bounds and choices on its field (`AugmentConfig`, `RunSettings`,
+    `PasteConfig`: declared once) and return (the options coerced, {name: value}; the PasteConfig). Raises
+    XPasteError (ConfigError, PasteConfigError) in one line naming the option. Writes nothing."""
+    given = {"copies": copies, "seed": seed, "workers": workers, "engine": engine, "image_format": image_format,
+             "max_images": max_images, "scale_prior": scale_prior}
+    values = {name: check_value(_OPTION_HOMES[name], name, value, "--" + name.replace("_", "-"))
+              for name, value in given.items()}
+    if values["scale_prior"] not in ("dataset", "none") and not Path(values["scale_prior"]).is_file():
         raise XPasteError("--scale-prior is neither 'dataset', 'none' nor an existing file", scale_prior,
                           "pass an `xpaste stats` json or a COCO/LVIS json")
     base = paste if paste is not None else PasteConfig()
     if not isinstance(base, PasteConfig):
         raise XPasteError(f"paste must be a PasteConfig, got {type(base).__name__}")
     config = base.replace(**paste_kwargs) if paste_kwargs else base
-    for name, value in config.to_dict().items():  # paste counts and sizes feed numpy's int64 as well
-        if isinstance(value, numbers.Integral) and not isinstance(value, bool) and abs(value) > INT64_MAX:
-            raise XPasteError(f"--{name.replace('_', '-')} must be at most {INT64_MAX}, got {value}")
     if config.sampling == "weighted":
         raise XPasteError("sampling 'weighted' needs per-category weights, which augment does not take",
                           hint="use balanced (X-Paste), uniform or present")
-    return config
-
-
-#: What augment writes (or replaces with --fresh) under --out; an input file there would be overwritten.
-OUT_ENTRIES = ("annotations.json", "augment_log.json", "images", ".xpaste", ".parts")
+    return values, config
 
 
 def check_paths(dataset_path: Path, images_dir: Path, pool_path: Path, out: Path) -> None:
     """Inputs exist, and --out would overwrite none of them (`xpaste.io.refuse_overlap`): it is not, is not
     inside and does not contain the images folder or the pool, and nothing it writes is the dataset json
     (XPasteError otherwise)."""
-
     if not dataset_path.is_file():
         raise XPasteError("dataset json not found", dataset_path)
     if not images_dir.is_dir():
@@ -347,18 +317,6 @@ class AugmentStage(Stage):
         return row, skipped
 
 
-
-def occluded_originals(before, after) -> list[int]:
-    """Source annotation ids present in `before` (the loaded sample's targets) and absent from the originals of
-    `after` (the pasted sample's): those the occlusion rule dropped. Sorted."""
-    ids = np.asarray(before.extra["ann_id"])
-    if ids.size == 0:
-        return []
-    pasted = np.asarray(after.extra["pasted"], bool)
-    kept = set(np.asarray(after.extra["ann_id"])[~pasted].tolist())
-    return sorted(int(a) for a in ids.tolist() if int(a) not in kept)
-
-
 # ----------------------------------------------------------------------------- driver
 @dataclass
 class AugmentReport:
@@ -376,7 +334,6 @@ class AugmentReport:
 
     def job_report(self):
         """The same outcome as the `xpaste.jobs.JobReport` every job returns."""
-
         counts = {"images written": self.images_written, "already done": self.images_resumed,
                   "annotations": self.annotations, "pasted": self.pasted,
                   **{f"not written ({k})": v for k, v in self.skipped_by_reason.items()},
@@ -399,10 +356,12 @@ class AugmentReport:
 
 
 def augment_dataset(dataset_path: str | os.PathLike, images_dir: str | os.PathLike, pool_path: str | os.PathLike,
-                    out_dir: str | os.PathLike, copies: int = 1, seed: int = 0, workers: int = 1,
-                    scale_prior: str | os.PathLike = "dataset", image_format: str = "auto", progress: bool = True,
-                    max_images: int | None = None, engine: str = "local", ray_address: str | None = None,
-                    fresh: bool = False, paste=None, **paste_kwargs: Any) -> AugmentReport:
+                    out_dir: str | os.PathLike, copies: int = AugmentConfig.copies, seed: int = AugmentConfig.seed,
+                    workers: int = RunSettings.workers, scale_prior: str | os.PathLike = AugmentConfig.scale_prior,
+                    image_format: str = AugmentConfig.image_format, progress: bool = True,
+                    max_images: int | None = AugmentConfig.max_images, engine: str = RunSettings.engine,
+                    ray_address: str | None = RunSettings.ray_address, fresh: bool = False, paste=None,
+                    **paste_kwargs: Any) -> AugmentReport:
     """Write OUT/images/ and OUT/annotations.json (see the module docstring for determinism and resume).
 
     `paste` is a `xpaste.paste.config.PasteConfig` (default: its defaults); keyword paste options override
@@ -413,8 +372,10 @@ def augment_dataset(dataset_path: str | os.PathLike, images_dir: str | os.PathLi
     full, permissions) and KeyboardInterrupt pass through with nothing half-written: rerun to resume.
     """
     started = time.perf_counter()
-    config = check_options(copies, seed, workers, engine, image_format, max_images, scale_prior, paste,
-                           paste_kwargs)
+    values, config = check_options(copies, seed, workers, engine, image_format, max_images, scale_prior, paste,
+                                   paste_kwargs)
+    copies, seed, workers, max_images, scale_prior = (values[k] for k in ("copies", "seed", "workers", "max_images",
+                                                                          "scale_prior"))
     dataset_path, images_dir, pool_path, out = (Path(p) for p in (dataset_path, images_dir, pool_path, out_dir))
     check_paths(dataset_path, images_dir, pool_path, out)
     dataset = load_coco(dataset_path)
@@ -447,7 +408,7 @@ def augment_dataset(dataset_path: str | os.PathLike, images_dir: str | os.PathLi
     packed = PackedDataset(dataset, n_images)
     header, categories = dict(dataset.header), dataset.categories
     del dataset, pool
-    _release_memory()
+    release_memory()
     stage = AugmentStage(out, stage_config, packed, categories, prior)
 
     with exclusive_lock(out, "output folder"):
@@ -473,15 +434,6 @@ def augment_dataset(dataset_path: str | os.PathLike, images_dir: str | os.PathLi
                           f"{why}", out, "see augment_log.json for every failure; fix the inputs and rerun "
                           "with --fresh")
     return report
-
-
-def _release_memory() -> None:
-    """Return freed heap pages to the OS (glibc), so forked workers do not map the dropped json objects."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _shard_rows(stage, k: int) -> list[dict]:

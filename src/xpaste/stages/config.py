@@ -29,15 +29,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from xpaste.pipeline.engines import ENGINES
+from xpaste.pipeline.runner import RunSettings
 from xpaste.stages.augment import AugmentConfig
 from xpaste.stages.build_pool import BuildPoolConfig
 from xpaste.stages.generate import GenerateConfig
 from xpaste.stages.retrieve import RetrieveConfig
 from xpaste.stages.score import ScoreConfig
 from xpaste.stages.segment import SegmentConfig
-from xpaste.typed import (ConfigError, Section, check_range, coerce, default_of, hints_of, key_field, nearest_hint,
-                          type_name)
+from xpaste.typed import (
+    ConfigError,
+    Section,
+    check_range,
+    coerce,
+    default_of,
+    hints_of,
+    key_field,
+    nearest_hint,
+    type_name,
+)
 
 __all__ = ["PipelineConfig", "ConfigError", "load_config", "cli_options", "field_of", "parse_override", "merge",
            "nested", "SECTIONS", "RayConfig", "CategoriesConfig", "GenerateConfig", "RetrieveConfig",
@@ -69,15 +78,11 @@ class CategoriesConfig(Section):
 
 
 @dataclass(frozen=True)
-class PipelineConfig(Section):
-    """The whole pipeline (`xpaste run CONFIG`). Build with `load_config` or `PipelineConfig.from_dict`."""
+class PipelineConfig(RunSettings):
+    """The whole pipeline (`xpaste run CONFIG`): the run-wide keys of `RunSettings` (run_dir, engine,
+    ray_address, shard_size, workers, device), then one section per stage. Build with `load_config` or
+    `PipelineConfig.from_dict`."""
 
-    run_dir: str = key_field("xpaste_run", "run folder", flag="--run")
-    engine: str = key_field("local", "where stages run", choices=ENGINES)
-    ray_address: Optional[str] = key_field(None, "Ray cluster address (engine ray); null starts a local Ray")
-    shard_size: int = key_field(32, "work items per shard (the unit of resume)", lo=1, cli=False)
-    workers: int = key_field(1, "processes for engine local (the output does not depend on it)", lo=1)
-    device: Optional[str] = key_field(None, "cuda | cpu | cuda:1 ... (default: cuda when available)")
     ray: RayConfig = field(default_factory=RayConfig)
     categories: CategoriesConfig = field(default_factory=CategoriesConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
