@@ -26,14 +26,18 @@ class ConfigError(XPasteError, ValueError):
 def key_field(default: Any, help: str, *, flag: str | None = None, choices: tuple | None = None,
               lo: float | None = None, hi: float | None = None, gt: float | None = None, lt: float | None = None,
               split: str | None = None, text_items: bool = False, min_items: int = 0, cli: bool = True,
-              unset: bool = False):
+              unset: bool = False, each: Any = None):
     """A config field: its default, help text, CLI flag (default: --field-name), choices, inclusive range
-    [lo, hi] and exclusive bounds (gt, lt) (for a tuple: of each item), `split` (a single string is split on it into a tuple), `text_items` (numbers in a tuple are
-    taken as text), `min_items` (for tuples), `unset` (the default None means "not set, another rule gives the
-    value"; a user cannot set it to null, and `to_dict` leaves it out while unset)."""
+    [lo, hi] and exclusive bounds (gt, lt) (for a tuple: of each item), `split` (a single string is split on it
+    into a tuple), `text_items` (numbers in a tuple are taken as text), `min_items` (for tuples), `unset` (the
+    default None means "not set, another rule gives the value"; a user cannot set it to null, and `to_dict`
+    leaves it out while unset), `each` (a function called on each item of a tuple, or on the value, that
+    raises XPasteError for a bad one: a template's fields, a segmenter spec; its message becomes the key's
+    ConfigError)."""
     return field(default=default, metadata={"help": help, "flag": flag, "choices": choices, "lo": lo, "hi": hi,
-                                            "gt": gt, "lt": lt, "split": split, "text_items": text_items, "min_items": min_items,
-                                            "cli": cli, "unset": unset})
+                                            "gt": gt, "lt": lt, "split": split, "text_items": text_items,
+                                            "min_items": min_items,
+                                            "cli": cli, "unset": unset, "each": each})
 
 
 class Section:
@@ -57,6 +61,7 @@ class Section:
             else:
                 value = coerce(key, value, hints[f.name], f.metadata)
                 check_range(key, value, f.metadata)
+                _check_each(key, value, f.metadata.get("each"))
             object.__setattr__(self, f.name, value)
         self._check()
 
@@ -94,6 +99,16 @@ class Section:
             out[f.name] = value.to_dict() if hasattr(value, "to_dict") else (
                 list(value) if isinstance(value, tuple) else value)
         return out
+
+
+def _check_each(key: str, value: Any, each: Any) -> None:
+    if each is None or value is None:
+        return
+    for item in value if isinstance(value, tuple) else (value,):
+        try:
+            each(item)
+        except XPasteError as e:
+            raise ConfigError(f"config key {key}: {e.message}", hint=e.hint) from None
 
 
 def check_value(cls: type, name: str, value: Any, label: str) -> Any:

@@ -395,7 +395,8 @@ def run_on_ray(stage, plan, todo, *, workers: int = 1, ray_address: str | None =
                options: dict | None = None, progress: bool = True, resumed=lambda: 0, actors: int | None = None,
                gpus_per_actor: float | None = None, max_retries: int = 2) -> dict:
     """Process shards `todo` of `stage` (its ShardPlan `plan`) on Ray actors (`workers` is the local
-    engines'; the actor count comes from `actors`, `options` or the environment, see the module); returns {'done': [...], 'failed': [], timings} or raises an
+    engines'; the actor count comes from `actors`, `options` or the environment, see the module); returns
+    {'done': [...], 'failed': [], timings} or raises an
     XPasteError naming the shards that failed after `max_retries` retries (their tracebacks are in
     `<stage>/failed-shard-*.json`; the other shards are written, so a rerun redoes only the failed ones)."""
     from tqdm import tqdm

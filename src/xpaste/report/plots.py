@@ -125,17 +125,25 @@ def category_histograms(per_category: Mapping[str, Mapping[str, Sequence[float]]
     return _png(fig)
 
 
+def _bar_figure(rows: list, width: float, height: float, empty_text: str):
+    """(figure, axes, None) for a bar chart of `rows`, or (figure, axes, PNG bytes saying `empty_text`) without rows."""
+    fig = _figure(width, height)
+    ax = fig.add_subplot()
+    if rows:
+        return fig, ax, None
+    ax.text(0.5, 0.5, empty_text, ha="center", va="center", transform=ax.transAxes)
+    return fig, ax, _png(fig)
+
+
 def segmenter_win_rates(rows: Sequence[Mapping]) -> bytes:
     """Per segmenter: share of candidates it won (best CLIP score) and share of the kept instances.
 
     `rows`: dicts with segmenter, wins, kept (counts); shares are of the column totals.
     """
     rows = list(rows)
-    fig = _figure(6.0, 0.5 * max(len(rows), 2) + 1.3)
-    ax = fig.add_subplot()
-    if not rows:
-        ax.text(0.5, 0.5, "no segmenter data", ha="center", va="center", transform=ax.transAxes)
-        return _png(fig)
+    fig, ax, empty = _bar_figure(rows, 6.0, 0.5 * max(len(rows), 2) + 1.3, "no segmenter data")
+    if empty is not None:
+        return empty
     total_wins = max(sum(r["wins"] for r in rows), 1)
     total_kept = max(sum(r["kept"] for r in rows), 1)
     y = np.arange(len(rows))
@@ -163,11 +171,9 @@ def coverage(rows: Sequence[Mapping], few: int, count_label: str = "pool instanc
     `rows`: dicts with name, frequency ('r'/'c'/'f' or anything else), count; drawn in the order given.
     """
     rows = list(rows)
-    fig = _figure(7.5, 0.22 * max(len(rows), 4) + 1.4)
-    ax = fig.add_subplot()
-    if not rows:
-        ax.text(0.5, 0.5, "no categories", ha="center", va="center", transform=ax.transAxes)
-        return _png(fig)
+    fig, ax, empty = _bar_figure(rows, 7.5, 0.22 * max(len(rows), 4) + 1.4, "no categories")
+    if empty is not None:
+        return empty
     y = np.arange(len(rows))
     counts = np.array([r["count"] for r in rows], dtype=np.float64)
     colours = [FREQUENCY_COLOURS.get(r["frequency"], "#999999") for r in rows]

@@ -21,7 +21,7 @@ from xpaste.pipeline.runner import Stage, run_sharded_job
 from xpaste.pipeline.shards import read_stage
 from xpaste.segment import build_segmenter, parse_spec
 from xpaste.stages.candidates import read_candidates
-from xpaste.typed import ConfigError, Section, key_field
+from xpaste.typed import Section, key_field
 
 NAME = "segment"
 #: The config keys `xpaste segment` offers as flags (besides the run's common ones), and its help line.
@@ -33,16 +33,8 @@ HELP = "Cut out every candidate image with each segmenter (soft masks are stored
 class SegmentConfig(Section):
     segmenters: tuple[str, ...] = key_field(("grabcut", "rembg:u2net", "clipseg"),
                                        "grabcut | rembg[:model|:file.onnx] | clipseg[:folder]",
-                                       flag="--segmenter", split=",", min_items=1)
+                                       flag="--segmenter", split=",", min_items=1, each=parse_spec)
     batch_size: int = key_field(8, "images per segmenter call", lo=1)
-
-    def _check(self) -> None:
-        for spec in self.segmenters:
-            try:
-                parse_spec(spec)
-            except XPasteError as e:
-                prefix = getattr(self, "_prefix", "")
-                raise ConfigError(f"config key {prefix}segmenters: {e.message}", hint=e.hint) from None
 
 
 
