@@ -6,6 +6,8 @@ import sys
 
 import typer
 
+from xpaste._version import __version__
+
 app = typer.Typer(
     name="xpaste",
     help="Scalable Copy-Paste augmentation for instance segmentation (X-Paste).",
@@ -71,8 +73,16 @@ def configure_logging(verbosity: int = 0) -> None:
 STATE = {"debug": False, "verbosity": 0}
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"xpaste {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
+    version: bool = typer.Option(False, "--version", help="Print xpaste's version and exit.",
+                                 callback=_print_version, is_eager=True),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors; no progress bars."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug messages from every module."),
