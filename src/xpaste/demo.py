@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -182,7 +183,48 @@ def build_collection(dataset_json: Path, images_dir: Path, out: Path) -> Path:
     return out
 
 
+def check_models(models: list[str], clip: str | None, pretrained: str | None, segmenters: list[str]) -> None:
+    """In seconds, before anything is built: every model named on the command line can load (a local path,
+    or the hub answers, or it is in the local cache), else XPasteError in one line naming the model and the
+    flag for a local folder (xpaste.hub). rembg's sessions are opened here (quick; they download nothing
+    when offline)."""
+    from xpaste.segment import build_segmenter, parse_spec
+
+    if models:
+        from xpaste.generate.diffusers_t2i import check_model
+
+        for model in models:
+            check_model(model)
+    if clip:
+        from xpaste.score.clip import check_model as check_clip
+
+        check_clip(clip, pretrained)
+    for spec in segmenters:
+        name, arg = parse_spec(spec)
+        if name == "clipseg":
+            from xpaste.segment.clipseg import DEFAULT_MODEL, check_model as check_clipseg
+
+            check_clipseg(arg or DEFAULT_MODEL)
+        elif name == "rembg":
+            build_segmenter(spec)
+
+
+#: What the demo writes under its --out (`xpaste.io.check_output`: a folder holding anything else is refused).
+DEMO_ENTRIES = ("dataset", "stats.json", "collection", "run", "pipeline.yaml", "augmented", "preview.png", "report")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """`python -m xpaste.demo ...`: a model that cannot load (or any XPasteError) ends in one line, exit 2."""
+    from xpaste.errors import XPasteError
+
+    try:
+        return _main(argv)
+    except XPasteError as e:
+        print(f"xpaste demo: error: {e}", file=sys.stderr, flush=True)
+        return 2
+
+
+def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="xpaste offline demo on scikit-image sample photos")
     parser.add_argument("--out", type=Path, default=Path("demo_out"))
     parser.add_argument("--copies", type=int, default=3)
@@ -200,12 +242,14 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
 
     from xpaste.cli import main as cli
-    from xpaste.io import write_bytes_atomic
+    from xpaste.io import check_output, write_bytes_atomic
     from xpaste.stages.config import PipelineConfig
     from xpaste.pipeline.rundir import RunDir
     from xpaste.stages.run import run_pipeline
 
+    check_models(args.model, args.clip, args.pretrained, args.segmenter)  # before anything is built
     out: Path = args.out
+    check_output(out, writes=DEMO_ENTRIES)
     times: dict[str, float] = {}
 
     def stage(name: str, fn) -> None:

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import errno
+import fnmatch
 import json
 import os
 import re
+import stat
 import tempfile
 import unicodedata
 from contextlib import contextmanager
@@ -321,3 +323,62 @@ def refuse_overlap(out: str | os.PathLike, inputs: dict[str, str | os.PathLike |
             raise XPasteError(f"{flag} {why}{shown}", out,
                               f"choose {'an output file' if out_is_file else 'an output folder'} outside the "
                               "inputs; nothing was written")
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def check_output(path: str | os.PathLike, kind: str = "folder", writes: tuple[str, ...] | None = None,
+                 what: str = "--out", own: tuple[str, ...] = ()) -> None:
+    """Refuse an output path the command could not write, or could only write by mixing with foreign content.
+
+    The one check of an output path's shape, made by every writing command before any work (before models
+    load, datasets parse or anything is written), beside `refuse_overlap` (called after it, so an overlap is
+    named as such). `kind` is "folder" (the command writes files into `path`) or "file" (it writes `path`).
+    Refused, in one XPasteError line naming the path (the command then writes nothing):
+
+    * a parent of `path` is an existing file (or another non-folder): `path` lies under a file;
+    * `kind` "folder" and `path` is an existing file (or a broken symbolic link);
+    * `kind` "file" and `path` is an existing folder;
+    * `kind` "folder", `writes` given, and `path` is a folder holding an entry that is none of `writes` (names or
+      `fnmatch` patterns of what the command writes there): its outputs would mix with files it did not make.
+      Hidden entries (".DS_Store", locks, temporary files) are not counted, and a folder holding one of `own`
+      (a marker only this command writes, e.g. a pool's "pool.json") is the command's own: a rerun or resume
+      is never refused for files the user added beside its outputs. Entries named in `writes` are left to the
+      command's own rules (an earlier export, a pool it did not start, ...).
+    """
+    if kind not in ("folder", "file"):
+        raise ValueError(f"kind must be 'folder' or 'file', got {kind!r}")
+    p = Path(os.fspath(path))  # not normalised: 'file/../x' lies under 'file' for the system too
+    new = "give a new folder" if kind == "folder" else "name a new file"
+    if not os.path.lexists(p):
+        for parent in p.parents:
+            if os.path.lexists(parent):
+                if not parent.is_dir():
+                    raise XPasteError(f"{what} lies under {parent}, which is a file, not a folder", path,
+                                      f"{new} whose parents are folders; nothing was written")
+                return
+        return
+    try:
+        mode = p.stat().st_mode
+    except FileNotFoundError:  # a symbolic link to nothing
+        raise XPasteError(f"{what} is a broken symbolic link", path,
+                          f"remove the link or {new}; nothing was written") from None
+    if kind == "file":
+        if stat.S_ISDIR(mode):
+            raise XPasteError(f"{what} is a folder, not a file", path,
+                              f"name a file, e.g. {os.path.join(os.fspath(path), 'out.json')}; nothing was written")
+        return
+    if not stat.S_ISDIR(mode):
+        raise XPasteError(f"{what} is an existing file, not a folder", path,
+                          "give a new or empty folder; the file was left as it is, nothing was written")
+    if writes is None or any(os.path.lexists(p / name) for name in own):
+        return
+    foreign = sorted(name for name in os.listdir(p)
+                     if not _hidden(name) and not any(fnmatch.fnmatchcase(name, w) for w in writes))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise XPasteError(f"{what} is a folder holding {shown}, which this command does not write", path,
+                          "give a new or empty folder (its outputs would mix with files it did not make); "
+                          "nothing was written")

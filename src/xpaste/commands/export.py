@@ -14,13 +14,19 @@ def export_yolo_cmd(
     images: Path = typer.Option(..., "--images", help="folder the json's file_name entries are relative to"),
     out: Path = typer.Option(..., "--out", help="output folder: images/, labels/ and data.yaml"),
     val_fraction: float = typer.Option(0.0, "--val-fraction",
-                                       help="share of images moved to a val split (0: val = train)"),
+                                       help="share of images moved to a val split (0: val = train), "
+                                       "grouped by source image: every copy of one source image, and the "
+                                       "source itself, on one side (source: an image's source_file_name, as "
+                                       "augment writes it, else its own file_name)"),
     split: str = typer.Option("train", "--split", help="name of the main split folder"),
     seed: int = typer.Option(0, "--seed", help="seed of the train/val split"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing export in --out (never an "
                                    "input: an --out overlapping --dataset or --images is refused)"),
 ) -> None:
     """Polygon labels for ultralytics YOLO-seg (classes 0..K-1 in category-id order; crowd regions skipped).
+
+    The val split is grouped by source image, so augmented copies of one image never sit on both sides; val is
+    as close to --val-fraction as whole groups allow, and a printed note says when it is far from it.
 
     Resumable: after a crash, a full disk or Ctrl-C, the same command completes the export (files already
     written completely are kept)."""

@@ -24,6 +24,7 @@ from diffusers import (AutoPipelineForText2Image, DDIMScheduler, DPMSolverMultis
 from diffusers.utils import logging as diffusers_logging
 
 from xpaste.errors import XPasteError
+from xpaste.hub import LOCAL_HINTS, check_hub_model, first_line
 
 SCHEDULERS = {
     "dpm": DPMSolverMultistepScheduler,
@@ -38,14 +39,25 @@ _DTYPES = {"fp16": torch.float16, "float16": torch.float16, "half": torch.float1
            "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
            "fp32": torch.float32, "float32": torch.float32, "float": torch.float32}
 
-_LOAD_HINT = ("download it once while online (it is then read from the Hugging Face cache), or pass a local "
-              "folder written with pipeline.save_pretrained(folder): --model /path/to/folder "
-              "(Python: DiffusersGenerator('/path/to/folder'))")
+_LOAD_HINT = (f"{LOCAL_HINTS['generate']} (Python: DiffusersGenerator('/path/to/folder')); or download it once "
+              "while online (it is then read from the Hugging Face cache)")
 
 
 def _looks_like_path(model: str) -> bool:
     # Hub ids also contain "/", so only explicit path forms (or an existing folder) count as local.
     return os.path.isabs(model) or model.startswith((".", "~")) or os.path.isdir(model)
+
+
+def check_model(model: str) -> bool:
+    """In seconds, before loading: True when hub id `model` must be read from the local cache (the hub is
+    unreachable, the files are cached), False when it can load normally (a folder, or the hub answers).
+    Raises XPasteError in one line when it cannot load (xpaste.hub): no retries for minutes."""
+    if _looks_like_path(model):
+        if not os.path.isdir(os.path.expanduser(model)):
+            raise XPasteError(f"model folder {model!r} not found", hint=_LOAD_HINT)
+        return False
+    return check_hub_model(model, what="text-to-image model", files=["model_index.json"],
+                           hint=f"{LOCAL_HINTS['generate']} (Python: DiffusersGenerator('/path/to/folder'))")
 
 
 @contextmanager
@@ -121,16 +133,17 @@ class DiffusersGenerator:
         self.pipe.set_progress_bar_config(disable=True)  # progress is the caller's business
 
     def _load(self, model: str, disable_safety_checker: bool):
+        cache_only = check_model(model)  # in seconds: a missing folder, or a hub id that cannot load, fails here
         local = _looks_like_path(model)
         path = os.path.expanduser(model) if local else model
-        if local and not os.path.isdir(path):
-            raise XPasteError(f"model folder {model!r} not found", hint=_LOAD_HINT)
         try:
             with _quiet_loading():
                 # Reading model_index.json first tells us whether the pipeline has a safety checker at all
                 # (SDXL and turbo do not; passing safety_checker=None to them only produces a warning).
-                config = AutoPipelineForText2Image.load_config(path)
+                config = AutoPipelineForText2Image.load_config(path, local_files_only=cache_only)
                 kwargs: dict[str, Any] = {"dtype": self.dtype}  # diffusers 0.42 deprecates `torch_dtype`
+                if cache_only:
+                    kwargs["local_files_only"] = True
                 if disable_safety_checker and "safety_checker" in config:
                     kwargs.update(safety_checker=None, requires_safety_checker=False)
                 pipe = AutoPipelineForText2Image.from_pretrained(path, **kwargs)
@@ -138,8 +151,8 @@ class DiffusersGenerator:
             # Offline hub ids fail with OSError, malformed ids with huggingface_hub's ValueError, pipelines
             # that are not text-to-image with AutoPipeline's ValueError, folders without _class_name KeyError.
             what = "model folder" if local else "model"
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise XPasteError(f"could not load text-to-image {what} {model!r}: {first[:300]}",
+            why = first_line(e) + (" (offline: read from the local cache only)" if cache_only else "")
+            raise XPasteError(f"could not load text-to-image {what} {model!r}: {why}",
                               hint=_LOAD_HINT) from None
         return pipe
 

@@ -34,7 +34,7 @@ import yaml
 from xpaste.data.coco import decode_annotation_mask, load_coco
 from xpaste.errors import XPasteError
 from xpaste.imageio import image_size
-from xpaste.io import copy_file_atomic, refuse_overlap, resolve_inside, write_bytes_atomic
+from xpaste.io import check_output, copy_file_atomic, refuse_overlap, resolve_inside, write_bytes_atomic
 from xpaste.ops.polygons import mask_to_polygon, usable_polygons
 
 
@@ -181,6 +181,93 @@ def _prepare_out(out: Path, settings: dict, overwrite: bool, again: str) -> bool
     return False
 
 
+# ----------------------------------------------------------------------------- train / val split
+#: How the val split is drawn; recorded in the settings marker with a digest of the split itself.
+SPLIT_RULE = "grouped by source image: every copy of one source image, and the source itself, on one side"
+
+
+def source_groups(images: list[dict]) -> list[int]:
+    """The source group of each image (0, 1, ... in order of first appearance): images that share a source.
+
+    An image's source is its `source_file_name` (written by `xpaste augment` on every copy) when present, else
+    its own `file_name`. An image whose `file_name` is another image's source joins that group, so the
+    original and its copies are one group when a dataset mixes them, and so are copies of copies. Names are
+    compared as normalised posix paths. Without source fields every image is its own group.
+    """
+    parent: dict[str, str] = {}
+
+    def find(name: str) -> str:
+        root = name
+        while parent.setdefault(root, root) != root:
+            root = parent[root]
+        while parent[name] != root:  # path compression
+            parent[name], name = root, parent[name]
+        return root
+
+    def key(name: object) -> str:
+        return posixpath.normpath(name) if isinstance(name, str) and name else repr(name)
+
+    nodes = []
+    for info in images:
+        own = key(info.get("file_name"))
+        source = info.get("source_file_name")
+        if isinstance(source, str) and source:
+            a, b = find(own), find(key(source))
+            if a != b:
+                parent[a] = b
+        nodes.append(own)
+    ids: dict[str, int] = {}
+    return [ids.setdefault(find(node), len(ids)) for node in nodes]
+
+
+def split_by_source(images: list[dict], val_fraction: float, seed: int) -> tuple[list[bool], str | None]:
+    """(is_val per image, note): the train / val split, grouped by source image: every copy of one source
+    image, and the source itself, on one side (`source_groups` says which images share a source).
+
+    The target is round(val_fraction x images). The groups, in order of first appearance, are shuffled by
+    `numpy.random.default_rng(seed).permutation`; in that order each group joins val while it fits the
+    target; then, if val is still short, the first remaining group that brings val strictly closer to the
+    target joins it (never the last group left in train). Val is thus within one group of the target. Without
+    source fields each image is a group and the split is the one of earlier xpaste versions (the first
+    `target` images of the seeded permutation). `note` is one line when grouping makes the split differ from
+    the asked fraction by much (no val at all, no train, or more than one image and 10 % off the target),
+    else None.
+    """
+    n = len(images)
+    target = int(round(val_fraction * n))
+    if not target:
+        return [False] * n, None
+    group = source_groups(images)
+    sizes = Counter(group)
+    order = [int(g) for g in np.random.default_rng(seed).permutation(len(sizes))]
+    val: set[int] = set()
+    n_val = 0
+    for g in order:
+        if n_val + sizes[g] <= target:
+            val.add(g)
+            n_val += sizes[g]
+    if n_val < target and len(val) < len(sizes) - 1:
+        best = min((g for g in order if g not in val), key=lambda g: abs(n_val + sizes[g] - target))
+        if abs(n_val + sizes[best] - target) < target - n_val:
+            val.add(best)
+            n_val += sizes[best]
+    note = None
+    if n_val == 0 or n_val == n or abs(n_val - target) > max(1.0, 0.1 * target):
+        what = ("no val split (val = train)" if n_val == 0 else "no train images" if n_val == n else
+                f"val holds {n_val} of {n} images ({n_val / n:.0%})")
+        note = (f"export-yolo: note: {what} where --val-fraction {val_fraction:g} asks for {target} of {n}: "
+                f"images are split by source image, and the {n} come from {len(sizes)} source "
+                f"image{'s' if len(sizes) != 1 else ''} of up to {max(sizes.values())} images each")
+    return [g in val for g in group], note
+
+
+def _split_digest(file_names: list, splits: list[str]) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps([[str(f), s] for f, s in zip(file_names, splits)]).encode("utf-8")).hexdigest()
+
+
 # ----------------------------------------------------------------------------- exporter
 def export_yolo_seg(dataset_json: str | os.PathLike, images_dir: str | os.PathLike, out_dir: str | os.PathLike,
                     split: str = "train", val_fraction: float = 0.0, seed: int = 0,
@@ -194,21 +281,28 @@ def export_yolo_seg(dataset_json: str | os.PathLike, images_dir: str | os.PathLi
     names). Crowd annotations are skipped (YOLO has no ignore regions), as are annotations without a usable
     mask (`annotation_polygon`); each skip is counted by reason in the printed summary. Images without
     instances get an empty label file (background images). With `val_fraction` in (0, 1) a seeded random
-    share of the images goes to images/val, else `val` points at `split`. Raises ValueError for a bad
+    share of the images goes to images/val, else `val` points at `split`. The split is grouped by source
+    image: every copy of one source image, and the source itself, on one side (`split_by_source`: an image's
+    source is its `source_file_name`, as `xpaste augment` writes it, else its own file_name), so augmented
+    copies never leak into val; val is as close to the fraction as whole groups allow, and one printed line
+    says when that is far from the asked fraction (e.g. a dataset of one source image). Raises ValueError for a bad
     `val_fraction` and XPasteError (before writing anything) for an image ultralytics could not pair with its
     label, a missing image, an image whose displayed size (EXIF orientation applied, as ultralytics reads it)
     is not the dataset's width x height, an `out` that overlaps an input (`xpaste.io.refuse_overlap`: it is,
     lies inside or contains the images folder, or would overwrite the dataset json or an image), or a non-empty
     images/ or labels/ without `overwrite` that is not an interrupted export with the same settings.
 
-    Resumable: the settings (dataset json content, images folder, split, val_fraction, seed) are written to
-    out/.xpaste-export.json before the first image; a rerun with the same settings after a crash, a full disk
-    or Ctrl-C keeps the images and labels already written completely and writes the rest, ending with the
-    files of an uninterrupted run. `overwrite` never deletes an input (the overlap is refused first).
+    Resumable: the settings (dataset json content, images folder, split, val_fraction, seed, the split rule
+    and a digest of the resulting train / val assignment, so that a changed split rule never resumes into a
+    different split) are written to out/.xpaste-export.json before the first image; a rerun with the same
+    settings after a crash, a full disk or Ctrl-C keeps the images and labels already written completely and
+    writes the rest, ending with the files of an uninterrupted run. `overwrite` never deletes an input (the
+    overlap is refused first).
     """
     out = Path(out_dir)
     refuse_overlap(out, {"the dataset json (--dataset)": dataset_json, "the images folder (--images)": images_dir},
                    writes=("images", "labels", "data.yaml", MARKER))
+    check_output(out, writes=("images", "labels", "data.yaml"), own=(MARKER,))
     dataset = load_coco(dataset_json)
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
@@ -219,11 +313,9 @@ def export_yolo_seg(dataset_json: str | os.PathLike, images_dir: str | os.PathLi
     names = {i: str(dataset.category_by_id[c]["name"]) for i, c in enumerate(cat_ids)}
 
     images = list(dataset.images)
-    splits = [split] * len(images)
-    n_val = int(round(val_fraction * len(images)))
-    if n_val:
-        for i in np.random.default_rng(seed).permutation(len(images))[:n_val]:
-            splits[int(i)] = "val"
+    is_val, note = split_by_source(images, val_fraction, seed)
+    splits = ["val" if v else split for v in is_val]
+    n_val = sum(is_val)
     layout = plan_layout([info["file_name"] for info in images], splits, out)
     sources = []
     for info in images:
@@ -239,8 +331,11 @@ def export_yolo_seg(dataset_json: str | os.PathLike, images_dir: str | os.PathLi
     again = " ".join(shlex.quote(str(w)) for w in (
         "xpaste", "export-yolo", "--dataset", dataset_json, "--images", images_dir, "--out", out_dir,
         "--split", split, "--val-fraction", val_fraction, "--seed", seed))
-    resume = _prepare_out(out, _settings(Path(dataset_json), Path(images_dir), split, val_fraction, seed),
-                          overwrite, again)
+    settings = _settings(Path(dataset_json), Path(images_dir), split, val_fraction, seed)
+    settings.update(split_rule=SPLIT_RULE, split_sha256=_split_digest([i["file_name"] for i in images], splits))
+    resume = _prepare_out(out, settings, overwrite, again)
+    if note:  # after every refusal: the split is what gets written
+        print(note)
 
     skipped: Counter = Counter()
     written = merged = untraced = 0
@@ -274,6 +369,9 @@ def export_yolo_seg(dataset_json: str | os.PathLike, images_dir: str | os.PathLi
     yaml_path = out / "data.yaml"
     write_bytes_atomic(yaml_path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True).encode("utf-8"))
     summary = f"export-yolo: {len(images)} images, {written} instances written"
+    if n_val:
+        summary += (f"; {len(images) - n_val} in {split}, {n_val} in val ({len(set(source_groups(images)))} "
+                    "source images, each on one side)")
     if skipped:
         summary += f"; skipped {sum(skipped.values())} annotations: " + ", ".join(
             f"{n} {reason}" for reason, n in sorted(skipped.items()))

@@ -37,6 +37,7 @@ Settings come from the config's `ray:` section (`--set ray.actors=4`), else from
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import logging
 import os
@@ -259,11 +260,18 @@ def _init_process(stage, plan, parent: int) -> None:
 
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle: it stops us
-    _WORKER.update(stage=stage, plan=plan)
-    stage.prepare()
+    _WORKER.update(stage=stage, plan=plan, error=None)
+    try:
+        stage.prepare()
+    except XPasteError as e:
+        # A user-fixable fault (a model that cannot load): raised by this worker's first shard, so the driver
+        # stops with its one line instead of taking it for a dead worker and restarting the pool.
+        _WORKER["error"] = e
 
 
 def _process_shard(k: int) -> tuple[int, int]:
+    if _WORKER.get("error") is not None:
+        raise _WORKER["error"]
     stage, items = _WORKER["stage"], _WORKER["plan"][k]
     rows, skipped = stage.process(items)
     write_shard(stage.stage_dir, k, rows, stage.schema(), skipped)
@@ -300,14 +308,16 @@ def run_in_process(stage, plan, todo, *, workers: int = 1, ray_address: str | No
     from tqdm import tqdm
 
 
+    pending = iter(todo)
+    first = next(pending, None)
+    if first is not None:
+        # Models load before the bar is drawn: one that cannot load fails in one line, with no bar above it.
+        stage.prepare()
     with tqdm(total=len(plan.items), desc=stage.name, unit="item", disable=not progress) as bar:
-        prepared, counted = False, 0  # counted: the resumed items the bar shows
-        for k in todo:
+        counted = 0  # counted: the resumed items the bar shows
+        for k in itertools.chain([first], pending) if first is not None else ():
             bar.update(resumed() - counted)  # shards `todo` skipped as done count too
             counted = resumed()
-            if not prepared:
-                stage.prepare()
-                prepared = True
             items = plan[k]
             rows, skipped = stage.process(items)
             write_shard(stage.stage_dir, k, rows, stage.schema(), skipped)
@@ -382,6 +392,9 @@ def run_on_processes(stage, plan, todo, *, workers: int, ray_address: str | None
                 raise
             finally:
                 executor.shutdown(wait=True, cancel_futures=True)
+    except XPasteError:
+        bar.leave = False  # the error's one line replaces the bar (e.g. a model that cannot load in a worker)
+        raise
     finally:
         gc.unfreeze()
         bar.close()

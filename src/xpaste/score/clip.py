@@ -6,7 +6,9 @@ Model specs: a built-in open_clip name with a pretrained tag ("ViT-L-14", "opena
 """
 from __future__ import annotations
 
+import logging
 import os
+from contextlib import contextmanager
 
 import numpy as np
 import open_clip
@@ -14,11 +16,75 @@ import torch
 from PIL import Image
 
 from xpaste.errors import XPasteError
+from xpaste.hub import LOCAL_HINTS, check_download, check_hub_model, first_line, hub_offline
 from xpaste.score import composite_on_white, prompt_for
 
 __all__ = ["ClipScorer", "composite_on_white"]
 
 _SCHEMAS = ("hf-hub:", "local-dir:")
+_HINT = f"{LOCAL_HINTS['clip']}; or download it once while online (it is then read from the cache)"
+
+
+def _weight_files(filename: str) -> list[str]:
+    """open_clip's file for a hub repo and the .safetensors twin it prefers (open_clip.pretrained)."""
+    if filename == "open_clip_pytorch_model.bin":
+        return ["open_clip_model.safetensors", filename]
+    if filename.endswith((".bin", ".pth")):
+        return [filename[:-4] + ".safetensors", filename]
+    return [filename]
+
+
+def check_model(model: str, pretrained: str | None = "openai", cache_dir: str | None = None) -> bool:
+    """In seconds, before open_clip downloads anything: True when the weights must come from the cache (the
+    hub is unreachable but they are there), False when they can load normally (a folder, random weights, or
+    the host answers). Raises XPasteError in one line when they cannot be had (xpaste.hub)."""
+    if not model.startswith(_SCHEMAS) and os.path.isdir(os.path.expanduser(model)):
+        return False  # a bare folder: ClipScorer reads it as local-dir:
+    if model.startswith(_SCHEMAS):
+        pretrained = None
+    label = model if pretrained is None else f"{model} ({pretrained})"
+    if model.startswith("local-dir:"):
+        return False
+    if model.startswith("hf-hub:"):
+        return check_hub_model(model.removeprefix("hf-hub:"), what="CLIP model", files=["open_clip_config.json"],
+                               hint=LOCAL_HINTS["clip"], cache_dir=cache_dir, shown=label)
+    if not pretrained or os.path.isfile(os.path.expanduser(pretrained)):
+        return False  # random weights or a checkpoint file: nothing to download
+    cfg = open_clip.get_pretrained_cfg(model.replace("/", "-"), pretrained)
+    if not cfg or cfg.get("file"):
+        return False  # an unknown tag is open_clip's own one-line error
+    if cfg.get("hf_hub"):
+        repo, filename = os.path.split(cfg["hf_hub"])  # "org/name/" (default file) or "org/name/file.pt"
+        files = _weight_files(filename or "open_clip_pytorch_model.bin")
+        return check_hub_model(repo, what="CLIP model", files=files, hint=LOCAL_HINTS["clip"], cache_dir=cache_dir,
+                               shown=label)
+    if cfg.get("url"):
+        target = os.path.join(cache_dir or os.path.expanduser("~/.cache/clip"), os.path.basename(cfg["url"]))
+        if not os.path.isfile(target):
+            check_download(cfg["url"], target, what="CLIP model", model=label, hint=_HINT)
+    return False
+
+
+class _OpenClipErrorLog(logging.Filter):
+    """open_clip logs a failure with `logging.error` on the root logger before raising it: with no handler
+    configured that prints a stray `ERROR:root:` line (and configures logging for the whole process). Kept
+    out of the output; the raised exception carries the same text."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and f"{os.sep}open_clip{os.sep}" in record.pathname)
+
+
+@contextmanager
+def _quiet_open_clip():
+    root = logging.getLogger()
+    flt, guard = _OpenClipErrorLog(), logging.NullHandler()
+    root.addFilter(flt)
+    root.addHandler(guard)  # a handler on root: logging.error() does not call basicConfig()
+    try:
+        yield
+    finally:
+        root.removeHandler(guard)
+        root.removeFilter(flt)
 
 
 class ClipScorer:
@@ -41,18 +107,17 @@ class ClipScorer:
         use_fp16 = (self.device.type == "cuda") if fp16 is None else fp16
         self.batch_size = int(batch_size)
         label = model if pretrained is None else f"{model} ({pretrained})"
+        cache_only = check_model(model, pretrained, cache_dir)
         try:
-            self.model, _, self.preprocess = open_clip.create_model_and_transforms(
-                model, pretrained=pretrained, device=self.device, precision="fp16" if use_fp16 else "fp32",
-                cache_dir=cache_dir)
-            self.tokenizer = open_clip.get_tokenizer(model, cache_dir=cache_dir)
+            with hub_offline(cache_only), _quiet_open_clip():
+                self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+                    model, pretrained=pretrained, device=self.device, precision="fp16" if use_fp16 else "fp32",
+                    cache_dir=cache_dir)
+                self.tokenizer = open_clip.get_tokenizer(model, cache_dir=cache_dir)
         except (RuntimeError, OSError, ValueError) as e:
             # Offline: built-in tags and hf-hub fail with RuntimeError, missing folders with OSError.
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-            raise XPasteError(
-                f"could not load CLIP model {label}: {first}",
-                hint="download it once while online (cached under HF_HOME), or pass a folder with "
-                     "open_clip_config.json and open_clip_model.safetensors as local-dir:/path/to/folder") from e
+            why = first_line(e) + (" (offline: read from the local cache only)" if cache_only else "")
+            raise XPasteError(f"could not load CLIP model {label}: {why}", hint=_HINT) from None
         self.model.eval()
         self.dtype = next(self.model.parameters()).dtype
         self.name = f"clip:{label}"

@@ -16,6 +16,7 @@ import torch
 from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 
 from xpaste.errors import XPasteError
+from xpaste.hub import LOCAL_HINTS, check_hub_model, first_line
 from xpaste.ops.masks import normalize_soft
 from xpaste.segment.base import check_batch
 
@@ -27,6 +28,20 @@ PROMPT_TEMPLATE = "a photo of {name}"
 def _looks_like_path(model: str) -> bool:
     # Hub ids also contain "/", so only explicit path forms count as local folders.
     return os.path.isabs(model) or model.startswith((".", "~")) or os.path.isdir(model)
+
+
+_HINT = f"{LOCAL_HINTS['clipseg']} (Python: CLIPSegSegmenter('/path/to/folder'))"
+
+
+def check_model(model: str = DEFAULT_MODEL) -> bool:
+    """In seconds, before loading: True when hub id `model` must be read from the local cache (the hub is
+    unreachable, the files are cached), False when it can load normally (a folder, or the hub answers).
+    Raises XPasteError in one line when it cannot load (xpaste.hub): no retries for minutes."""
+    if _looks_like_path(model):
+        if not os.path.isdir(os.path.expanduser(model)):
+            raise XPasteError(f"CLIPSeg model folder {model!r} not found", hint=_HINT)
+        return False
+    return check_hub_model(model, what="CLIPSeg model", files=["config.json"], hint=_HINT)
 
 
 class CLIPSegSegmenter:
@@ -56,19 +71,17 @@ class CLIPSegSegmenter:
         self.processor, self.model = self._load(model)
 
     def _load(self, model: str):
-        hint = ("download it once while online, or pass a local folder holding the model and its processor: "
-                "--segmenter clipseg:/path/to/folder (Python: CLIPSegSegmenter('/path/to/folder'))")
+        cache_only = check_model(model)  # in seconds: a missing folder, or a hub id that cannot load, fails here
         local = _looks_like_path(model)
         path = os.path.expanduser(model)
-        if local and not os.path.isdir(path):
-            raise XPasteError(f"CLIPSeg model folder {model!r} not found", hint=hint)
         try:
-            processor = CLIPSegProcessor.from_pretrained(path if local else model)
-            net = CLIPSegForImageSegmentation.from_pretrained(path if local else model)
+            processor = CLIPSegProcessor.from_pretrained(path if local else model, local_files_only=cache_only)
+            net = CLIPSegForImageSegmentation.from_pretrained(path if local else model, local_files_only=cache_only)
         except (OSError, ValueError) as e:
             # Offline hub ids fail with OSError; malformed ids with a ValueError from huggingface_hub.
-            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise XPasteError(f"could not load CLIPSeg model {model!r}: {first_line}", hint=hint) from e
+            why = first_line(e) + (" (offline: read from the local cache only)" if cache_only else "")
+            raise XPasteError(f"could not load CLIPSeg model {model!r}: {why}",
+                              hint=f"{_HINT}; or download it once while online") from None
         # Cast after loading: the from_pretrained dtype keyword changed name across transformers versions.
         return processor, net.to(self.device, self.dtype).eval()
 

@@ -5,20 +5,54 @@ about a minute (numba compiles pymatting), which nobody should pay for merely li
 
 Model files: rembg looks for `<REMBG_HOME>/models/<name>/<name>.onnx` (REMBG_HOME defaults to
 ~/.rembg; a set U2NET_HOME wins over it) and downloads it when absent. Custom files must live under
-that home (rembg refuses other paths), so a local file elsewhere is linked into it.
+that home (rembg refuses other paths), so a local file elsewhere is linked into it. Offline (HF_HUB_OFFLINE=1,
+or the download host does not answer within seconds), a missing file is refused at once in one line
+(`xpaste.hub.check_download`) instead of after the connection's own timeout.
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import shutil
+import threading
+from contextlib import contextmanager
+from urllib.parse import urlsplit
 
 import numpy as np
 from PIL import Image
 
 from xpaste.errors import XPasteError, missing_extra
+from xpaste.hub import LOCAL_HINTS, check_download, first_line
 from xpaste.ops.masks import normalize_soft
 from xpaste.segment.base import check_batch
+
+
+_download_lock = threading.Lock()
+
+
+@contextmanager
+def _refuse_offline_downloads(model: str, hint: str):
+    """While rembg opens a session: a download it starts (pooch.retrieve, only called when the file is absent
+    from its home and the legacy ~/.u2net) is refused at once when offline or the host does not answer."""
+    try:
+        import pooch  # rembg's downloader
+    except ModuleNotFoundError:
+        yield
+        return
+    with _download_lock:
+        real = pooch.retrieve
+
+        def guarded(url, *args, **kwargs):
+            fname = kwargs.get("fname") or os.path.basename(urlsplit(url).path)
+            target = os.path.join(str(kwargs.get("path") or os.getcwd()), fname)
+            check_download(url, target, what="rembg model", model=model, hint=hint)
+            return real(url, *args, **kwargs)
+
+        pooch.retrieve = guarded
+        try:
+            yield
+        finally:
+            pooch.retrieve = real
 
 
 def _is_file_spec(model: str) -> bool:
@@ -66,17 +100,18 @@ class RembgSegmenter:
         cls = sessions[session_name]
         target = kwargs.get("model_path") or os.path.join(cls.model_dir(), f"{session_name}.onnx")
         hint = (f"put the model file at {target} (the folder comes from REMBG_HOME, or U2NET_HOME when set), "
-                "or pass a local file: --segmenter rembg:/path/to/model.onnx")
+                f"or {LOCAL_HINTS['rembg']}")
         try:
-            return new_session(session_name, **kwargs)
+            with _refuse_offline_downloads(model, "put the file there (its folder comes from REMBG_HOME, or "
+                                                  f"U2NET_HOME when set), or {LOCAL_HINTS['rembg']}"):
+                return new_session(session_name, **kwargs)
         except OSError as e:
-            # Offline, a missing model triggers a download that fails with requests' ConnectionError
-            # (an OSError); onnxruntime also raises subclasses of it for unreadable files.
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise XPasteError(f"could not load rembg model {model!r}: {first}", hint=hint) from e
+            # A download that fails anyway raises requests' ConnectionError (an OSError); onnxruntime also
+            # raises subclasses of it for unreadable files.
+            raise XPasteError(f"could not load rembg model {model!r}: {first_line(e)}", hint=hint) from None
         except Exception as e:  # onnxruntime raises its own types for corrupt/invalid model files
             if type(e).__module__.startswith("onnxruntime"):
-                raise XPasteError(f"could not load rembg model {model!r}: {e}", hint=hint) from e
+                raise XPasteError(f"could not load rembg model {model!r}: {first_line(e)}", hint=hint) from None
             raise
 
     @staticmethod
