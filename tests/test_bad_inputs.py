@@ -191,7 +191,12 @@ def weird_category_names(c):
         cat["name"] = name
 
 
-def empty_pool(c):
+def empty_pool(c):  # no index and no data: a pool with nothing in it (refused by augment, never pasted silently)
+    shutil.rmtree(c.pool / "index")
+    shutil.rmtree(c.pool / "data")
+
+
+def pool_index_deleted(c):  # the index gone, the data left: a damaged pool, never read as an empty one
     shutil.rmtree(c.pool / "index")
 
 
@@ -247,10 +252,11 @@ AUGMENT_CASES = [
     ("file_name_absolute", file_name_absolute, ("skip", "outside")),
     ("file_missing", file_missing, ("skip", "not found")),
     ("weird_category_names", weird_category_names, ("ok", None)),
-    ("empty_pool", empty_pool, ("ok", None)),
-    ("pool_files_deleted", pool_files_deleted, ("skip", "pool file is missing")),
+    ("empty_pool", empty_pool, ("error", "no instances to paste")),
+    ("pool_index_deleted", pool_index_deleted, ("error", "pool index is missing")),
+    ("pool_files_deleted", pool_files_deleted, ("error", "data shard data/shard-000000.bin is missing")),
     ("pool_header_missing", pool_header_missing, ("error", "no pool.json")),
-    ("pool_shard_corrupt", pool_shard_corrupt, ("error", "unreadable index shard")),
+    ("pool_shard_corrupt", pool_shard_corrupt, ("error", "unreadable index part")),
     ("pool_header_malformed", pool_header_malformed, ("error", "malformed json")),
 ]
 

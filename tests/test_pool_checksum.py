@@ -85,8 +85,8 @@ def test_garbled_record_is_a_cutout_error_reported_once(tmp_path, caplog, codec,
     arrays = _inputs(1)
     bad = len(arrays) - 1  # the last record: truncating the shard cuts only it
     root = _write(tmp_path / "p", arrays, codec)
+    pool = InstancePool.open(root)  # damaged under an open pool (a truncated shard is refused on open)
     _garble(root, bad, how, np.random.default_rng(7))
-    pool = InstancePool.open(root)
     with caplog.at_level(logging.WARNING, logger="xpaste.pool"):
         messages = []
         for _ in range(3):

@@ -194,6 +194,8 @@ def test_opening_many_rows_reads_few_files(tmp_path):
     (root / "index").mkdir()
     pq.write_table(table, root / "index" / "part-000000.parquet")
     (root / "index" / "manifest.json").write_text(json.dumps({"parts": ["part-000000.parquet"]}))
+    (root / "data").mkdir()
+    (root / "data" / "shard-000000.bin").write_bytes(bytes(12))  # the bytes the rows point at (sizes are checked)
     pool = InstancePool.open(root)
     assert len(pool) == rows and pool._storage.strings == {}  # ids not loaded until asked for
     assert pool.instance_ids[rows - 1] == f"{rows - 1:020x}"

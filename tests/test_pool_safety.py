@@ -99,8 +99,8 @@ def test_damaged_cutout_raises_once_is_remembered_and_never_sampled(tmp_path, rn
     good = InstancePool.open(root)
     expected = [np.array(good.rgba(r)) for r in range(len(good))]
     last = len(good) - 1  # the last row: truncating cuts it (and nothing before it)
-    _damage(root, last, how)
-    pool = InstancePool.open(root)
+    pool = InstancePool.open(root)  # damaged under an open pool, as in a long run (on open it is refused:
+    _damage(root, last, how)        # tests/test_pool_damage.py)
     with caplog.at_level(logging.WARNING, logger="xpaste.pool"):
         for _ in range(3):
             with pytest.raises(CutoutError):

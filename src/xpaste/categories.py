@@ -234,28 +234,41 @@ def _match(key: str, cats: list[Category], by_id: dict[int, Category]) -> Catego
     return None
 
 
-def select_categories(cats: list[Category], names_or_ids: list[str] | None) -> list[Category]:
+def select_categories(cats: list[Category], names_or_ids: list[str] | None,
+                      where: str | os.PathLike | None = None) -> list[Category]:
     """The categories named in `names_or_ids`, each by exact name, id, name under `normalize_name` (case,
     `_`, `-` and spacing ignored), or (LVIS) synonym under the same rule, tried in that order.
 
     None or an empty list selects everything. The result keeps the catalogue's order, without repeats, so
     the same selection written in another order gives the same run. Raises XPasteError (one line) for an
-    unknown name (with close matches as hint) and for an ambiguous one: a name two categories share at the
-    first level that matches, or a key that is one category's exact name and another's id.
+    unknown name (all of them, with close matches and the known categories as hint; `where` names the source
+    in the message) and for an ambiguous one: a name two categories share at the first level that matches,
+    or a key that is one category's exact name and another's id.
     """
     if not names_or_ids:
         return list(cats)
     by_id = {c.id: c for c in cats}
     chosen: set[int] = set()
+    unknown: list[str] = []
     for item in names_or_ids:
         key = str(item).strip()
         found = _match(key, cats, by_id)
         if found is None:
-            close = difflib.get_close_matches(key, [c.name for c in cats], n=5, cutoff=0.5)
-            hint = f"did you mean {', '.join(repr(n) for n in close)}?" if close else \
-                f"{len(cats)} categories are known, e.g. {', '.join(repr(c.name) for c in cats[:5])}"
-            raise XPasteError(f"unknown category {key!r}", hint=hint)
+            if key not in unknown:
+                unknown.append(key)
+            continue
         chosen.add(found.id)
+    if unknown:  # every entry that matches nothing, in one line: none is ever silently dropped
+        names = [c.name for c in cats]
+        close = [m for key in unknown for m in difflib.get_close_matches(key, names, n=3, cutoff=0.5)]
+        known = ", ".join(f"{c.id} {c.name!r}" for c in cats[:8]) + (f", ... ({len(cats)} in all)"
+                                                                     if len(cats) > 8 else "")
+        hint = (f"did you mean {', '.join(repr(n) for n in dict.fromkeys(close))}? " if close else "") + \
+            f"known: {known}"
+        more = f" (+{len(unknown) - 10} more)" if len(unknown) > 10 else ""
+        shown = ", ".join(repr(k) for k in unknown[:10]) + more
+        raise XPasteError(f"categories.select: unknown {'category' if len(unknown) == 1 else 'categories'} {shown}",
+                          where, hint)
     return [c for c in cats if c.id in chosen]
 
 

@@ -3,8 +3,9 @@
 How a run ends (the same for every command):
 - success: exit 0;
 - `XPasteError` (a problem the user can fix): one line `xpaste: error: <path>: <message> (hint: ...)`, exit 2;
-- an OS fault writing or reading files (errno ENOSPC, EDQUOT, EROFS, EACCES, EPERM, EMFILE, ENFILE): one line
-  naming the path and what to do, exit 2 (atomic writes leave nothing half-written, so rerunning resumes);
+- an OS fault writing or reading files (errno ENOSPC, EDQUOT, EROFS, EACCES, EPERM, EMFILE, ENFILE; and, as a
+  safety net behind each command's own output check, EEXIST, ENOTDIR, EISDIR): one line naming the path and
+  what to do, exit 2 (atomic writes leave nothing half-written, so rerunning resumes);
 - Ctrl-C (SIGINT, `KeyboardInterrupt`): `xpaste: interrupted` on stderr, exit 130 (128 + SIGINT, the shell
   convention), no traceback;
 - usage errors (unknown flag, missing argument): click's message, exit 2;
@@ -38,6 +39,10 @@ OS_FAULT_HINTS = {
     errno.EPERM: "operation not permitted: check the folder's owner and mode, or choose another folder",
     errno.EMFILE: "too many open files: raise the limit (ulimit -n) or use fewer workers",
     errno.ENFILE: "the system's open-file table is full: use fewer workers or retry later",
+    # a path of the wrong kind (each command checks its outputs first, `xpaste.io.check_output`: a safety net)
+    errno.EEXIST: "a file stands where a folder is needed: choose another output path",
+    errno.ENOTDIR: "a part of this path is a file, not a folder: choose another output path",
+    errno.EISDIR: "this is a folder where a file is needed: name a file",
 }
 
 EXIT_ERROR = 2

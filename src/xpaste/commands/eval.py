@@ -34,11 +34,12 @@ def eval_command(
 ) -> None:
     """Mask or box AP (with APr/APc/APf on LVIS) computed by the official evaluation libraries."""
     from xpaste.evaluate.metrics import IOU_TYPES, KINDS, evaluate, format_table
-    from xpaste.io import refuse_overlap, write_json_atomic
+    from xpaste.io import check_output, refuse_overlap, write_json_atomic
 
     if out is not None:
         refuse_overlap(out, {"the ground truth (--gt)": gt, "the predictions (--pred)": pred,
                              "the predictions (--compare)": compare}, out_is_file=True)
+        check_output(out, "file")
     if iou_type not in IOU_TYPES:
         raise typer.BadParameter(f"choose one of {', '.join(IOU_TYPES)}", param_hint="--iou-type")
     if kind not in KINDS:

@@ -1,4 +1,4 @@
-"""`xpaste pool import-coco | import-xpaste | info | migrate | export-png`.
+"""`xpaste pool import-coco | import-xpaste | info | repair | migrate | export-png`.
 
 Every writing command refuses an output that overlaps one of its inputs (`xpaste.io.refuse_overlap`) before
 anything is written, and says which command line to run when the output already holds a pool.
@@ -116,9 +116,32 @@ def info_cmd(pool: Path = typer.Argument(..., help="pool folder")) -> None:
         clip = (f"{r['clip_mean']:9.2f}  {r['clip_min']:6.2f}  {r['clip_max']:6.2f}" if "clip_mean" in r
                 else f"{'-':>9}  {'-':>6}  {'-':>6}")
         typer.echo(f"{r['id']:>6}  {r['name']:<{width}}  {r['instances']:>7}  {clip}  {r['sources']}")
+    if not len(p):
+        typer.echo("WARNING: this pool is empty: augment refuses it; fill it with `xpaste pool import-coco` or "
+                   "`xpaste build-pool`", err=True)
     typer.echo(f"{len(p)} instances in {len(p.counts())} of {len(p.categories)} categories "
                f"(format version {p.version}{', codec ' + p.header['codec'] if p.version >= 2 else ''})"
                + ("; INCOMPLETE" if p.incomplete else ""))
+
+
+@pool_app.command("repair")
+def repair_cmd(
+    pool: Path = typer.Argument(..., help="pool folder (format version 2)"),
+    drop_damaged: bool = typer.Option(False, "--drop-damaged",
+                                      help="keep the intact rows when some rows, parts or shards are damaged"),
+) -> None:
+    """Rebuild a pool's index manifest from its intact index parts (after a lost manifest, part or shard).
+
+    Every row's pixels are checked against its data shard; repeated rows (crash leftovers) are dropped.
+
+    Damaged rows are refused unless --drop-damaged is given. A pool that opens as it is is left unchanged.
+
+    Example: xpaste pool repair my_pool
+    """
+    from xpaste.pool.repair import repair_pool
+
+    report = repair_pool(pool, drop_damaged=drop_damaged)
+    typer.echo(f"{pool}: {report.summary()}")
 
 
 @pool_app.command("migrate")

@@ -73,10 +73,11 @@ def stats_command(
     """Per-category counts, LVIS frequency group (r/c/f) and scale prior of a dataset."""
     from xpaste.data.coco import load_coco
     from xpaste.data.stats import category_stats, write_stats
-    from xpaste.io import refuse_overlap
+    from xpaste.io import check_output, refuse_overlap
 
     if out is not None:
         refuse_overlap(out, {"the dataset json (DATASET)": dataset}, out_is_file=True)
+        check_output(out, "file")
     ds = load_coco(dataset)
     rows = category_stats(ds)
     typer.echo(format_table(rows))

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from xpaste.categories import normalize_name
 from xpaste.errors import XPasteError
 from xpaste.io import read_json, write_json_atomic
 
@@ -146,47 +147,132 @@ def load_stats(path: str | os.PathLike) -> list[dict]:
     rows = obj.get("categories")
     if not isinstance(rows, list):
         raise XPasteError("'categories' must be a list", path)
+    seen: set[int] = set()
     for i, row in enumerate(rows):
         if not isinstance(row, dict) or type(row.get("id")) is not int:
             raise XPasteError(f"category row #{i} has no integer 'id'", path)
-        mean = row.get("scale_mean")
-        if mean is not None and type(mean) not in (int, float):
-            raise XPasteError(f"category id {row['id']}: scale_mean must be a number or null", path)
+        if row["id"] in seen:
+            raise XPasteError(f"category id {row['id']} appears twice (row #{i})", path,
+                              "regenerate it with: xpaste stats DATASET --out FILE")
+        seen.add(row["id"])
+        for key in ("scale_mean", "scale_std"):
+            value = row.get(key)
+            if value is not None and type(value) not in (int, float):
+                raise XPasteError(f"category id {row['id']}: {key} must be a number or null", path)
+        if "name" in row and not isinstance(row["name"], str):
+            raise XPasteError(f"category id {row['id']}: name must be a string", path)
     return rows
 
 
-def resolve_scale_prior(spec: Any) -> dict[int, tuple[float, float]]:
+def _check_pair(key: Any, value: Any, where: str | os.PathLike | None) -> tuple[int, tuple[float, float]]:
+    try:
+        mean, std = (float(v) for v in value)
+        key = int(key)
+    except (TypeError, ValueError):
+        raise XPasteError(f"scale_prior[{key!r}] must be a (mean, std) pair of numbers, got {value!r}",
+                          where) from None
+    if not (math.isfinite(mean) and 0 < mean <= 1 and math.isfinite(std) and std >= 0):
+        raise XPasteError(f"scale_prior[{key}] = ({mean}, {std}): mean must be in (0, 1] and std >= 0", where)
+    return key, (mean, std)
+
+
+def _known_categories(categories: Iterable[Any]) -> dict[int, str | None]:
+    """{id: name or None} of COCO category dicts, `Category` objects, (id, name) pairs or bare ids."""
+    known: dict[int, str | None] = {}
+    for c in categories:
+        if isinstance(c, Mapping):
+            known[int(c["id"])] = c.get("name")
+        elif hasattr(c, "id") and hasattr(c, "name"):
+            known[int(c.id)] = c.name
+        elif isinstance(c, tuple):
+            known[int(c[0])] = c[1]
+        else:
+            known[int(c)] = None
+    return known
+
+
+def check_prior_categories(prior: Mapping[int, Any], categories: Iterable[Any],
+                           names: Mapping[int, str] | None = None, where: str | os.PathLike | None = None,
+                           what: str = "the dataset") -> None:
+    """Refuse (one line naming `where`) a scale prior that names a category `categories` does not hold: an id
+    unknown there, or (when the prior file carries names) an id whose name differs under the package's name
+    rule (`xpaste.categories.normalize_name`). Such a prior was measured on another dataset; used as it is,
+    its sizes would silently go to the wrong categories or to none."""
+    known = _known_categories(categories)
+    unknown = sorted(k for k in prior if k not in known)
+    if unknown:
+        shown = ", ".join(str(k) for k in unknown[:10]) + (f" (+{len(unknown) - 10} more)" if len(unknown) > 10 else "")
+        listed = ", ".join(f"{k} {v!r}" if v is not None else str(k) for k, v in list(known.items())[:10])
+        more = f", ... ({len(known)} in all)" if len(known) > 10 else ""
+        raise XPasteError(f"the scale prior names {len(unknown)} category id(s) {what} does not hold: {shown}",
+                          where, f"{what} holds {listed or 'no categories'}{more}; measure the prior on the "
+                          "training set: xpaste stats TRAIN_JSON --out FILE")
+    if names:
+        differ = [(k, names[k], known[k]) for k in sorted(prior) if k in names and known.get(k) is not None
+                  and normalize_name(names[k]) != normalize_name(known[k])]
+        if differ:
+            shown = ", ".join(f"{k} is {a!r} there, {b!r} here" for k, a, b in differ[:5]) + \
+                (f" (+{len(differ) - 5} more)" if len(differ) > 5 else "")
+            raise XPasteError(f"the scale prior's category names differ from {what}'s ({len(differ)}): {shown}",
+                              where, "measure the prior on the training set: xpaste stats TRAIN_JSON --out FILE")
+
+
+def resolve_scale_prior(spec: Any, categories: Iterable[Any] | None = None,
+                        what: str = "the dataset") -> dict[int, tuple[float, float]]:
     """The per-category scale prior {category id: (mean, std)} of sqrt(box area / image area), from:
 
     - `None` or `{}`: no prior (an empty dict);
     - a mapping {id: (mean, std)} (validated: finite mean in (0, 1], finite std >= 0);
-    - a path to `xpaste stats` output;
+    - a path to `xpaste stats` output (its rows validated the same way; duplicate ids refused);
     - a path to a COCO/LVIS json: measured on its original annotations (crowd and pasted ones left out).
 
+    categories: when given (COCO category dicts, `Category` objects, (id, name) pairs or ids; `what` names
+    them in messages), every id of the prior must be one of them, with the same name when the file names
+    its categories (`check_prior_categories`): a prior from another dataset is refused, never silently unused.
     Raises XPasteError (one line naming the file) for unreadable files or malformed values.
     """
     if spec is None:
         return {}
+    names: dict[int, str] | None = None
+    where = None
     if isinstance(spec, (str, os.PathLike)):
+        where = spec
         obj = read_json(spec)
         if isinstance(obj, dict) and obj.get("format") == STATS_FORMAT:
-            return scale_prior_from_stats(load_stats(spec))
-        if isinstance(obj, dict) and "annotations" in obj and "images" in obj:
+            rows = load_stats(spec)
+        elif isinstance(obj, dict) and "annotations" in obj and "images" in obj:
             from xpaste.data.coco import load_coco
 
-            return scale_prior_from_stats(category_stats(load_coco(spec)))
-        raise XPasteError("not an `xpaste stats` file nor a COCO/LVIS json", spec,
-                          "pass the training set's annotation json or `xpaste stats` output")
-    if not hasattr(spec, "items"):
+            rows = category_stats(load_coco(spec))
+        else:
+            raise XPasteError("not an `xpaste stats` file nor a COCO/LVIS json", spec,
+                              "pass the training set's annotation json or `xpaste stats` output")
+        names = {int(r["id"]): r["name"] for r in rows if isinstance(r.get("name"), str)}
+        out = dict(_check_pair(k, v, spec) for k, v in scale_prior_from_stats(rows).items())
+    elif not hasattr(spec, "items"):
         raise XPasteError(f"scale_prior must be a mapping, a stats file or a dataset json, got {type(spec).__name__}")
-    out = {}
-    for key, value in spec.items():
-        try:
-            mean, std = (float(v) for v in value)
-            key = int(key)
-        except (TypeError, ValueError):
-            raise XPasteError(f"scale_prior[{key!r}] must be a (mean, std) pair of numbers, got {value!r}") from None
-        if not (math.isfinite(mean) and 0 < mean <= 1 and math.isfinite(std) and std >= 0):
-            raise XPasteError(f"scale_prior[{key}] = ({mean}, {std}): mean must be in (0, 1] and std >= 0")
-        out[key] = (mean, std)
+    else:
+        out = {}
+        for k, v in spec.items():
+            key, pair = _check_pair(k, v, None)
+            if key in out:
+                raise XPasteError(f"scale_prior names category {key} twice ({k!r})")
+            out[key] = pair
+    if categories is not None:
+        check_prior_categories(out, categories, names, where, what)
     return out
+
+
+def check_prior_covers(prior: Mapping[int, Any], category_ids: Iterable[int], what: str = "the pool",
+                       where: str | os.PathLike | None = None) -> None:
+    """Refuse (one line) a non-empty prior that covers none of `category_ids` (the pool's): every paste would
+    silently fall back to the no-prior rule. A prior covering some of them is accepted (a category without
+    sized boxes in the training set has none)."""
+    ids = sorted({int(c) for c in category_ids})
+    if prior and ids and not any(c in prior for c in ids):
+        shown = ", ".join(map(str, ids[:10])) + (f" (+{len(ids) - 10} more)" if len(ids) > 10 else "")
+        theirs = sorted(prior)
+        listed = ", ".join(map(str, theirs[:10])) + (f" (+{len(theirs) - 10} more)" if len(theirs) > 10 else "")
+        raise XPasteError(f"the scale prior covers none of {what}'s category ids ({shown}); it names {listed}",
+                          where, "measure the prior on the training set the pool's ids come from "
+                          "(xpaste stats TRAIN_JSON --out FILE), or pass scale_prior={} for none")

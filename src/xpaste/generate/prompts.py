@@ -6,14 +6,15 @@ or differently batched / parallelised run regenerates exactly the images it woul
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import re
 import string
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-from xpaste.categories import Category
+from xpaste.categories import NAME_RULE, Category, match_name
 from xpaste.errors import XPasteError
 from xpaste.io import read_json
 
@@ -97,10 +98,14 @@ def load_prompt_file(path: str | os.PathLike) -> dict[str, list[str]]:
                               '{"category": ["prompt", ...]}', path)
         for key, value in obj.items():
             prompts = [value] if isinstance(value, str) else value
-            if not isinstance(prompts, list) or not all(isinstance(p, str) and p.strip() for p in prompts):
-                raise XPasteError(f"prompts for {key!r} must be a non-empty string or a list of them", path)
-            if prompts:
-                out[str(key).strip()] = [p.strip() for p in prompts]
+            if not isinstance(prompts, list) or not prompts or \
+                    not all(isinstance(p, str) and p.strip() for p in prompts):
+                raise XPasteError(f"prompts for {key!r} must be a non-empty string or a non-empty list of them",
+                                  path)
+            if str(key).strip() in out:
+                raise XPasteError(f"key {key!r} appears twice (keys are compared without surrounding spaces)",
+                                  path, "merge their prompts under one key")
+            out[str(key).strip()] = [p.strip() for p in prompts]
         return out
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -118,27 +123,88 @@ def load_prompt_file(path: str | os.PathLike) -> dict[str, list[str]]:
     return out
 
 
-def _lookup(category: Category, per_category: Mapping[str, Sequence[str]]) -> Sequence[str] | None:
-    for key in (str(category.id), category.name, category.text):
-        if per_category.get(key):
-            return per_category[key]
-    return None
+def _key_matches(key: str, categories: Sequence[Category]) -> list[Category]:
+    """The categories a prompt-file key names: by id (a key of digits), and by name under the package's one
+    name rule (`xpaste.categories.match_name`: the exact name first, else case, '_', '-' and spacing
+    ignored). Several back means the key is ambiguous."""
+    by_name = match_name(key, [(k, c.name) for k, c in enumerate(categories)])
+    found = [categories[k] for k in by_name]
+    if key.isdigit():
+        found += [c for c in categories if c.id == int(key) and c not in found]
+    return found
+
+
+def resolve_prompt_keys(per_category: Mapping[str, Sequence[str]], categories: Sequence[Category],
+                        path: str | os.PathLike | None = None) -> dict[int, list[str]]:
+    """{category id: prompts} of a prompt file (`load_prompt_file`) for `categories`.
+
+    A key names a category by its id or by its name under `xpaste.categories.match_name` ("Cup" is "cup",
+    "fire hydrant" is "fire_hydrant"); a category without a key keeps the templates. Refused in one line
+    (XPasteError naming `path`), never silently dropped: keys that name no category (listing them and the
+    categories that exist), a key naming several categories (ambiguous), two keys naming the same category.
+    """
+    resolved: dict[int, list[str]] = {}
+    key_of: dict[int, str] = {}
+    unknown: list[str] = []
+    for raw, prompts in per_category.items():
+        key = str(raw).strip()
+        found = _key_matches(key, categories)
+        if not found:
+            unknown.append(key)
+            continue
+        if len(found) > 1:
+            listed = ", ".join(f"{c.id} {c.name!r}" for c in found)
+            raise XPasteError(f"prompt key {key!r} is ambiguous: it names {len(found)} categories ({listed})",
+                              path, f"key the prompts by category id, e.g. {found[0].id}")
+        cat = found[0]
+        if cat.id in resolved:
+            raise XPasteError(f"prompt keys {key_of[cat.id]!r} and {key!r} both name category {cat.id} "
+                              f"{cat.name!r} (names compared ignoring {NAME_RULE})", path,
+                              "merge their prompts under one key")
+        resolved[cat.id], key_of[cat.id] = list(prompts), key
+    if unknown:
+        more = f" (+{len(unknown) - 10} more)" if len(unknown) > 10 else ""
+        shown = ", ".join(repr(k) for k in unknown[:10]) + more
+        names = [c.name for c in categories]
+        close = sorted({m for k in unknown for m in difflib.get_close_matches(k, names, n=2, cutoff=0.6)})
+        known = ", ".join(f"{c.id} {c.name!r}" for c in categories[:10]) + \
+            (f", ... ({len(categories)} in all)" if len(categories) > 10 else "")
+        hint = (f"did you mean {', '.join(repr(n) for n in close)}? " if close else "") + \
+            f"keys are category names (ignoring {NAME_RULE}) or ids; this run's categories: {known}"
+        raise XPasteError(f"prompt keys for unknown categories: {shown}", path, hint)
+    return resolved
 
 
 def check_prompt_keys(per_category: Mapping[str, Sequence[str]], categories: Sequence[Category],
                       path: str | os.PathLike | None = None) -> None:
-    """Refuse keys that match no category: a typo would otherwise silently fall back to the templates."""
-    known = {k for c in categories for k in (str(c.id), c.name, c.text)}
-    unknown = sorted(k for k in per_category if k not in known)
-    if unknown:
-        shown = ", ".join(repr(k) for k in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-        raise XPasteError(f"prompts given for {len(unknown)} unknown categories: {shown}", path,
-                          "keys must be a category name or id")
+    """Refuse keys that match no category, or several, or the same one as another key: a typo would otherwise
+    silently fall back to the templates (`resolve_prompt_keys` gives the rule)."""
+    resolve_prompt_keys(per_category, categories, path)
+
+
+def _lookup(category: Category, per_category: Mapping[Any, Sequence[str]]) -> Sequence[str] | None:
+    """The prompts of `category` in `per_category`: keyed by category id (int, as `resolve_prompt_keys` gives),
+    or by the file's own keys (id as text, or the name under `match_name`). Keys that name the category in
+    two ways are refused (XPasteError), as `resolve_prompt_keys` does."""
+    if category.id in per_category:
+        return per_category[category.id]
+    keys = [k for k in per_category if isinstance(k, str)]
+    found = [k for k in keys if k.strip() == str(category.id)]
+    found += [keys[i] for i in match_name(category.name, [(i, k.strip()) for i, k in enumerate(keys)])
+              if keys[i] not in found]
+    if len(found) > 1:
+        raise XPasteError(f"prompt keys {', '.join(repr(k) for k in found)} all name category {category.id} "
+                          f"{category.name!r} (names compared ignoring {NAME_RULE})", hint="keep one of them")
+    return per_category[found[0]] if found else None
 
 
 def prompt_for(category: Category, index: int, templates: Sequence[str] | None = None,
-               per_category: Mapping[str, Sequence[str]] | None = None) -> str:
+               per_category: Mapping[Any, Sequence[str]] | None = None) -> str:
     """The prompt of image `index` of a category: its own prompts if any, else the templates, rotating.
+
+    per_category: {category id: prompts} (`resolve_prompt_keys`, which also refuses keys naming no category),
+    or a prompt file's own {key: prompts}, a key being the category's id or its name under
+    `xpaste.categories.match_name`.
 
     With templates, image i uses template i % T and synonym i // T, so that all (template, synonym) pairs
     are used before any repeats.

@@ -8,10 +8,11 @@ from typing import Mapping
 import numpy as np
 
 from xpaste.core.sample import Sample
-from xpaste.data.stats import resolve_scale_prior
+from xpaste.data.stats import check_prior_covers, resolve_scale_prior
 from xpaste.paste.config import PasteConfig, PasteConfigError
 from xpaste.paste.functional import apply_plan
 from xpaste.paste.plan import PasteOp, PastePlan
+from xpaste.pool.categories import refuse_empty_pool
 
 _WARNED: set[str] = set()
 
@@ -49,7 +50,8 @@ class CopyPaste:
     Call `copy_paste(sample)` for a new Sample; the input is never modified. Randomness comes from the
     `rng` argument if given, else from the transform's own Generator seeded by `seed`.
 
-    Raises: `PasteConfigError` (one line) for a bad option; `XPasteError` for an unreadable prior file.
+    Raises: `PasteConfigError` (one line) for a bad option; `XPasteError` for an unreadable prior file or a pool
+    with no instance to draw (`xpaste.pool.categories.refuse_empty_pool`).
     """
 
     def __init__(self, pool, config: PasteConfig | None = None, *,
@@ -59,12 +61,15 @@ class CopyPaste:
         config = (config or PasteConfig()).replace(**options) if options else (config or PasteConfig())
         if config.sampling == "weighted" and not category_weights:
             raise PasteConfigError("sampling='weighted' needs category_weights")
+        refuse_empty_pool(pool)  # an empty pool pastes nothing: refused here, never silently
         self.config = config
         self.pool = pool
         self.category_weights = dict(category_weights or {})
         if scale_prior is None:
             warn_missing_prior(type(self).__name__)
         self.scale_prior = resolve_scale_prior(scale_prior)
+        check_prior_covers(self.scale_prior, pool.category_ids, where=scale_prior if isinstance(
+            scale_prior, (str, os.PathLike)) else None)  # a prior of another dataset: refused, never unused
         self.seed = seed
         self.rng = np.random.default_rng(seed)
         # Per-pool-row prior arrays so a plan is drawn with a few vectorised calls.

@@ -13,6 +13,7 @@ Layout of a run folder (every file written atomically, `xpaste.io.atomic_path`):
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import sys
 from importlib import metadata
@@ -23,13 +24,20 @@ import numpy as np
 from xpaste.categories import categories_from_rows, categories_to_rows, load_categories, select_categories
 from xpaste.errors import XPasteError
 from xpaste.imageio import read_mask, read_rgb
-from xpaste.io import read_json, resolve_inside, write_bytes_atomic, write_image_atomic, write_json_atomic
+from xpaste.io import (check_output, read_json, resolve_inside, write_bytes_atomic, write_image_atomic,
+                       write_json_atomic)
 
 log = logging.getLogger(__name__)
 
 CATEGORIES_FILE = "categories.json"
 CONFIG_FILE = "config.yaml"
 HISTORY_FILE = "run.json"
+#: What a run writes at its top level (see the module docstring): `RunDir.check_output` refuses other entries.
+RUN_ENTRIES = (CONFIG_FILE, HISTORY_FILE, CATEGORIES_FILE, "generate", "retrieve", "segment", "score", "build_pool",
+               "images", "masks", "pool", "augmented")
+#: What marks a folder as a started run (the history, a stage's record, build-pool's records): its own to resume.
+RUN_MARKERS = (HISTORY_FILE, "generate/stage.json", "retrieve/stage.json", "segment/stage.json", "score/stage.json",
+               "build_pool")
 VERSIONED_PACKAGES = ("xpaste", "numpy", "torch", "diffusers", "transformers", "open_clip_torch", "rembg",
                       "opencv-python-headless", "pyarrow", "ray")
 
@@ -80,6 +88,21 @@ class RunDir:
         out = config["augment"]["out"]
         return Path(out) if out else self.root / "augmented"
 
+    def check_output(self, config: dict | None = None, what: str = "the run folder (--run, run_dir)") -> None:
+        """The run folder can hold a run (`xpaste.io.check_output`): not a file, not under one, and holding
+        nothing but run outputs (`RUN_ENTRIES`, and the pool or augmented folders the config names inside it),
+        unless a run was started there (`RUN_MARKERS`: then files beside it, e.g. a second pool, are the user's
+        business). XPasteError otherwise; writes nothing."""
+        extra = []
+        if config is not None:
+            root = Path(os.path.abspath(self.root))
+            for key, folder in (("build_pool", self.pool_dir), ("augment", self.augmented_dir)):
+                if key in config:
+                    target = Path(os.path.abspath(folder(config)))
+                    if target.parent == root:
+                        extra.append(target.name)
+        check_output(self.root, writes=RUN_ENTRIES + tuple(extra), what=what, own=RUN_MARKERS)
+
     @property
     def categories_file(self) -> Path:
         return self.root / CATEGORIES_FILE
@@ -118,7 +141,7 @@ class RunDir:
                 check(recorded)
             return recorded
         select = config["categories"]["select"]
-        cats = select_categories(load_categories(str(source)), list(select) if select else None)
+        cats = select_categories(load_categories(str(source)), list(select) if select else None, source)
         if check is not None:
             check(cats)  # a refused set leaves the run as it was: the corrected command is not refused
         if recorded is not None and categories_to_rows(recorded) != categories_to_rows(cats):

@@ -262,6 +262,7 @@ def run_sharded_job(stage_cls: type[Stage], config: Any, fresh: bool = False, pr
     config: a `PipelineConfig` or its `to_dict()`. Raises what `run_stage` raises."""
     cfg = as_dict(config)
     run = RunDir(cfg["run_dir"])
+    run.check_output(cfg)  # before the stage checks its inputs or loads anything
     stage = stage_cls(run.root, cfg)
     try:
         report = run_stage(stage, engine=cfg["engine"], fresh=fresh, ray_address=cfg["ray_address"],

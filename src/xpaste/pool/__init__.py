@@ -2,7 +2,8 @@
 
 Modules, from the ground up: `layout` (file names), `header` (pool.json), `codec` (a cut-out's bytes),
 `sampler` (class-balanced draws), `store` (`InstancePool`, the reader), `writer` (`PoolWriter`, which
-imports the reader, never the other way round), then `importers` and `tools`.
+imports the reader, never the other way round), then `importers`, `tools` and `repair` (rebuilds a lost
+manifest).
 
 `InstancePool.create` and `InstancePool.open(path, writable=True)` hand back a `PoolWriter` (kept for existing
 callers); the writer class is bound to the reader here, and Python imports this package before any of its

@@ -28,6 +28,27 @@ MISMATCH_HINT = ("use a pool built for this dataset (`xpaste pool import-coco` o
                  "pool.remap_categories(match_categories(pool, dataset_categories, by_name=True))")
 
 
+EMPTY_POOL_HINT = ("fill it first: `xpaste pool import-coco DATASET --images IMAGES --out POOL` (real instances; "
+                   "--append adds to an existing pool) or `xpaste build-pool`")
+
+
+def refuse_empty_pool(pool: Any) -> None:
+    """Raise XPasteError (one line naming the pool and why) when no instance of `pool` can be drawn: the pool
+    is empty (an import that found nothing, an interrupted first write) or none of its rows is sampleable."""
+    drawable = pool.counts() if hasattr(pool, "counts") else len(getattr(pool, "category_ids", ()))
+    if drawable:
+        return
+    where = getattr(pool, "root", None)
+    n = len(pool) if hasattr(pool, "__len__") else 0
+    why = ("the pool has no instances to paste" if not n else
+           f"none of the pool's {n} instances can be pasted (no category of the dataset, or all unreadable)")
+    incomplete = getattr(pool, "incomplete", None)
+    if incomplete:
+        why += (f"; a write to it started {incomplete.get('since', '?')} did not finish: rerun it to complete it "
+                f"(or, if it left index parts, rebuild the manifest: xpaste pool repair {where})")
+    raise XPasteError(why, where, EMPTY_POOL_HINT)
+
+
 def _names(category: dict) -> set[str]:
     names = {normalize_name(category.get("name", ""))}
     synonyms = category.get("synonyms")
@@ -53,6 +74,7 @@ def match_categories(pool: Any, dataset_categories: Iterable[dict] | dict[int, s
 
     `pool`: an InstancePool (its header categories, with any `synonyms`, are used). `dataset_categories`: the
     dataset's category dicts ({"id", "name", optional "synonyms"}) or {id: name}.
+    An empty pool (no instance that can be drawn) raises XPasteError (`refuse_empty_pool`).
     Default (by id): returns the identity map; raises XPasteError when a pooled id is missing from the dataset
     or its names disagree (one line listing up to 5 disagreements). `by_name=True`: each pooled category maps to
     the dataset category with an agreeing name; pooled categories without one are left out (a warning names
@@ -62,6 +84,7 @@ def match_categories(pool: Any, dataset_categories: Iterable[dict] | dict[int, s
     for cid, name in pool.categories.items():
         pool_cats.setdefault(int(cid), {"id": int(cid), "name": name})
     data = _as_dicts(dataset_categories)
+    refuse_empty_pool(pool)  # nothing to paste is refused, never a run that pastes nothing without a word
     pooled = sorted(int(c) for c in pool.counts())
     where = getattr(pool, "root", None)
     if not by_name:

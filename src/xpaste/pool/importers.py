@@ -10,15 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
-from xpaste.data.coco import load_coco, load_sample
+from xpaste.data.coco import NO_MASK, load_coco, load_sample
 from xpaste.errors import XPasteError
 from xpaste.imageio import read_gray, read_rgba
-from xpaste.io import read_json, resolve_inside
+from xpaste.io import check_output, read_json, resolve_inside
 from xpaste.jobs import JobReport
 from xpaste.ops.masks import largest_component
 from xpaste.pool.layout import DATA_DIR, HEADER, INDEX_DIR, MANIFEST
 from xpaste.pool.store import InstancePool
-from xpaste.pool.writer import PoolWriter
+from xpaste.pool.writer import POOL_ENTRIES, PoolWriter
 
 log = logging.getLogger("xpaste.pool")
 # Real instances smaller than this many mask pixels are skipped: COCO's "small" objects (< 32x32) upscale
@@ -68,16 +68,37 @@ class ImportReport:
 
 
 def _refuse_if_nothing_imported(report: ImportReport, total: int, what: str, out: str | os.PathLike,
-                                source: str | os.PathLike, folder_existed: bool, pool_existed: bool, hint: str) -> None:
-    """Raise XPasteError when inputs failed and nothing was imported (nothing added, no duplicate found);
-    a pool this call created is removed first, so no empty pool is left behind to be used by mistake."""
-    if report.added or report.duplicates or not report.failed:
+                                source: str | os.PathLike, folder_existed: bool, pool_existed: bool, hint: str,
+                                min_area: int | None = None) -> None:
+    """Raise XPasteError naming why when nothing was imported (nothing added, no duplicate found): inputs
+    failed, every annotation was skipped (e.g. a box-only json: no masks to cut along), under `min_area`,
+    crowd, or the input lists nothing. A pool this call created is removed first, so no empty pool is left
+    behind to be used by mistake; a pool appended to is left as it was."""
+    if report.added or report.duplicates:
         return
+    reasons, hints = [], []
+    if report.failed:
+        first, why = report.first_failure
+        reasons.append(f"{report.failed} of {total} {what} failed, the first ({first}): {why}")
+        hints.append(hint)
+    skipped = [(w, y) for w, y in report.skipped if w.startswith("annotation ")]
+    if skipped:
+        first, why = skipped[0]
+        reasons.append(f"{len(skipped)} annotations skipped, the first ({first}): {why}")
+        if any(y.startswith(NO_MASK) for _, y in skipped):
+            hints.append("a pool is cut along instance masks: the json needs polygon or RLE segmentations "
+                         "(a box-only json cannot be imported)")
+    if report.too_small:
+        reasons.append(f"{report.too_small} instances under --min-area {min_area} mask pixels")
+        hints.append(f"lower --min-area (now {min_area})")
+    if report.crowd:
+        reasons.append(f"{report.crowd} crowd annotations (never imported)")
+    if not reasons:
+        reasons.append(f"the input lists no instances ({total} {what})")
+        hints.append("check that this is the file you meant")
     if not pool_existed:
         _remove_empty_pool(Path(out), folder_existed)
-    first, why = report.first_failure
-    raise XPasteError(f"nothing imported: {report.failed} of {total} {what} failed, the first ({first}): {why}",
-                      source, hint)
+    raise XPasteError(f"nothing imported: {'; '.join(reasons)}", source, "; ".join(hints) or None)
 
 
 def _remove_empty_pool(root: Path, folder_existed: bool) -> None:
@@ -107,11 +128,13 @@ def import_coco(dataset_path: str | os.PathLike, images_dir: str | os.PathLike, 
 
     Annotations under `min_area` mask pixels are counted as too small; unreadable images are skipped and listed
     in the report. Raises XPasteError for an unreadable dataset, a pool already at `out` (unless `append`),
-    or when every image failed (a pool this call created is removed first).
+    or when nothing was imported (every image failed, every annotation box-only, too small or crowd, no
+    annotations): one line naming why; a pool this call created is removed first.
     """
     from tqdm import tqdm
 
     started = time.monotonic()
+    check_output(out, writes=POOL_ENTRIES, own=(HEADER,))  # before the dataset is read
     dataset = load_coco(dataset_path)
     report = ImportReport(job="import-coco", out=str(out))
     folder_existed, pool_existed = Path(out).exists(), (Path(out) / HEADER).exists()
@@ -142,7 +165,8 @@ def import_coco(dataset_path: str | os.PathLike, images_dir: str | os.PathLike, 
                            image_id=int(image["id"]), ann_id=int(t.extra["ann_id"][i]))
     _refuse_if_nothing_imported(report, len(dataset.images), "images", out, dataset_path, folder_existed,
                                 pool_existed, "check that --images is this dataset's image folder and that the "
-                                "json's width and height are those of the images as displayed (EXIF applied)")
+                                "json's width and height are those of the images as displayed (EXIF applied)",
+                                min_area=min_area)
     report.seconds = time.monotonic() - started
     return report
 
@@ -169,12 +193,13 @@ def import_xpaste(json_path: str | os.PathLike, out: str | os.PathLike, root: st
     binarised at > 128 and only the largest connected component is kept. Paths are resolved inside `root`
     (default: the json's folder); anything outside it is refused. Unreadable entries are skipped and listed in
     the report. Raises XPasteError for a malformed json, an id not in `dataset_path`, a pool already at `out`
-    (unless `append`), or when every entry failed.
+    (unless `append`), or when nothing was imported (every entry failed, or the json lists none).
     """
     from tqdm import tqdm
 
     started = time.monotonic()
     json_path = Path(json_path)
+    check_output(out, writes=POOL_ENTRIES, own=(HEADER,))  # before the json is read
     data = read_json(json_path)
     if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
         raise XPasteError("expected an object mapping category index to a list of paths", json_path)

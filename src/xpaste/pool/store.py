@@ -27,7 +27,8 @@ from xpaste.io import resolve_inside
 from xpaste.pool.codec import DEFAULT_MAX_CUTOUT_PIXELS, TOO_BIG_HINT, CutoutError, decode_png, decode_raw
 from xpaste.pool.header import POOL_FORMAT, WRITE_VERSION, normalise_categories, read_header
 # the layout's names are re-exported here, their home before xpaste.pool.layout existed
-from xpaste.pool.layout import CHECKSUM, DATA_DIR, HEADER, INDEX_DIR, MANIFEST, list_parts, shard_name
+from xpaste.pool.layout import (CHECKSUM, DATA_DIR, HEADER, INDEX_DIR, MANIFEST, check_shard_sizes, list_parts,
+                                repair_command, shard_name)
 from xpaste.pool.sampler import CategoryIndex, sample_rows
 
 __all__ = ["InstancePool", "CutoutError", "DEFAULT_CACHE_BYTES", "DEFAULT_MAX_CUTOUT_PIXELS", "POOL_FORMAT",
@@ -282,7 +283,8 @@ class InstancePool:
         root = Path(path)
         header = read_header(root)
         version = header["version"]
-        parts = list_parts(root, version)
+        # a write that crashed before its first manifest left files that are ignored, as unlisted files always are
+        parts = list_parts(root, version, interrupted=header.get("incomplete") is not None)
         numeric = NUMERIC[version]
         tables, checksums = [], []
         for part in parts:
@@ -294,7 +296,11 @@ class InstancePool:
                                  else np.full(table.num_rows, -1, np.int64))
                 tables.append(table.select(numeric))
             except Exception as e:  # noqa: BLE001 - any Arrow error (or a missing file) means a damaged index
-                raise XPasteError(f"unreadable index shard: {e}", part, "the pool index is damaged; rebuild it") from None
+                why = " ".join(str(e).split())
+                hint = ("restore it from a backup, or keep the rows still readable: "
+                        f"{repair_command(root, '--drop-damaged')}" if version == 2 else "rebuild the pool")
+                raise XPasteError(f"unreadable index part {INDEX_DIR}/{part.name} (truncated or damaged: {why})", part,
+                                  hint) from None
         if tables:
             table = pa.concat_tables(tables, promote_options="default")
             nulls = [k for k in numeric if table.column(k).null_count]
@@ -307,6 +313,7 @@ class InstancePool:
                 raise XPasteError(f"index columns {numeric} must be integers without nulls: {e}", root / INDEX_DIR) from None
             if version == 2:
                 columns[CHECKSUM] = np.concatenate(checksums)
+                check_shard_sizes(root, columns["shard"], columns["offset"], columns["nbytes"])
         else:
             columns = {k: np.zeros(0, np.int64) for k in numeric}
             columns.update(instance_id=np.zeros(0, object), path=np.zeros(0, object))

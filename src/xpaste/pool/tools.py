@@ -9,15 +9,17 @@ from pathlib import Path
 
 from xpaste.categories import normalize_name
 from xpaste.errors import XPasteError
-from xpaste.io import refuse_overlap, safe_name, write_bytes_atomic
+from xpaste.io import check_output, refuse_overlap, safe_name, write_bytes_atomic
 from xpaste.jobs import JobReport
 from xpaste.pool.codec import CutoutError, encode_png
 from xpaste.pool.header import DEFAULT_CODEC
-from xpaste.pool.layout import LOCATION_COLUMNS
+from xpaste.pool.layout import HEADER, LOCATION_COLUMNS
 from xpaste.pool.store import InstancePool
-from xpaste.pool.writer import PoolWriter
+from xpaste.pool.writer import POOL_ENTRIES, PoolWriter
 
 log = logging.getLogger("xpaste.pool")
+#: The folders `export_png` writes under its --out: `<category id>_<name>` (`xpaste.io.check_output` patterns).
+PNG_ENTRIES = ("[0-9]*_*", "-[0-9]*_*")
 _SET_BY_POOL = {"instance_id", "category_id", "category", "path", "width", "height", *LOCATION_COLUMNS}
 
 
@@ -57,6 +59,7 @@ def migrate(src: str | os.PathLike, dst: str | os.PathLike, codec: str = DEFAULT
     started = time.monotonic()
     src, dst = Path(src), Path(dst)
     refuse_overlap(dst, {"the old pool (OLD)": src}, flag="NEW")
+    check_output(dst, writes=POOL_ENTRIES, what="NEW", own=(HEADER,))
     pool = InstancePool.open(src, cache_bytes=0)
     report = MigrateReport(rows=len(pool), out=str(dst))
     records = pool.records().to_pylist()
@@ -90,6 +93,7 @@ def export_png(pool_path: str | os.PathLike, out: str | os.PathLike, category: i
     or contains the pool (`xpaste.io.refuse_overlap`).
     """
     refuse_overlap(out, {"the pool (POOL)": pool_path})
+    check_output(out, writes=PNG_ENTRIES)
     pool = InstancePool.open(pool_path, cache_bytes=0)
     rows = range(len(pool))
     if category is not None:

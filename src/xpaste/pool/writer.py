@@ -37,6 +37,8 @@ from xpaste.pool.layout import (DATA_DIR, HEADER, INDEX_DIR, LOCATION_COLUMNS, M
 from xpaste.pool.store import InstancePool
 
 log = logging.getLogger("xpaste.pool")
+#: What a pool writer writes in its folder (`xpaste.io.check_output`); HEADER (pool.json) marks a folder as a pool.
+POOL_ENTRIES = (HEADER, INDEX_DIR, DATA_DIR)
 SHARD_BYTES = 2**30  # a data shard is closed once it holds this many bytes (1M cut-outs: ~100 files)
 MAX_PARTS = 8  # more index parts than this are merged into one when the writer closes (~1 ms per part on open)
 _CATEGORY_HINT = ("the categories given to the pool (e.g. the dataset's) have a field of the wrong type: "
@@ -60,7 +62,10 @@ class PoolWriter:
         self.codec = header["codec"]
         self.categories: dict[int, str] = {int(c["id"]): c["name"] for c in header["categories"]}
         self._locks = locks
-        self._parts = [p.name for p in list_parts(root, WRITE_VERSION)]
+        # a new pool, or a write resumed after a crash before its first manifest: unlisted files are ignored;
+        # otherwise a lost manifest or a missing listed part is refused (appending would hide the rows it lists)
+        interrupted = header.get("incomplete") is not None or not (root / HEADER).exists()
+        self._parts = [p.name for p in list_parts(root, WRITE_VERSION, interrupted=interrupted)]
         self._rows = self._count_rows()
         existing = [file_number(p) for p in (root / INDEX_DIR).glob(PART_GLOB)]
         self._next_part = max(existing, default=-1) + 1  # never reuse a number, even an unlisted one
@@ -128,6 +133,9 @@ class PoolWriter:
             raise XPasteError(f"this is a version {header['version']} pool (one PNG per cut-out); xpaste appends "
                               f"to version {WRITE_VERSION} pools only", root,
                               "convert it first: xpaste pool migrate OLD NEW")
+        # a damaged pool (lost manifest, part or shard) is refused, never appended to: new rows would hide what
+        # it lost, or land on the bytes a truncated shard's rows point at
+        InstancePool.open(root, cache_bytes=0)
         writer = cls(root, header, locks)
         writer._mark_incomplete()
         return writer

@@ -22,7 +22,7 @@ from xpaste.data.coco import decode_annotation_mask, load_coco
 from xpaste.data.stats import category_stats
 from xpaste.errors import XPasteError
 from xpaste.imageio import read_rgb
-from xpaste.io import read_json, resolve_inside, write_bytes_atomic
+from xpaste.io import check_output, read_json, resolve_inside, write_bytes_atomic
 from xpaste.pipeline.rundir import RunDir, load_mask
 from xpaste.pool.store import InstancePool
 from xpaste.report.assets import ORIGINAL_RGB, PASTED_RGB, Assets, checker_thumb, outlined
@@ -403,6 +403,9 @@ img.plot{max-width:100%;height:auto}img.wide{grid-column:1/-1}
 .sw{display:inline-block;width:22px;height:10px;border:1px solid #333;vertical-align:middle;margin:0 4px 0 10px}
 """
 
+#: What the report writes under its folder (`xpaste.io.check_output`).
+OUT_ENTRIES = ("index.html", "assets")
+
 
 def write_report(out_dir: str | os.PathLike, pool=None, run=None, augmented=None, dataset=None,
                  max_per_category: int = 24, max_categories: int = 60, gallery: int = 24) -> Path:
@@ -410,7 +413,7 @@ def write_report(out_dir: str | os.PathLike, pool=None, run=None, augmented=None
     folder, an augmented dataset folder, and a target dataset json for coverage. Returns the page's path."""
     from datetime import datetime, timezone
 
-
+    check_output(out_dir, writes=OUT_ENTRIES)  # before any input is read
     inp = _load(pool, run, augmented, dataset)
     out = Path(out_dir)
     assets = Assets(out)

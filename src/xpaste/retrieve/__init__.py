@@ -7,9 +7,10 @@ never loads torch and never touches the network.
 from __future__ import annotations
 
 from xpaste.retrieve.filters import is_simple_background, most_common_colour, simple_background_fraction
-from xpaste.retrieve.folder import Candidate, RetrievalResult, labelled_folder, list_images, load_rgb, rank_folder
+from xpaste.retrieve.folder import (Candidate, ImageListing, RetrievalResult, labelled_folder, list_images, load_rgb,
+                                   rank_folder, scan_images)
 from xpaste.retrieve.knn import Download, KnnClient, download
 
 __all__ = ["simple_background_fraction", "is_simple_background", "most_common_colour", "labelled_folder",
-           "list_images", "load_rgb", "rank_folder", "Candidate", "RetrievalResult", "KnnClient", "Download",
-           "download"]
+           "list_images", "scan_images", "ImageListing", "load_rgb", "rank_folder", "Candidate", "RetrievalResult",
+           "KnnClient", "Download", "download"]

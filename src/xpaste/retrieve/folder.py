@@ -7,6 +7,7 @@ module itself never imports torch.
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,8 @@ from xpaste.imageio import read_rgb
 from xpaste.io import resolve_inside
 from xpaste.retrieve.filters import simple_background_fraction
 from xpaste.score import PROMPT_TEMPLATE, prompt_for
+
+log = logging.getLogger(__name__)
 
 #: Extensions `list_images` picks up from a folder (compared lower-case).
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
@@ -48,31 +51,65 @@ class RetrievalResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of unreadable images
 
 
-def list_images(source: str | os.PathLike) -> list[Path]:
-    """Image files of a folder (recursive) or of a list file, in a deterministic order.
+@dataclass
+class ImageListing:
+    """The images of a folder or list file (`scan_images`), and the image files left out, with the reason."""
 
-    Folder: files whose extension is in IMAGE_EXTENSIONS (any case), sorted by relative path. Hidden
-    files and folders (leading '.', e.g. macOS '._x.jpg' resource forks) are skipped, symlinked folders
-    are not descended (no cycles), and a symlinked file is kept only if it resolves inside the folder.
+    paths: list[Path]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+
+def _inside(real: Path, root: Path) -> bool:
+    return real == root or root in real.parents
+
+
+def scan_images(source: str | os.PathLike, root: str | os.PathLike | None = None) -> ImageListing:
+    """Image files of a folder (recursive) or of a list file, in a deterministic order, and what was skipped.
+
+    Folder: files whose extension is in IMAGE_EXTENSIONS (any case), sorted by relative path. Hidden files
+    and folders (leading '.', e.g. macOS '._x.jpg' resource forks, '.git') are not part of the collection.
+    Symlinked files are followed when they resolve to a file inside `root` (default: `source` itself; the
+    retrieve stage passes its --folder, so a category folder of links into a blob store elsewhere in the
+    collection - the Hugging Face cache, DVC, git-annex layouts - is read as plain files). Skipped, each
+    with its reason in `skipped` (never silently): a link resolving outside `root`, a dangling link, a
+    symlinked folder (not descended: no cycles, no images listed twice).
     List file: one path per line relative to the list file's folder ('#' comments and blank lines
     skipped), kept in file order; a line pointing outside that folder raises XPasteError. Listed files
     are not opened here: a missing or broken one is reported by `rank_folder`.
     """
     source = Path(source)
     if source.is_dir():
-        root = source.resolve()
-        found = []
+        base = source.resolve()
+        allowed = base if root is None else Path(root).resolve()
+        if not _inside(base, allowed):
+            raise XPasteError(f"image folder {source} is not inside {allowed}", source)
+        found: list[Path] = []
+        skipped: list[tuple[str, str]] = []
         for dirpath, dirnames, filenames in os.walk(source, followlinks=False):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for d in list(dirnames):
+                if not d.startswith(".") and os.path.islink(os.path.join(dirpath, d)):
+                    skipped.append((os.path.join(dirpath, d), ("symlinked folder, not descended (link the files, "
+                                                                "or pass the folder it points to)")))
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                                 and not os.path.islink(os.path.join(dirpath, d)))
             for name in filenames:
                 if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
                     continue
                 path = Path(dirpath) / name
-                real = path.resolve()
-                if root not in real.parents or not real.is_file():
-                    continue  # a link leaving the folder (or dangling) is not part of the collection
+                if path.is_symlink():
+                    real = Path(os.path.realpath(path))
+                    if not _inside(real, allowed):
+                        skipped.append((str(path), f"symlink to {real} leaves {allowed}"))
+                        continue
+                    if not real.exists():
+                        skipped.append((str(path), f"dangling symlink (its target {os.readlink(path)} does not exist)"))
+                        continue
+                    if not real.is_file():
+                        skipped.append((str(path), f"symlink to {real}, which is not a file"))
+                        continue
                 found.append(path)
-        return sorted(found, key=lambda p: p.relative_to(source).as_posix())
+        return ImageListing(sorted(found, key=lambda p: p.relative_to(source).as_posix()),
+                            sorted(skipped, key=lambda item: Path(item[0]).relative_to(source).as_posix()))
     if source.is_file():
         base = source.parent
         paths = []
@@ -86,8 +123,18 @@ def list_images(source: str | os.PathLike) -> list[Path]:
             except XPasteError as e:
                 raise XPasteError(f"line {number}: {e.message}", source,
                                   "list files may only name images under their own folder") from None
-        return paths
+        return ImageListing(paths)
     raise XPasteError("no such folder or list file", source)
+
+
+def list_images(source: str | os.PathLike, root: str | os.PathLike | None = None) -> list[Path]:
+    """The image paths of `scan_images(source, root)`; what it skips is logged as one warning."""
+    listing = scan_images(source, root)
+    if listing.skipped:
+        log.warning("%s: skipped %d image file(s): %s", source, len(listing.skipped),
+                    "; ".join(f"{p}: {why}" for p, why in listing.skipped[:3]) +
+                    (" ..." if len(listing.skipped) > 3 else ""))
+    return listing.paths
 
 
 def labelled_folder(root: str | os.PathLike, names: Sequence[str]) -> Path | None:

@@ -41,7 +41,8 @@ from xpaste.data.packed import PackedDataset, release_memory
 from xpaste.data.stats import category_stats, resolve_scale_prior, scale_prior_from_stats
 from xpaste.errors import XPasteError
 from xpaste.fingerprint import digest, file_digest, images_digest, pool_digest
-from xpaste.io import atomic_path, encode_image, exclusive_lock, refuse_overlap, write_bytes_atomic, write_json_atomic
+from xpaste.io import (atomic_path, check_output, encode_image, exclusive_lock, refuse_overlap, write_bytes_atomic,
+                       write_json_atomic)
 from xpaste.jobs import JobReport
 from xpaste.ops.masks import masks_to_rles
 from xpaste.paste.config import PasteConfig
@@ -124,8 +125,8 @@ def check_options(copies, seed, workers, engine, image_format, max_images, scale
 
 def check_paths(dataset_path: Path, images_dir: Path, pool_path: Path, out: Path) -> None:
     """Inputs exist, and --out would overwrite none of them (`xpaste.io.refuse_overlap`): it is not, is not
-    inside and does not contain the images folder or the pool, and nothing it writes is the dataset json
-    (XPasteError otherwise)."""
+    inside and does not contain the images folder or the pool, and nothing it writes is the dataset json;
+    then `check_out` (XPasteError otherwise)."""
     if not dataset_path.is_file():
         raise XPasteError("dataset json not found", dataset_path)
     if not images_dir.is_dir():
@@ -134,6 +135,13 @@ def check_paths(dataset_path: Path, images_dir: Path, pool_path: Path, out: Path
         raise XPasteError("pool folder not found", pool_path)
     refuse_overlap(out, {"the dataset json (--dataset)": dataset_path, "the images folder (--images)": images_dir,
                          "the pool (--pool)": pool_path}, writes=OUT_ENTRIES)
+    check_out(out)
+
+
+def check_out(out: Path, what: str = "--out") -> None:
+    """--out can hold this stage's outputs: not a file, not under one, no foreign files in it (`check_output`;
+    an --out this stage started, `STATE_DIR`, is its own). XPasteError otherwise; writes nothing."""
+    check_output(out, writes=OUT_ENTRIES, what=what, own=(STATE_DIR,))
 
 
 def _check_not_foreign(out: Path, state: Path) -> None:
@@ -387,7 +395,7 @@ def augment_dataset(dataset_path: str | os.PathLike, images_dir: str | os.PathLi
     elif str(scale_prior) == "none":
         prior = {}
     else:
-        prior = resolve_scale_prior(scale_prior)
+        prior = resolve_scale_prior(scale_prior, dataset.categories)  # ids and names must be the dataset's
     n_images = len(dataset.images) if max_images is None else min(int(max_images), len(dataset.images))
     if int(copies) * n_images > INT64_MAX:  # the task count is an int64 (shard plan, progress, Arrow)
         raise XPasteError(f"--copies {copies} x {n_images} images is more than {INT64_MAX} images to write",
@@ -426,6 +434,12 @@ def augment_dataset(dataset_path: str | os.PathLike, images_dir: str | os.PathLi
         print(f"xpaste: skipped {file_name}: {why}", file=sys.stderr)
     for why in sorted({why for _, why in report.skipped_pastes})[:5]:  # one line per unreadable cut-out file
         print(f"xpaste: skipped pastes: {why}", file=sys.stderr)
+    asked = config.num_paste if config.num_paste is not None else config.max_paste - 1  # pastes an image may get
+    if report.images_written and not report.pasted and asked > 0:  # a run that pastes nothing is never quiet
+        print(f"xpaste: WARNING: 0 instances pasted into the {report.images_written} images written: every paste "
+              f"was dropped (cut-outs that did not fit: under --min-size-px, not smaller than the image, or fewer "
+              f"than --min-visible-area pixels left visible; {len(report.skipped_pastes)} unreadable); check the "
+              f"pool's cut-outs and the paste options", file=sys.stderr)
     log.debug("%s: %s", out, report.summary())
     if report.images_written == 0 and report.failed:  # nothing usable: a failure, not an empty dataset
         (out / "annotations.json").unlink(missing_ok=True)  # augment_log.json keeps every failure

@@ -34,7 +34,7 @@ import numpy as np
 from xpaste.core.instance import content_hash, crop_to_alpha
 from xpaste.errors import XPasteError
 from xpaste.fingerprint import first_difference, outputs_digest, pool_digest
-from xpaste.io import read_json, write_json_atomic, write_parquet_atomic
+from xpaste.io import check_output, read_json, write_json_atomic, write_parquet_atomic
 from xpaste.jobs import JobReport
 from xpaste.ops.masks import binarize, largest_filled_component
 from xpaste.pipeline.rundir import RunDir, load_mask, load_rgb, resolve_categories
@@ -42,6 +42,7 @@ from xpaste.pipeline.runner import as_dict
 from xpaste.pipeline.shards import read_stage
 from xpaste.pool.header import HEADER
 from xpaste.pool.store import InstancePool
+from xpaste.pool.writer import POOL_ENTRIES
 from xpaste.registry import load_backend
 from xpaste.score import SCORERS, composite_on_black
 from xpaste.score.filters import AREA, BAR, EMPTY, KEPT, dedup_by_embedding, select_instances
@@ -118,6 +119,17 @@ def _section(config: Any, name: str) -> dict:
         return dict(value)
 
     return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else dict(vars(value))
+
+
+def check_outputs(run_dir: str | Path, config: Any) -> Path:
+    """The run folder and the pool folder can be written (`RunDir.check_output`, `xpaste.io.check_output`: not a
+    file, not under one, no foreign files; a pool, pool.json, is the build's own to resume or refuse by its
+    record). XPasteError otherwise, before anything is read or written. Returns the pool folder."""
+    out = _section(config, "build_pool").get("out")
+    RunDir(run_dir).check_output({"build_pool": {"out": out}})
+    pool = Path(out or RunDir(run_dir).default_pool_dir)
+    check_output(pool, writes=POOL_ENTRIES, what="the pool folder (build_pool.out, --out)", own=(HEADER,))
+    return pool
 
 
 def _top(config: Any, key: str) -> Any:
@@ -391,6 +403,7 @@ def build_pool(run_dir: str | Path, config: Any, progress: bool = True, fresh: b
 
     start = time.perf_counter()
     run_dir = Path(run_dir)
+    check_outputs(run_dir, config)
     b = apply_preset(_section(config, "build_pool"))
     categories = resolve_categories(run_dir, config)
     out = Path(b["out"] or RunDir(run_dir).default_pool_dir)
@@ -455,6 +468,7 @@ def run_job(config: Any, fresh: bool = False, progress: bool = True) -> JobRepor
     with changed inputs or options is refused unless `fresh` (rebuilt)."""
     cfg = as_dict(config)
     run = RunDir(cfg["run_dir"])
+    check_outputs(run.root, cfg)  # before the invocation is recorded
     run.record_invocation(NAME, cfg)
     summary = build_pool(run.root, cfg, progress=progress, fresh=fresh)
     counts = {"candidates": summary["candidates"], "added": summary["added"]}

@@ -14,15 +14,15 @@ from typing import Any, Optional
 import numpy as np
 
 from xpaste.categories import require_distinct_names, same_name_groups
-from xpaste.errors import XPasteError
 from xpaste.generate import build_generator
-from xpaste.generate.prompts import BACKGROUND_PROMPTS, image_seed, load_prompt_file, prompt_for, template_fields
+from xpaste.generate.prompts import (BACKGROUND_PROMPTS, image_seed, load_prompt_file, prompt_for, resolve_prompt_keys,
+                                     template_fields)
 from xpaste.jobs import JobReport
 from xpaste.pipeline.determinism import restore_threads
 from xpaste.pipeline.rundir import resolve_categories, save_png
 from xpaste.pipeline.runner import Stage, run_sharded_job
 from xpaste.stages.candidates import candidate_row, candidate_schema
-from xpaste.typed import ConfigError, Section, key_field
+from xpaste.typed import Section, key_field
 
 NAME = "generate"
 #: Scheduler names of `xpaste.generate.diffusers_t2i.SCHEDULERS` (kept equal by a test; this module stays light).
@@ -50,19 +50,11 @@ class GenerateConfig(Section):
     height: int = key_field(512, "image height, pixels", lo=8)
     width: int = key_field(512, "image width, pixels", lo=8)
     templates: tuple[str, ...] = key_field(("a photo of a single {name}",),
-                                      "template with {name} {definition} {synonym}", flag="--prompt",
-                                      min_items=1)
+                                           "template with {name} {definition} {synonym}", flag="--prompt",
+                                           min_items=1, each=template_fields)
     prompt_file: Optional[str] = key_field(None, "per-category prompts (json or name<TAB>prompt lines)")
     negative_prompt: Optional[str] = key_field(None, "negative prompt", cli=False)
     backgrounds: int = key_field(0, "also N scene images for paste canvases", lo=0)
-
-    def _check(self) -> None:
-        for template in self.templates:
-            try:
-                template_fields(template)
-            except XPasteError as e:
-                raise ConfigError(f"config key {getattr(self, '_prefix', '')}templates: {e.message}",
-                                  hint=e.hint) from None
 
 
 
@@ -79,7 +71,8 @@ class GenerateStage(Stage):
 
     def __init__(self, run_dir: Path, config: dict):
         super().__init__(run_dir, config)
-        self.categories = resolve_categories(self.run_dir, config, self._refuse_same_prompts)
+        self._prompts: dict[int, list[str]] | None = None
+        self.categories = resolve_categories(self.run_dir, config, self._check_categories)
         self._generator = None
         self._generator_model = None
 
@@ -92,7 +85,7 @@ class GenerateStage(Stage):
 
     def plan(self) -> list[dict]:
         g = self.config["generate"]
-        per_category = load_prompt_file(g["prompt_file"]) if g["prompt_file"] else None
+        per_category = self._prompts
         items = []
         for model in g["models"]:
             tag = model_tag(model)
@@ -112,6 +105,15 @@ class GenerateStage(Stage):
                               "path": f"images/backgrounds/{cid}.png"})
         return items
 
+    def _check_categories(self, categories) -> None:
+        """Run on the resolved categories before they are recorded and before any model loads: the prompt
+        file's keys must each name one of them (`resolve_prompt_keys`: unknown, ambiguous or doubled keys are
+        refused in one line, never left to fall back to the templates), then the same-name check."""
+        prompt_file = self.config["generate"]["prompt_file"]
+        if prompt_file:
+            self._prompts = resolve_prompt_keys(load_prompt_file(prompt_file), categories, prompt_file)
+        self._refuse_same_prompts(categories)
+
     def _refuse_same_prompts(self, categories) -> None:
         """Same-name categories are refused only when their prompts coincide too (no id-keyed prompts, no
         differing definition or synonyms in the templates): their images would be alike under two ids.
@@ -119,7 +121,7 @@ class GenerateStage(Stage):
         g = self.config["generate"]
         if not same_name_groups(categories) or int(g["per_category"]) < 1:
             return
-        per_category = load_prompt_file(g["prompt_file"]) if g["prompt_file"] else None
+        per_category = self._prompts
 
         def prompts(cat):
             return [" ".join(prompt_for(cat, i, g["templates"], per_category).lower().split())

@@ -87,23 +87,32 @@ class RetrieveStage(Stage):
         """Rank the whole collection once per process (every shard of categories reads from it)."""
         if self._ranking is None:
             r = self.config["retrieve"]
-            from xpaste.retrieve.folder import list_images, rank_folder  # a backend (Pillow): imported to run
+            from xpaste.retrieve.folder import rank_folder, scan_images  # a backend (Pillow): imported to run
 
-            paths = list_images(r["folder"])
-            self._ranking = rank_folder(paths, [c.text for c in self.categories], self._scorer_instance(),
+            listing = scan_images(r["folder"])
+            self._ranking = rank_folder(listing.paths, [c.text for c in self.categories], self._scorer_instance(),
                                         top_k=int(r["per_category"]), min_score=r["min_score"],
                                         simple_background=r["simple_background"], progress=False)
+            self._ranking.skipped[:0] = listing.skipped  # links leaving the folder, dangling ones: reported too
         return self._ranking
 
-    def _labelled_candidates(self, items: list[dict]) -> list[dict]:
-        """A labelled collection: folder/<category name or dir name>/** are that category's images, as they are."""
-        from xpaste.retrieve.folder import labelled_folder, list_images  # a backend (Pillow): imported to run
+    def _labelled_candidates(self, items: list[dict], skipped: list[dict]) -> list[dict]:
+        """A labelled collection: folder/<category name or dir name>/** are that category's images, as they are.
+        Symlinked images are followed wherever they resolve inside --folder (a blob store beside the category
+        folders); those leaving it, and dangling ones, are appended to `skipped` with the reason."""
+        from xpaste.retrieve.folder import labelled_folder, scan_images  # a backend (Pillow): imported to run
 
         root = Path(self.config["retrieve"]["folder"])
         rows = []
         for item in items:
             folder = labelled_folder(root, (item["category"], item["dir"]))  # never a folder outside root
-            for path in list_images(folder) if folder is not None else []:
+            if folder is None:
+                skipped.append({"item": f"category {item['category_id']} {item['category']!r}",
+                                "reason": f"no folder {item['category']!r} or {item['dir']!r} inside {root}"})
+                continue
+            listing = scan_images(folder, root=root)
+            skipped.extend({"item": path, "reason": why} for path, why in listing.skipped)
+            for path in listing.paths:
                 rows.append(self._copy_candidate(item, path, "folder", float("nan"), 0, 0))
         return rows
 
@@ -121,7 +130,7 @@ class RetrieveStage(Stage):
         rows, skipped = [], []
         index_of = {c.id: k for k, c in enumerate(self.categories)}
         if r["folder"] and r["labelled"]:
-            rows.extend(self._labelled_candidates(items))
+            rows.extend(self._labelled_candidates(items, skipped))
         elif r["folder"]:
             ranking = self._folder_ranking()
             # unreadable collection files concern every category: log them once, with the first shard

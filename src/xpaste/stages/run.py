@@ -8,6 +8,7 @@ from typing import Any
 
 from xpaste.errors import XPasteError
 from xpaste.jobs import JobReport
+from xpaste.pipeline.rundir import RunDir
 from xpaste.pipeline.runner import as_dict
 from xpaste.stages import STAGES, stage_module
 
@@ -57,6 +58,17 @@ def enabled_stages(config: Any) -> list[str]:
     return names + ["build-pool"] + (["augment"] if cfg["augment"]["enabled"] else [])
 
 
+def check_outputs(config: Any) -> None:
+    """Every output folder of the enabled stages can be written (`xpaste.io.check_output`): the run folder, the
+    pool and, when augment is enabled, the augmented dataset's folder. XPasteError naming the first that cannot,
+    before any stage runs (each stage checks its own again)."""
+    cfg = as_dict(config)
+    RunDir(cfg["run_dir"]).check_output(cfg)
+    stage_module("build-pool").check_outputs(cfg["run_dir"], cfg)
+    if cfg["augment"]["enabled"]:
+        stage_module("augment").check_out(RunDir(cfg["run_dir"]).augmented_dir(cfg), "augment.out")
+
+
 def run_pipeline(config: Any, progress: bool = True) -> JobReport:
     """Run the enabled stages in order (see `enabled_stages`), each resumable; returns a 'run' JobReport whose
     parts are the stages' reports and whose out and counts are the last stage's (the pool, or augment's).
@@ -65,6 +77,7 @@ def run_pipeline(config: Any, progress: bool = True) -> JobReport:
     started, missing inputs), OSError (disk full, ...) and KeyboardInterrupt; finished shards are kept."""
     start = time.perf_counter()
     cfg = as_dict(config)
+    check_outputs(cfg)
     parts = []
     for name in enabled_stages(cfg):
         log.info("== %s", name)
