@@ -43,7 +43,7 @@ from xpaste.errors import XPasteError
 from xpaste.fingerprint import digest, file_digest, images_digest, pool_digest
 from xpaste.io import (atomic_path, check_output, encode_image, exclusive_lock, refuse_overlap, write_bytes_atomic,
                        write_json_atomic)
-from xpaste.jobs import JobReport
+from xpaste.jobs import AugmentReport, JobReport
 from xpaste.ops.masks import masks_to_rles
 from xpaste.paste.config import PasteConfig
 from xpaste.pipeline.rundir import RunDir
@@ -326,43 +326,6 @@ class AugmentStage(Stage):
 
 
 # ----------------------------------------------------------------------------- driver
-@dataclass
-class AugmentReport:
-    images_written: int = 0
-    images_resumed: int = 0
-    annotations: int = 0
-    pasted: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (file name, reason)
-    skipped_annotations: list[tuple[str, str]] = field(default_factory=list)  # ("file#ann id", why), unique
-    skipped_by_reason: dict[str, int] = field(default_factory=dict)  # reason code -> source annotations
-    skipped_pastes: list[tuple[str, str]] = field(default_factory=list)  # ("file pool row N", why): unreadable
-    occluded: int = 0  # originals hidden by pasted objects (the occlusion rule), per source annotation per copy
-    out: str = ""
-    seconds: float = 0.0
-
-    def job_report(self):
-        """The same outcome as the `xpaste.jobs.JobReport` every job returns."""
-        counts = {"images written": self.images_written, "already done": self.images_resumed,
-                  "annotations": self.annotations, "pasted": self.pasted,
-                  **{f"not written ({k})": v for k, v in self.skipped_by_reason.items()},
-                  "originals occluded (per copy)": self.occluded, "pastes skipped": len(self.skipped_pastes)}
-        return JobReport("augment", self.out, counts, [{"item": f, "reason": w} for f, w in self.failed],
-                         self.seconds)
-
-    def summary(self) -> str:
-        text = (f"{self.images_written} images written ({self.images_resumed} already done), "
-                f"{self.annotations} annotations ({self.pasted} pasted), {len(self.failed)} images failed")
-        if self.skipped_by_reason:
-            reasons = ", ".join(f"{k}: {v}" for k, v in self.skipped_by_reason.items())
-            text += f"; source annotations not written: {sum(self.skipped_by_reason.values())} ({reasons})"
-        if self.occluded:
-            text += (f"; {self.occluded} original annotations occluded by pasted objects (not written; counted per "
-                     "source annotation per copy)")
-        if self.skipped_pastes:
-            text += f"; {len(self.skipped_pastes)} pastes skipped (pool cut-outs that could not be read)"
-        return text
-
-
 def augment_dataset(dataset_path: str | os.PathLike, images_dir: str | os.PathLike, pool_path: str | os.PathLike,
                     out_dir: str | os.PathLike, copies: int = AugmentConfig.copies, seed: int = AugmentConfig.seed,
                     workers: int = RunSettings.workers, scale_prior: str | os.PathLike = AugmentConfig.scale_prior,
