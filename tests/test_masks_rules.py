@@ -144,6 +144,10 @@ def test_cutout_is_the_filled_region_cropped_rgba():
         box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
         assert got.dtype == np.uint8 and got.shape == (*region[box].shape, 4)
         np.testing.assert_array_equal(got[..., :3], image[box])
-        np.testing.assert_array_equal(got[..., 3], region[box] * 255)
+        # the reference's alpha (clean_pool.py): the soft value inside the filled region, 0 outside it
+        np.testing.assert_array_equal(got[..., 3], np.where(region, soft, 0)[box])
+        binary = cutout(image, soft, "binary")  # the option: 255 on the whole filled region
+        np.testing.assert_array_equal(binary[..., :3], image[box])
+        np.testing.assert_array_equal(binary[..., 3], region[box] * 255)
         checked += 1
     assert checked > 20

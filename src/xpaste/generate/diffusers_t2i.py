@@ -100,7 +100,8 @@ class DiffusersGenerator:
     steps, guidance, height, width, negative_prompt: passed to the pipeline for every image.
     batch_size: images per pipeline call (memory vs speed; never changes the images).
     disable_safety_checker: skip loading the SD 1.x safety checker, which blanks flagged images and would
-        silently empty categories (its removal is what the reference code does too).
+        silently empty categories (the reference code never runs it either: it asks the pipeline for latents
+        and decodes them itself).
     """
 
     name = "diffusers"

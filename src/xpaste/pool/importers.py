@@ -189,8 +189,11 @@ def import_xpaste(json_path: str | os.PathLike, out: str | os.PathLike, root: st
     """Import the official X-Paste pool json: {"<category index>": ["[*]path.png" or "image|mask", ...]}.
 
     Keys are 0-based category indices (category id = index + `id_offset`). A leading '*' marks an already
-    cleaned RGBA cut-out; 'image|mask' pairs take alpha from the mask. As the reference does, alpha is
-    binarised at > 128 and only the largest connected component is kept. Paths are resolved inside `root`
+    cleaned RGBA cut-out; 'image|mask' pairs take alpha from the mask. Alpha keeps its soft values on the
+    largest (by pixel count) 8-connected component of alpha > 128 and is 0 elsewhere. This differs from the
+    reference's `clean_pool.py` (and build-pool's `cutout`), which keep the soft values on the filled largest
+    external contour (ranked by contour area): here a hole's values are cleared, also in an already cleaned
+    '*' cut-out. Paths are resolved inside `root`
     (default: the json's folder); anything outside it is refused. Unreadable entries are skipped and listed in
     the report. Raises XPasteError for a malformed json, an id not in `dataset_path`, a pool already at `out`
     (unless `append`), or when nothing was imported (every entry failed, or the json lists none).

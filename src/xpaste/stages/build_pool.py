@@ -6,7 +6,9 @@ Rules, each from method.md (X-Paste's paper and reference code) unless said othe
   score of the category, not only the per-image winners; reference t = 21 (cosine 0.21), d = 1;
 - the winner's binary-mask area fraction must lie in [area_min, area_max] (reference [0.05, 0.95]);
 - the cut-out is the largest external contour of the binary mask (> 128) with its holes filled, cropped to its
-  box, saved as RGBA with alpha 255 on that region (`cutout`);
+  box, saved as RGBA whose alpha is the segmenter's soft value (0-255) inside that filled region and 0 outside
+  it, as the reference's `clean_pool.py` saves it (`alpha: soft`, the default; `alpha: binary` puts 255 on the
+  whole region instead, xpaste's rule before issue 18) (`cutout`);
 - near-duplicate removal by embedding cosine is opt-in (`dedup`, default off: the reference has none);
 - DiverGen's filter (opt-in, or preset `divergen`): keep a cut-out when the mean CLIP image-image cosine to its
   category's real instances is >= 0.6, generated cut-outs shown on black and real instances as their box padded
@@ -71,6 +73,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 DEFAULT_PRESET = "xpaste"
 
+#: The cut-out alpha rules (`build_pool.alpha`, `cutout`): "soft" is the reference's (`clean_pool.py`: the
+#: segmenter's 0-255 value times the filled largest region), "binary" puts 255 on the whole filled region.
+ALPHA_RULES = ("soft", "binary")
+DEFAULT_ALPHA = "soft"
+
 #: Decisions a candidate can get, in the order they are checked (the first four from `select_instances`).
 DUPLICATE, IDENTICAL, FAR = "near duplicate", "identical pixels", "far from real instances"
 
@@ -78,7 +85,7 @@ DUPLICATE, IDENTICAL, FAR = "near duplicate", "identical pixels", "far from real
 NAME = "build-pool"
 #: The config keys `xpaste build-pool` offers as flags (besides the run's common ones), and its help line.
 CLI_KEYS = ["build_pool.preset", "build_pool.out", "build_pool.t", "build_pool.d", "build_pool.area_min",
-            "build_pool.area_max", "build_pool.dedup", "build_pool.real_pool"]
+            "build_pool.area_max", "build_pool.dedup", "build_pool.real_pool", "build_pool.alpha"]
 HELP = ("Select the best cut-out per image, filter by CLIP bar, area and duplicates, and write the pool (light: "
         "always runs here, on the driver; --engine is accepted so one command line serves every stage).")
 
@@ -87,7 +94,8 @@ HELP = ("Select the best cut-out per image, filter by CLIP bar, area and duplica
 class BuildPoolConfig(Section):
     """X-Paste's filter (method.md, Stage 3): CLIP bar min(t, max - d), area-fraction range, optional dedup and
     DiverGen filter. Options left null take the value of `preset`, whose documented values live in
-    `PRESETS` (xpaste: t 21, d 1, area [0.05, 0.95], no dedup)."""
+    `PRESETS` (xpaste: t 21, d 1, area [0.05, 0.95], no dedup). `alpha` is the cut-out's alpha rule (`cutout`):
+    soft, the reference's, by default."""
 
     preset: Optional[str] = key_field(None, "documented option bundle (default xpaste)", choices=tuple(PRESETS))
     out: Optional[str] = key_field(None, "pool folder (default RUN/pool)")
@@ -103,6 +111,8 @@ class BuildPoolConfig(Section):
     real_min_similarity: Optional[float] = key_field(None, "DiverGen: least mean cosine to the real instances "
                                                 "(preset: 0.6)", lo=-1, hi=1, cli=False, unset=True)
     flush_every: int = key_field(256, "pool rows per index shard while building", lo=1, cli=False)
+    alpha: str = key_field(DEFAULT_ALPHA, "cut-out alpha: soft (the segmenter's value inside the filled region, as "
+                           "the reference saves it) or binary (255 on the region)", choices=ALPHA_RULES)
 
     def _check(self) -> None:
         if self.area_min is not None and self.area_max is not None and self.area_min > self.area_max:
@@ -141,8 +151,9 @@ def apply_preset(options: Mapping, name: str | None = None) -> dict:
 
     options: the `build_pool` section (t, d, area_min, area_max, dedup, real_pool, real_min_similarity, ...).
     name: "xpaste" or "divergen"; None reads options["preset"], itself defaulting to "xpaste".
-    Returns a new dict with `preset` and `real_filter` (bool: the DiverGen filter runs) added.
-    Raises XPasteError for an unknown preset, or for `divergen` without a real_pool.
+    Returns a new dict with `preset` and `real_filter` (bool: the DiverGen filter runs) added, and `alpha`
+    (the cut-out alpha rule, default "soft") filled in when unset.
+    Raises XPasteError for an unknown preset or alpha rule, or for `divergen` without a real_pool.
     """
     name = name or options.get("preset") or DEFAULT_PRESET
     if name not in PRESETS:
@@ -151,6 +162,11 @@ def apply_preset(options: Mapping, name: str | None = None) -> dict:
     for key, value in PRESETS[name].items():
         if out.get(key) is None:
             out[key] = value
+    if out.get("alpha") is None:
+        out["alpha"] = DEFAULT_ALPHA
+    if out["alpha"] not in ALPHA_RULES:
+        raise XPasteError(f"unknown build_pool.alpha {out['alpha']!r}",
+                          hint=f"choose one of {', '.join(ALPHA_RULES)}")
     out["preset"] = name
     out["real_filter"] = bool(PRESETS[name]["real_filter"] or out.get("real_pool"))
     if out["real_filter"] and not out.get("real_pool"):
@@ -172,7 +188,7 @@ def _decisions(run_dir: Path, config: Any, b: dict) -> list[dict]:
         return _unscored_decisions(candidates, segments, config, b)
     if not scores:
         raise XPasteError("no CLIP scores in this run", run_dir,
-                          "run `xpaste score` first, or set score.clip to null to build without CLIP")
+                          "run `xpaste score` first, or build without CLIP: --set score.clip=null")
     # the score table as (segmenter, candidate) matrices: segmenters in config order (ties go to the earlier)
     configured = list(_section(config, "segment")["segmenters"])
     order = configured + sorted({r["segmenter"] for r in scores} - set(configured))
@@ -273,14 +289,23 @@ def _real_similarity_filter(run_dir: Path, decisions: list[dict], config: Any, b
                     "on the real image): make the real pool with `xpaste pool import-coco`", views.fallbacks)
 
 
-def cutout(image: np.ndarray, soft: np.ndarray) -> np.ndarray | None:
+def cutout(image: np.ndarray, soft: np.ndarray, alpha: str = DEFAULT_ALPHA) -> np.ndarray | None:
     """X-Paste's pool cut-out: the largest external contour of `soft > 128`, holes filled, cropped to its box.
 
-    image: (H, W, 3) uint8 RGB; soft: (H, W) 0-255 soft mask (or bool). Returns (h, w, 4) uint8 RGBA with
-    alpha 255 on the filled region and 0 elsewhere (the reference saves the binary region), or None when the
-    binary mask is empty. Source: method.md Stage 3 (`xpaste.ops.masks.largest_filled_component`).
+    image: (H, W, 3) uint8 RGB; soft: (H, W) 0-255 soft mask (or bool, taken as 0 / 255). alpha: "soft" (the
+    default) keeps the segmenter's soft value inside the filled region and 0 outside it, as the reference saves
+    the cut-out (`clean_pool.py`: `img_RGBA[:, :, 3:] *= seg_mask`, the alpha being the segmenter's mask PNG and
+    `seg_mask` the filled largest contour of `alpha > 128`); "binary" puts 255 on the whole filled region.
+    With "soft", pixels of the region whose soft value is 0 (e.g. a hole the filling closed) have alpha 0, so
+    they are not part of the pasted mask (alpha > `alpha_threshold`), as in the reference. Returns (h, w, 4)
+    uint8 RGBA, or None when the binary mask is empty. Source: method.md Stage 3
+    (`xpaste.ops.masks.largest_filled_component`).
     """
-
+    if alpha not in ALPHA_RULES:
+        raise ValueError(f"alpha must be one of {ALPHA_RULES}, got {alpha!r}")
+    soft = np.asarray(soft)
+    if soft.dtype == bool:
+        soft = soft.astype(np.uint8) * np.uint8(255)
     region = largest_filled_component(binarize(soft))
     rows, cols = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))
     if rows.size == 0:
@@ -288,7 +313,11 @@ def cutout(image: np.ndarray, soft: np.ndarray) -> np.ndarray | None:
     y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
     rgba = np.empty((y1 - y0, x1 - x0, 4), np.uint8)
     rgba[..., :3] = image[y0:y1, x0:x1]
-    rgba[..., 3] = region[y0:y1, x0:x1] * np.uint8(255)
+    inside = region[y0:y1, x0:x1]
+    if alpha == "soft":
+        rgba[..., 3] = np.where(inside, soft[y0:y1, x0:x1], 0).astype(np.uint8)
+    else:
+        rgba[..., 3] = inside * np.uint8(255)
     return rgba
 
 
@@ -316,8 +345,9 @@ def record_path(run_dir: Path, out: Path) -> Path:
 
 
 def build_fingerprint(run_dir: Path, config: Any, b: dict, out: Path) -> dict:
-    """What a build depends on: every resolved option (the preset's values filled in), the pool folder, the
-    scoring model and segmenter order, the outputs of the upstream stages and the real pool's content."""
+    """What a build depends on: every resolved option (the preset's values filled in, the cut-out alpha rule
+    included), the pool folder, the scoring model and segmenter order, the outputs of the upstream stages and
+    the real pool's content."""
 
     options = {k: v for k, v in b.items() if k not in ("flush_every", "out", "real_pool")}
     s = _section(config, "score")
@@ -333,6 +363,9 @@ def build_fingerprint(run_dir: Path, config: Any, b: dict, out: Path) -> dict:
 
 
 def _describe(path: tuple, old: Any, new: Any) -> str:
+    if path[:2] == ("options", "alpha") and old is None:
+        return (f"build_pool.alpha changed since this pool was built (the pool predates the option: binary "
+                f"alpha; now {new!r})")
     if path[0] == "options" and len(path) > 1:
         return f"build_pool.{path[1]} changed since this pool was built ({old!r}, now {new!r})"
     if path[0] == "upstream" and len(path) > 1:
@@ -424,7 +457,7 @@ def build_pool(run_dir: str | Path, config: Any, progress: bool = True, fresh: b
                                                      "score": _section(config, "score")}, exist_ok=True) as pool:
         for d in tqdm(kept, desc="build-pool", unit="inst", disable=not progress):
             try:
-                rgba = cutout(load_rgb(run_dir, d["path"]), load_mask(run_dir, d["mask_path"]))
+                rgba = cutout(load_rgb(run_dir, d["path"]), load_mask(run_dir, d["mask_path"]), b["alpha"])
             except XPasteError as e:
                 d["decision"] = f"unreadable: {e.message}"
                 continue

@@ -41,7 +41,7 @@ class GenerateConfig(Section):
     enabled: bool = key_field(True, "run this stage in `xpaste run`", cli=False)
     models: tuple[str, ...] = key_field(("stable-diffusion-v1-5/stable-diffusion-v1-5",),
                                    "hub id or local folder", flag="--model", min_items=1)
-    per_category: int = key_field(4, "images per category and model", lo=0)
+    per_category: int = key_field(100, "images per category and model (the reference's default: 100)", lo=0)
     seed: int = key_field(0, "base seed; image i's seed derives from it", lo=0)
     batch_size: int = key_field(4, "images per model call", lo=1)
     steps: int = key_field(50, "diffusion steps", lo=1)
