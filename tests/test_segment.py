@@ -50,7 +50,7 @@ def test_parse_spec_and_unknown_name():
     assert parse_spec("rembg") == ("rembg", None)
     assert parse_spec("rembg:u2net") == ("rembg", "u2net")
     assert parse_spec("clipseg:/a/b:c") == ("clipseg", "/a/b:c")
-    assert set(SEGMENTERS) == {"grabcut", "clipseg", "rembg"}
+    assert set(SEGMENTERS) == {"grabcut", "clipseg", "rembg", "sam", "sam2", "sam3"}
     with pytest.raises(XPasteError, match="unknown segmenter"):
         build_segmenter("nope")
 

@@ -138,3 +138,109 @@ def make_tiny_open_clip(folder) -> str:
     (out / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CLIP, "preprocess_cfg": {}}))
     safetensors.torch.save_file(model.state_dict(), str(out / "open_clip_model.safetensors"))
     return str(out)
+
+
+# --- SAM family (transformers SamModel / Sam2Model / Sam3Model), tiny random configs ------------------------
+# Shapes follow transformers' own model tests; images are processed at 64 px (SAM, SAM 2) or 56 px (SAM 3), so
+# one forward of one small image takes well under a second on one CPU thread.
+
+def make_tiny_sam(folder: str) -> str:
+    """Save a random tiny SamModel + SamProcessor (64-px input, 16 px patches -> 4x4 embeddings) into folder."""
+    import torch
+    from transformers import SamConfig, SamImageProcessor, SamModel, SamProcessor
+
+    size = 64
+    config = SamConfig(
+        vision_config=dict(hidden_size=32, output_channels=32, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=size, patch_size=16, window_size=2, global_attn_indexes=[1],
+                           num_pos_feats=16, mlp_dim=64),
+        prompt_encoder_config=dict(hidden_size=32, image_size=size, patch_size=16, mask_input_channels=4),
+        mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_hidden_layers=2, num_attention_heads=4,
+                                 iou_head_hidden_dim=32))
+    torch.manual_seed(0)
+    SamModel(config).eval().save_pretrained(folder)
+    processor = SamProcessor(image_processor=SamImageProcessor(
+        size={"longest_edge": size}, pad_size={"height": size, "width": size},
+        mask_size={"longest_edge": size // 4}, mask_pad_size={"height": size // 4, "width": size // 4}))
+    processor.save_pretrained(folder)
+    return folder
+
+
+def make_tiny_sam2(folder: str) -> str:
+    """Save a random tiny Sam2Model + Sam2Processor (64-px input, Hiera with 4 stages of one block) into folder."""
+    import torch
+    from transformers import (Sam2Config, Sam2HieraDetConfig, Sam2ImageProcessor, Sam2Model, Sam2Processor,
+                              Sam2VisionConfig)
+
+    size = 64
+    config = Sam2Config(
+        vision_config=Sam2VisionConfig(
+            backbone_config=Sam2HieraDetConfig(
+                hidden_size=8, image_size=[size, size], blocks_per_stage=[1, 1, 2, 1],
+                embed_dim_per_stage=[8, 16, 32, 64], num_attention_heads_per_stage=[1, 1, 2, 2],
+                window_size_per_stage=[4, 4, 2, 2], global_attention_blocks=[3],
+                window_positional_embedding_background_size=[2, 2]),
+            backbone_channel_list=[64, 32, 16, 8],
+            backbone_feature_sizes=[[size // 4, size // 4], [size // 8, size // 8], [size // 16, size // 16]],
+            fpn_hidden_size=32),
+        prompt_encoder_config=dict(hidden_size=32, image_size=size, patch_size=16, mask_input_channels=4),
+        mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_hidden_layers=2, num_attention_heads=4,
+                                 iou_head_hidden_dim=32),
+        image_size=size)
+    torch.manual_seed(0)
+    Sam2Model(config).eval().save_pretrained(folder)
+    Sam2Processor(image_processor=Sam2ImageProcessor(size={"height": size, "width": size},
+                                                     mask_size={"height": size // 4, "width": size // 4})
+                  ).save_pretrained(folder)
+    return folder
+
+
+def make_tiny_sam3(folder: str) -> str:
+    """Save a random tiny Sam3Model + Sam3Processor (56-px input, 14 px patches, 5 queries; the byte-level CLIP
+    tokenizer of `tiny_clip_tokenizer`) into folder."""
+    import torch
+    from transformers import (Sam3Config, Sam3ImageProcessor, Sam3Model, Sam3Processor, Sam3VisionConfig,
+                              Sam3ViTConfig)
+
+    size = 56
+    tokenizer = tiny_clip_tokenizer()
+    vocab = tokenizer.get_vocab()
+    bos, eos = vocab["<|startoftext|>"], vocab["<|endoftext|>"]
+    heads, ffn = 4, 64
+    config = Sam3Config(
+        vision_config=Sam3VisionConfig(
+            backbone_config=Sam3ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=heads,
+                                          intermediate_size=ffn, image_size=size, patch_size=14, window_size=2,
+                                          global_attn_indexes=[1]),
+            fpn_hidden_size=32, scale_factors=[2.0, 1.0]),
+        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=ffn, projection_dim=32,
+                         num_hidden_layers=2, num_attention_heads=heads, max_position_embeddings=32,
+                         bos_token_id=bos, eos_token_id=eos, pad_token_id=eos),
+        geometry_encoder_config=dict(hidden_size=32, num_layers=1, num_attention_heads=heads,
+                                     intermediate_size=ffn, mask_fuser_hidden_size=32, mask_fuser_num_layers=1),
+        detr_encoder_config=dict(hidden_size=32, num_layers=1, num_attention_heads=heads, intermediate_size=ffn),
+        detr_decoder_config=dict(hidden_size=32, num_layers=1, num_queries=5, num_attention_heads=heads,
+                                 intermediate_size=ffn),
+        mask_decoder_config=dict(hidden_size=32, num_upsampling_stages=2))
+    torch.manual_seed(0)
+    Sam3Model(config).eval().save_pretrained(folder)
+    Sam3Processor(image_processor=Sam3ImageProcessor(size={"height": size, "width": size}),
+                  tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+def export_tiny_saliency_onnx(path: str) -> str:
+    """Export a random one-conv net as an ONNX saliency model of any input size (N x 3 x H x W -> N x 1 x H x W),
+    the interface of rembg's BiRefNet and IS-Net sessions (which feed 1024 x 1024); place it at
+    `<REMBG_HOME>/models/<session>/<session>.onnx` and `new_session(<session>)` uses it with no download."""
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(3, 1, 3, padding=1).eval()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.zeros(1, 3, 64, 64),), path, dynamo=False, input_names=["input"],
+                          output_names=["output"],
+                          dynamic_axes={"input": {0: "n", 2: "h", 3: "w"}, "output": {0: "n", 2: "h", 3: "w"}})
+    return path

@@ -15,10 +15,14 @@ SEGMENTERS: dict[str, str] = {
     "grabcut": "xpaste.segment.grabcut:GrabCutSegmenter",
     "clipseg": "xpaste.segment.clipseg:CLIPSegSegmenter",
     "rembg": "xpaste.segment.rembg_backend:RembgSegmenter",
+    "sam": "xpaste.segment.sam:SamSegmenter",
+    "sam2": "xpaste.segment.sam:Sam2Segmenter",
+    "sam3": "xpaste.segment.sam3:Sam3Segmenter",
 }
 
 # Which pip extra provides the heavy imports of each backend (for the ImportError message).
-_EXTRAS = {"grabcut": "segment", "clipseg": "segment", "rembg": "segment"}
+_EXTRAS = {"grabcut": "segment", "clipseg": "segment", "rembg": "segment", "sam": "segment", "sam2": "segment",
+           "sam3": "segment"}
 
 __all__ = ["SEGMENTERS", "BINARY_THRESHOLD", "Segmenter", "binarize", "normalize_soft", "build_segmenter", "parse_spec"]
 
@@ -34,7 +38,8 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
 
 
 def build_segmenter(spec: str, **kwargs) -> Segmenter:
-    """Build a segmenter from "name" or "name:arg" ("rembg:u2net", "rembg:/m.onnx", "clipseg:/folder").
+    """Build a segmenter from "name" or "name:arg" ("rembg:u2net", "rembg:/m.onnx", "clipseg:/folder",
+    "sam3:facebook/sam3", "sam2:/folder").
 
     The arg is passed as the backend's first positional argument; kwargs go to its constructor.
     """

@@ -8,6 +8,14 @@ Model files: rembg looks for `<REMBG_HOME>/models/<name>/<name>.onnx` (REMBG_HOM
 that home (rembg refuses other paths), so a local file elsewhere is linked into it. Offline (HF_HUB_OFFLINE=1,
 or the download host does not answer within seconds), a missing file is refused at once in one line
 (`xpaste.hub.check_download`) instead of after the connection's own timeout.
+
+Which names work: every session rembg lists (`rembg.sessions.sessions`) that runs a local model file, so
+`rembg:<name>` reaches each of them (`local_sessions()`): u2net, u2netp, u2net_human_seg, u2net_cloth_seg,
+silueta, isnet-general-use, isnet-anime, birefnet-general, birefnet-general-lite, birefnet-general-fp16 (needs
+onnxconverter-common), birefnet-portrait/-dis/-hrsod/-cod/-massive, bria-rmbg and sam (rembg's SAM ViT-B,
+prompted by its default single centre point), in rembg 2.0.86. Refused with a one-line reason: the sessions
+that send the image to a web API (withoutbg, atlascloud: xpaste runs local models only) and the *_custom
+sessions, which need a file (`rembg:/path/to/model.onnx`, `custom_session=` picks the class).
 """
 from __future__ import annotations
 
@@ -59,12 +67,37 @@ def _is_file_spec(model: str) -> bool:
     return model.lower().endswith(".onnx") or os.sep in model or os.path.isfile(model)
 
 
+#: rembg sessions that upload the image to a web service instead of running a local model (rembg 2.0.86).
+REMOTE_SESSIONS = frozenset({"withoutbg", "atlascloud"})
+
+
+def _is_remote(name: str, session_cls) -> bool:
+    """A session that calls a web API: the known ones, or any whose constructor asks for an API key."""
+    if name in REMOTE_SESSIONS:
+        return True
+    import inspect
+
+    try:
+        return "api_key" in inspect.getsource(session_cls.__init__)
+    except (OSError, TypeError):
+        return False
+
+
+def local_sessions() -> list[str]:
+    """The rembg session names `rembg:<name>` accepts: every listed session that runs a local model file
+    (not a web API, not a *_custom session, which needs a file path)."""
+    from rembg.sessions import sessions
+
+    return sorted(n for n, c in sessions.items() if not n.endswith("_custom") and not _is_remote(n, c))
+
+
 class RembgSegmenter:
     """The rembg alpha matte (the `only_mask=True`, no post-processing output) as a 0-255 soft mask,
     min-max normalised per image (`normalize_soft`, method.md Stage 2).
 
-    model: a rembg model name ("u2net", "isnet-general-use", "birefnet-general", ...) or a path to a
-        local .onnx file with U2-Net's interface (1x3x320x320 in, first output's channel 0 = saliency).
+    model: a rembg model name ("u2net", "isnet-general-use", "birefnet-general", ...: any of
+        `local_sessions()`) or a path to a local .onnx file with U2-Net's interface (1x3x320x320 in, first
+        output's channel 0 = saliency).
     custom_session: the rembg session class used for a local file ("u2net_custom", "dis_custom", ...).
     providers: onnxruntime execution providers; None lets rembg choose (CUDA when usable).
     """
@@ -89,7 +122,15 @@ class RembgSegmenter:
         else:
             if model not in sessions:
                 raise XPasteError(f"unknown rembg model {model!r}",
-                                  hint=f"choose one of {', '.join(sorted(sessions))} or pass a path to an .onnx file")
+                                  hint=f"choose one of {', '.join(local_sessions())} or pass a path to an .onnx file")
+            if _is_remote(model, sessions[model]):
+                raise XPasteError(f"rembg session {model!r} sends each image to a web API; xpaste segments with "
+                                  "local models only",
+                                  hint=f"choose one of {', '.join(local_sessions())} or pass a path to an .onnx file")
+            if model.endswith("_custom"):
+                raise XPasteError(f"rembg session {model!r} needs a model file",
+                                  hint="pass the file: --segmenter rembg:/path/to/model.onnx (Python: "
+                                       f"RembgSegmenter('/path/to/model.onnx', custom_session={model!r}))")
             self.name = name or f"rembg:{model}"
             self.session = self._open(new_session, model, model, **kwargs)
 
@@ -109,6 +150,10 @@ class RembgSegmenter:
             # A download that fails anyway raises requests' ConnectionError (an OSError); onnxruntime also
             # raises subclasses of it for unreadable files.
             raise XPasteError(f"could not load rembg model {model!r}: {first_line(e)}", hint=hint) from None
+        except ImportError as e:  # birefnet-general-fp16 converts its model with onnx + onnxconverter-common
+            raise XPasteError(f"could not load rembg model {model!r}: {first_line(e)}",
+                              hint="install the missing package, or use the float32 session "
+                                   "(e.g. rembg:birefnet-general)") from None
         except Exception as e:  # onnxruntime raises its own types for corrupt/invalid model files
             if type(e).__module__.startswith("onnxruntime"):
                 raise XPasteError(f"could not load rembg model {model!r}: {first_line(e)}", hint=hint) from None
