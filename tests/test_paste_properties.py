@@ -237,3 +237,60 @@ def test_drop_rule_is_checked_after_each_paste():
     out = CopyPaste(pool, min_visible_area=10**6, scale_prior={}).apply(sample, plan)
     assert out.targets.extra["pasted"].tolist() == [False, True, True]
     assert out.targets.boxes[0].tolist() == [10, 10, 24, 40]
+
+
+def _loosen_boxes(sample, r):
+    """The same sample with input boxes that are not the tight boxes of their masks: 0-3 px larger, some
+    fractional (json boxes), and masks stored non-contiguously (a Fortran-ordered copy): the kernels measure
+    every original on its mask, never trusting the box, and read any memory layout."""
+    from xpaste.core.sample import Sample
+    from xpaste.core.targets import Targets
+
+    t = sample.targets
+    boxes = t.boxes.copy()
+    if len(boxes):
+        boxes[:, :2] = np.maximum(boxes[:, :2] - r.integers(0, 4, size=(len(boxes), 2)), 0)
+        boxes[:, 2] = np.minimum(boxes[:, 2] + r.integers(0, 4, size=len(boxes)), sample.width)
+        boxes[:, 3] = np.minimum(boxes[:, 3] + r.integers(0, 4, size=len(boxes)), sample.height)
+        boxes[::2, 2:] = np.maximum(boxes[::2, 2:] - 0.5, boxes[::2, :2])
+    masks = np.asfortranarray(t.masks)
+    return Sample(sample.image, Targets(boxes, masks, t.labels, dict(t.extra)), dict(sample.meta))
+
+
+def test_paste_bit_identical_to_naive_reference_over_seeds():
+    """200 seeded samples and plans (flips, rotations, colour jitter, both alpha thresholds, drop thresholds from
+    0 to 1e6, tight, shrunk and loosened input boxes, empty masks, masks of any layout): image, masks, boxes,
+    labels and pasted flags bit-identical to the naive full-canvas reference."""
+    from xpaste.core.sample import Sample
+    from xpaste.core.targets import Targets
+
+    for seed in range(200):
+        r = np.random.default_rng(seed)
+        sample, pool = build(seed, int(r.integers(8, 140)), int(r.integers(8, 140)), int(r.integers(0, 9)))
+        variant = seed % 4
+        if variant == 1:
+            sample = _shrink_boxes(sample, r)
+        elif variant == 2:
+            sample = _loosen_boxes(sample, r)
+        elif variant == 3 and len(sample.targets):  # an original with an empty mask keeps its box
+            t = sample.targets
+            masks = t.masks.copy()
+            masks[0] = False
+            sample = Sample(sample.image, Targets(t.boxes, masks, t.labels, dict(t.extra)), dict(sample.meta))
+        tol, min_area = float(r.choice([0.0, 3.0, 10.0])), int(r.choice([0, 30, 300, 10**6]))
+        threshold = int(r.choice([0, 127]))
+        cp = CopyPaste(pool, num_paste=int(r.integers(0, 16)), max_rotation=float(r.choice([0.0, 30.0])),
+                       color_jitter=float(r.choice([0.0, 0.3])), uniform_scale=(0.1, 0.8), max_scale=0.95,
+                       box_tolerance=tol, min_visible_area=min_area, alpha_threshold=threshold, scale_prior={})
+        plan = cp.make_plan(sample, np.random.default_rng(seed))
+        out = cp.apply(sample, plan)
+        t = out.targets
+        ref_image, ref_masks, ref_labels, ref_pasted, ref_boxes = naive_reference(sample, plan, pool, tol, min_area,
+                                                                                  threshold)
+        assert np.array_equal(out.image, ref_image), seed
+        assert len(ref_masks) == len(t), seed
+        assert np.array_equal(np.array(ref_labels, np.int64).reshape(-1), t.labels), seed
+        assert np.array_equal(np.array(ref_pasted, bool).reshape(-1), t.extra["pasted"]), seed
+        for i, (a, b) in enumerate(zip(ref_masks, t.masks)):
+            assert np.array_equal(a, b), seed
+            assert tuple(float(v) for v in t.boxes[i]) == ref_boxes[i], seed  # an empty mask keeps its input box

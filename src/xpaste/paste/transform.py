@@ -118,7 +118,10 @@ class CopyPaste:
 
         mean, std = self._prior_mean[rows], self._prior_std[rows]
         has_prior = np.isfinite(mean)
-        scale = np.where(has_prior, mean + np.nan_to_num(std) * normal, uniform_s)
+        if has_prior.any():
+            scale = np.where(has_prior, mean + np.nan_to_num(std) * normal, uniform_s)
+        else:  # no category has a prior: the same values np.where gives, without computing the other branch
+            scale = uniform_s
         scale = np.clip(scale, c.min_object_px / height, c.max_scale)
         area = scale**2 * height * width
         cut_w, cut_h = self.pool.widths[rows], self.pool.heights[rows]
@@ -133,12 +136,14 @@ class CopyPaste:
             min_size[own] = 3
         ok = (obj_w >= min_size) & (obj_h >= min_size) & (obj_w < width) & (obj_h < height)
         ops = []
-        for i in np.flatnonzero(ok):
+        cats = self.pool.category_ids[rows].tolist()  # Python scalars once, not one numpy scalar per field
+        rows_, cx, cy, obj_w, obj_h = rows.tolist(), cx.tolist(), cy.tolist(), obj_w.tolist(), obj_h.tolist()
+        flips, angles = flips.tolist(), angles.tolist()
+        colors = None if colors is None else [tuple(v) for v in colors.tolist()]
+        for i in np.flatnonzero(ok).tolist():
             ops.append(PasteOp(
-                pool_row=int(rows[i]), category_id=int(self.pool.category_ids[rows[i]]),
-                center_x=int(cx[i]), center_y=int(cy[i]), width=int(obj_w[i]), height=int(obj_h[i]),
-                flip=bool(flips[i]), angle=float(angles[i]),
-                color=None if colors is None else tuple(float(v) for v in colors[i]),
+                pool_row=rows_[i], category_id=cats[i], center_x=cx[i], center_y=cy[i], width=obj_w[i],
+                height=obj_h[i], flip=flips[i], angle=angles[i], color=None if colors is None else colors[i],
             ))
         return PastePlan(height, width, tuple(ops), c.blend, c.blend_sigma)
 
