@@ -46,7 +46,7 @@ test-fast: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -x -m "not slow"
 
 soak: $(STAMP)  # long kill/fuzz runs (minutes), not part of `make test`
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m slow tests/test_soak.py
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m slow tests/test_soak.py tests/test_fuzz_cli.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/paste_throughput.py

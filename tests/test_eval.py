@@ -268,3 +268,114 @@ def test_cli_compare_prints_both_columns_and_writes_json(files, tmp_path):
     usage = CliRunner().invoke(app, ["eval", "--gt", str(files["lvis_gt"]), "--pred", str(files["noisy"]),
                                      "--iou-type", "keypoints"])
     assert usage.exit_code == 2 and "--iou-type" in usage.output
+
+
+# ---- issue 20: eval checks its inputs like augment, and a watchdog bounds the library run ----------------------
+def _edited(path, tmp_path, name, edit) -> str:
+    data = json.loads(path.read_text())
+    edit(data)
+    out = tmp_path / name
+    out.write_text(json.dumps(data))
+    return str(out)
+
+
+def _set(where, key, value):
+    return lambda data: where(data).__setitem__(key, value)
+
+
+@pytest.mark.parametrize("target, edit, iou_type, words", [
+    ("pred", _set(lambda d: d[0], "bbox", [5, 5, -3, 4]), "bbox", "negative width or height"),
+    ("pred", _set(lambda d: d[0], "bbox", [1e308, 5, 1e308, 4]), "bbox", "beyond 1344 px from the origin"),
+    ("pred", _set(lambda d: d[0], "bbox", [5, 5, 4]), "bbox", "malformed bbox"),
+    ("gt", _set(lambda d: d["annotations"][0], "bbox", [5, 5, 4, -1]), "bbox", "negative width or height"),
+    ("gt", _set(lambda d: d["annotations"][0], "bbox", [-1e9, 5, 4, 4]), "bbox", "beyond"),
+    ("gt", _set(lambda d: d["annotations"][0], "area", -5), "segm", "negative area"),
+    ("gt", _set(lambda d: d["annotations"][0], "iscrowd", "yes"), "segm", "iscrowd='yes', expected 0 or 1"),
+    ("gt", _set(lambda d: d["annotations"][0], "ignore", [1]), "segm", "ignore=[1], expected 0 or 1"),
+    ("gt", _set(lambda d: d["images"][0], "neg_category_ids", 5), "segm", "neg_category_ids=5"),
+    ("gt", _set(lambda d: d["images"][0], "not_exhaustive_category_ids", None), "bbox", "not_exhaustive"),
+    ("gt", _set(lambda d: d["categories"], 0, 7), "segm", "category #0 is a int"),
+    ("gt", _set(lambda d: d["images"], 0, "x"), "segm", "image #0 is a str"),
+    # a polygon in an image of 10**9 px a side: pycocotools' C ints overflow (it crashed with SIGSEGV)
+    ("gt", lambda d: (d["images"][0].update(height=10**9, width=10**9),
+                      d["annotations"][1].__setitem__("segmentation", [[0, 0, 8e9, 0, 8e9, 8e9]])), "segm",
+     "side over 65536"),
+])
+def test_eval_refuses_what_the_libraries_would_misread(files, tmp_path, target, edit, iou_type, words):
+    gt, pred = files["lvis_gt"], files["noisy"]
+    if target == "gt":
+        gt = _edited(gt, tmp_path, "gt.json", edit)
+    else:
+        pred = _edited(pred, tmp_path, "pred.json", edit)
+    with pytest.raises(XPasteError, match=words.replace("[", r"\[").replace("(", r"\(")) as info:
+        evaluate(gt, pred, iou_type=iou_type)
+    assert info.value.path == str(gt if target == "gt" else pred) and "\n" not in str(info.value)
+
+
+def test_watchdog_gives_the_same_numbers_as_an_in_process_run(files):
+    for kind in ("lvis", "coco"):
+        bounded = evaluate(files["lvis_gt"], files["noisy"], kind=kind)
+        direct = evaluate(files["lvis_gt"], files["noisy"], kind=kind, timeout=0)
+        assert bounded == direct
+
+
+def _spin(*_):
+    while True:
+        pass
+
+
+def _segfault(*_):
+    import faulthandler
+    import os
+    import signal
+
+    faulthandler.disable()  # pytest's dump of the child's stack is noise here
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def _boom(*_):
+    raise RuntimeError("boom")
+
+
+@pytest.mark.parametrize("runner, words", [(_spin, "did not finish within 1 s; stopped"),
+                                           (_segfault, "crashed (signal SIGSEGV)"),
+                                           (_boom, "failed on these files: RuntimeError: boom")])
+def test_watchdog_ends_a_stuck_or_crashing_library_in_one_line(files, monkeypatch, runner, words):
+    import time
+
+    from xpaste.evaluate import metrics
+
+    monkeypatch.setattr(metrics, "_run_coco", runner)
+    start = time.monotonic()
+    with pytest.raises(XPasteError) as info:
+        evaluate(files["coco_gt"], files["noisy"], timeout=1)
+    assert time.monotonic() - start < 15
+    assert words in str(info.value) and "\n" not in str(info.value)
+    assert info.value.path == str(files["noisy"])
+
+
+def test_watchdog_default_grows_with_the_input():
+    from xpaste.evaluate.metrics import watchdog_seconds
+
+    assert watchdog_seconds(0, 0) == 120
+    assert watchdog_seconds(244_000, 6_000_000) > 10_000  # LVIS val with 300 detections an image: hours allowed
+
+
+def test_cli_eval_timeout_and_max_dets_end_in_one_line(files, monkeypatch, capsys):
+    from xpaste.cli import main
+    from xpaste.evaluate import metrics
+
+    args = ["eval", "--gt", str(files["coco_gt"]), "--pred", str(files["noisy"])]
+    assert main(args + ["--max-dets", "0"]) == 2
+    monkeypatch.setattr(metrics, "_run_coco", _spin)
+    capsys.readouterr()
+    assert main(args + ["--timeout", "0.5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "did not finish within 0.5 s" in err and "--timeout" in err
+
+
+def test_segm_does_not_read_a_broken_gt_box(files, tmp_path):
+    """Found by the CLI fuzz: a gt bbox [x, y, [], h] with its area given made segm eval raise a TypeError
+    (the box area was computed as a default even when unused). segm reads no gt box: the numbers stay."""
+    gt = _edited(files["lvis_gt"], tmp_path, "gt.json", _set(lambda d: d["annotations"][0], "bbox", [1, 2, [], 4]))
+    assert evaluate(gt, files["noisy"]) == evaluate(files["lvis_gt"], files["noisy"])

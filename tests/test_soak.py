@@ -1,5 +1,7 @@
 """Longer soak runs, behind the `slow` marker (`make soak`; not part of `make test`): many more SIGKILLs of
-augment and build-pool, and the fuzzers with 20x more examples."""
+augment and build-pool, and the fuzzers with 20x more examples. `make soak` also runs the slow version of the
+CLI input fuzz (tests/test_fuzz_cli.py::test_fuzz_cli_inputs_soak: XPASTE_FUZZ_CLI_CASES mutations per command,
+400 by default, seed XPASTE_FUZZ_CLI_SEED)."""
 from __future__ import annotations
 
 import os

@@ -164,6 +164,8 @@ def fortran_to_c(mask: np.ndarray) -> np.ndarray:
 INVALID_SEGMENTATION = "invalid_segmentation"  # wrong types, bad coordinates, malformed RLE
 SIZE_MISMATCH = "size_mismatch"  # RLE size differs from the image's height/width
 DEGENERATE_POLYGON = "degenerate_polygon"  # no polygon part with an even number >= 6 of coordinates
+#: The largest image side whose polygons are rasterised (pycocotools' C ints overflow near 5 * 10**7).
+MAX_POLYGON_SIDE = 1 << 16
 
 
 class SegmentationError(ValueError):
@@ -257,6 +259,10 @@ def _polygons_checked(seg: list, height: int, width: int, name: Any) -> tuple[di
     """The compressed RLE of a polygon `segmentation` and the parts left out (see segmentation_to_rle)."""
     # pycocotools allocates memory proportional to a polygon's perimeter, so malformed or absurdly distant
     # coordinates are rejected before rasterising.
+    if max(height, width) > MAX_POLYGON_SIDE:  # pycocotools scales coordinates by 5 into C ints: a side of
+        # 10**9 overflows them (a segfault), and its memory grows with the side
+        raise _fail(INVALID_SEGMENTATION, name, f"polygons in a {height}x{width} image: a side over "
+                                                f"{MAX_POLYGON_SIDE} px is not rasterised (give the mask as RLE)")
     limit = 8 * max(height, width) + 64
     for j, poly in enumerate(seg):
         if not isinstance(poly, (list, tuple)):
@@ -288,7 +294,7 @@ def segmentation_to_rle(seg: Any, height: int | None, width: int | None,
     - DEGENERATE_POLYGON: polygons without any usable part;
     - INVALID_SEGMENTATION: neither a list nor a dict; a part that is not a list; a coordinate that is not a
       finite int/float within 8 * max(height, width) + 64 of the origin (pycocotools' memory grows with the
-      perimeter); an RLE without a [height, width] int size; runs that are not non-negative integers, a
+      perimeter); polygons in an image with a side over MAX_POLYGON_SIDE; an RLE without a [height, width] int size; runs that are not non-negative integers, a
       compressed string outside pycocotools' code, or runs not covering height * width pixels exactly
       (pycocotools decodes a short string into uninitialised memory).
     """

@@ -421,7 +421,17 @@ class InstancePool:
         if not self._storage.parts:
             return pa.table({k: pa.array([], type=pa.string() if t is str else pa.int64() if t is int else pa.float64())
                              for k, t in RECORD_COLUMNS.items()})
-        return pa.concat_tables([pq.read_table(p) for p in self._storage.parts], promote_options="default")
+        tables = []
+        for part in self._storage.parts:
+            try:  # open() read the numeric columns only: damage in another column's pages shows here
+                tables.append(pq.read_table(part))
+            except (OSError, pa.ArrowException) as e:
+                why = " ".join(str(e).split())
+                raise XPasteError(f"unreadable index part {INDEX_DIR}/{part.name} (truncated or damaged: {why})",
+                                  part, "restore it from a backup, or keep the rows still readable: "
+                                  f"{repair_command(self.root, '--drop-damaged')}" if self._storage.version == 2
+                                  else "rebuild the pool") from None
+        return pa.concat_tables(tables, promote_options="default")
 
     def add(self, *args: Any, **kwargs: Any) -> None:
         raise RuntimeError("this pool is read-only; use xpaste.pool.writer.PoolWriter (or InstancePool.create) to write")
