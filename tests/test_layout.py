@@ -18,7 +18,7 @@ from xpaste.stages.config import PipelineConfig, cli_options
 from xpaste.typed import ConfigError, check_range, key_field
 
 SECTIONS = {"generate": "generate", "retrieve": "retrieve", "segment": "segment", "score": "score",
-            "build-pool": "build_pool", "augment": "augment"}
+            "build-pool": "build_pool", "masks-from-boxes": "masks_from_boxes", "augment": "augment"}
 
 
 @pytest.mark.parametrize("name", list(STAGES))
@@ -37,7 +37,7 @@ def test_each_stage_is_one_module_with_its_config_section_runner_and_job(name):
 def test_stages_are_listed_in_pipeline_order_and_each_has_a_command():
     from xpaste.cli import build_app
 
-    assert list(STAGES) == ["generate", "retrieve", "segment", "score", "build-pool", "augment"]
+    assert list(STAGES) == ["generate", "retrieve", "segment", "score", "build-pool", "masks-from-boxes", "augment"]
     app = build_app()
     commands = {c.name for c in app.registered_commands}
     assert set(STAGES) <= commands

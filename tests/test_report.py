@@ -184,7 +184,11 @@ def test_cli(inputs, tmp_path):
     result = runner.invoke(app, ["report", str(inputs["pool"]), str(inputs["augmented"]), str(inputs["run"]),
                                  "--dataset", str(inputs["dataset"]), "--out", str(out), "--gallery", "2"])
     assert result.exit_code == 0, result.output
-    assert result.output.strip() == str(out / "index.html")
+    lines = result.output.strip().splitlines()
+    assert lines[-1] == str(out / "index.html")
+    # _make_pool's pool did not feed the augmented set (the gt pool did): one warning line, the page still written.
+    assert [line for line in lines[:-1] if line.strip()] == [
+        line for line in lines if line.startswith("xpaste: WARNING: the augmented set was pasted from another pool")]
     assert (out / "index.html").is_file()
     unknown = inputs["root"] / "data" / "images"
     bad = runner.invoke(app, ["report", str(unknown), "--out", str(out)])
@@ -252,16 +256,18 @@ CHECK_SCRIPT = """<script>
 window.addEventListener("load", function () {
   var imgs = Array.prototype.slice.call(document.images);
   document.body.dataset.images = String(imgs.length);
-  var gallery = document.getElementById("gallery").getBoundingClientRect().top + window.scrollY;
-  document.body.dataset.galleryTop = String(Math.round(gallery));
+  ["gallery", "histograms"].forEach(function (id) {
+    var top = document.getElementById(id).getBoundingClientRect().top + window.scrollY;
+    document.body.dataset[id + "Top"] = String(Math.round(top));
+  });
   document.body.dataset.broken = String(imgs.filter(function (i) {
     return !(i.complete && i.naturalWidth > 0); }).length);
 });
 </script>"""
 
 
-def _render_check(exe: str, page: Path, work: Path) -> int:
-    """Screenshot + broken-image check; returns the gallery section's offset from the page top (px)."""
+def _render_check(exe: str, page: Path, work: Path, section: str = "gallery") -> int:
+    """Screenshot + broken-image check; returns the offset of `section` (gallery, histograms) from the page top."""
     pixels = _screenshot(exe, page.as_uri(), work / "shot.png", work)
     assert pixels.std() > 10 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 100  # not a blank page
     # The check runs on a copy beside the page (same relative links), so the report itself stays script-free.
@@ -277,39 +283,112 @@ def _render_check(exe: str, page: Path, work: Path) -> int:
     assert broken.group(1) == "0"
     for sid in SECTION_IDS:
         assert f'id="{sid}"' in dom
-    return int(re.search(r'data-gallery-top="(\d+)"', dom).group(1))
+    return int(re.search(rf'data-{section}-top="(\d+)"', dom).group(1))
 
 
 def test_renders_in_chromium(chromium, report, tmp_path):
     _render_check(chromium, report, tmp_path)
 
 
-def _realistic_inputs(root: Path) -> dict:
-    """What `make demo` reports on: real photos (scikit-image samples), their pool and an augmentation."""
-    from xpaste.augment import augment_dataset
-    from xpaste.pool.importers import import_coco
-
-    try:
-        from xpaste.demo import build_demo_dataset
-
-        ann, images = build_demo_dataset(root / "data")
-    except (ImportError, SystemExit):
-        ann, images = write_dataset(root / "data", n_images=6, size=(240, 320))
-    import_coco(ann, images, root / "pool", min_area=400, progress=False)
-    augment_dataset(ann, images, root / "pool", root / "aug", copies=2, seed=0, progress=False, max_paste=4)
-    return {"pool": root / "pool", "augmented": root / "aug", "dataset": ann}
-
-
 @pytest.mark.skipif(not os.environ.get("XPASTE_SAVE_SCREENSHOTS"), reason="set XPASTE_SAVE_SCREENSHOTS=1 to "
                     "write docs/report_screenshots/")
 def test_save_screenshots(chromium, tmp_path):
-    page = write_report(tmp_path / "report", **_realistic_inputs(tmp_path / "in"))
-    top = _render_check(chromium, page, tmp_path)
+    """The README's screenshots of the `make demo` report (demo_top, demo_histograms, demo_gallery): the demo
+    itself runs into a temp folder (offline, seconds) and its report is shot."""
+    from xpaste.demo import main as demo_main
+
+    assert demo_main(["--out", str(tmp_path / "demo"), "--copies", "2", "--workers", "1"]) == 0
+    page = tmp_path / "demo" / "report" / "index.html"
+    tops = {sid: _render_check(chromium, page, tmp_path, sid) for sid in ("histograms", "gallery")}
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     top_shot = _screenshot(chromium, page.as_uri(), tmp_path / "top.png", tmp_path)
     # Headless --screenshot of `index.html#gallery` (or of a page scrolled by script) comes out blank: the
-    # scrolled viewport is not painted. So shoot a window tall enough to hold the gallery and crop it.
-    tall = _screenshot(chromium, page.as_uri(), tmp_path / "tall.png", tmp_path, height=top + 900)
-    for name, pixels in (("report_top.png", top_shot), ("report_gallery.png", tall[top - 12 : top + 888])):
+    # scrolled viewport is not painted. So shoot a window tall enough to hold the section and crop it.
+    tall = _screenshot(chromium, page.as_uri(), tmp_path / "tall.png", tmp_path, height=max(tops.values()) + 900)
+    shots = {"demo_top.png": top_shot,
+             **{f"demo_{sid}.png": tall[top - 12 : top + 888] for sid, top in tops.items()}}
+    for name, pixels in shots.items():
         # 256 colours keep the committed PNGs small (~4x) and still read well.
         Image.fromarray(pixels).quantize(256, method=Image.Quantize.FASTOCTREE).save(SCREENSHOTS / name, optimize=True)
+    for stale in ("report_top.png", "report_gallery.png"):  # written by an older version of this test
+        (SCREENSHOTS / stale).unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- what the page says it shows
+def _text(page: Path) -> str:
+    return page.read_text(encoding="utf-8")
+
+
+def test_counts_say_how_many_of_how_many(inputs, tmp_path):
+    # _make_pool: 14 instances, category 1 + i % 3 -> cup (id 1) holds i = 0, 3, 6, 9, 12: 5 cut-outs.
+    # _make_run: cup candidates i = 0, 3, 6, 9, 12, 15 with decisions kept, near duplicate, kept, near duplicate,
+    # kept, near duplicate: 3 rejected.
+    text = _text(write_report(tmp_path / "r", pool=inputs["pool"], run=inputs["run"], max_per_category=2))
+    cup = text.split('id="cat-1"')[1].split('<div class="cat">')[0]
+    assert "showing 2 of 5 cut-outs in the pool, 3 rejected" in cup
+    assert "Rejected candidates (showing 2 of 3)" in cup
+    assert "Showing all 3 categories" in text
+    few = _text(write_report(tmp_path / "c", pool=inputs["pool"], max_categories=2))
+    assert "Showing the first 2 of 3 categories" in few
+    # The augmented folder holds 3 images x 2 copies = 6; a gallery of 4 says so.
+    gallery = _text(write_report(tmp_path / "g", augmented=inputs["augmented"], gallery=4))
+    assert "showing 4 of 6 images" in gallery
+
+
+def _unscored_run(src: Path, dst: Path) -> Path:
+    """The fixture run as build-pool leaves it without CLIP (score.clip: null): every clip_score null, with the
+    records a real run writes: segment/stage.json, build_pool/summary.json and build_pool/stage-<pool>.json."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shutil.copytree(src, dst)
+    table = pq.read_table(dst / "build_pool" / "decisions.parquet").to_pylist()
+    for row in table:
+        row["clip_score"] = None
+    pq.write_table(pa.Table.from_pylist(table), dst / "build_pool" / "decisions.parquet")
+    (dst / "segment").mkdir()
+    (dst / "segment" / "stage.json").write_text("{}")
+    (dst / "build_pool" / "summary.json").write_text(json.dumps({"pool": str(dst / "pool"), "preset": "divergen"}))
+    (dst / "build_pool" / "stage-0123456789ab.json").write_text(json.dumps({
+        "options": {"preset": "divergen", "t": 25.0, "d": 2.0, "area_min": 0.1, "area_max": 0.9, "dedup": None,
+                    "real_filter": True, "real_min_similarity": 0.6, "alpha": "binary"},
+        "out": str((dst / "pool").resolve()), "score": {"clip": None, "pretrained": None},
+        "segmenters": ["rembg:u2net", "grabcut"]}))
+    return dst
+
+
+def test_empty_plots_hidden_and_what_ran(inputs, tmp_path):
+    run = _unscored_run(inputs["run"], tmp_path / "run")
+    page = write_report(tmp_path / "r", run=run)
+    text = _text(page)
+    # No CLIP: the decision CLIP histogram is one line, not an empty axis; the area one (finite values) is drawn.
+    assert "Not drawn, no data: Run: CLIP score of candidates by decision" in text
+    assert 'alt="decision histogram"' not in text and 'alt="decision area histogram"' in text
+    assert "scored best with CLIP" not in text and "No CLIP scores in this run" in text
+    # What ran: stages with a record (segment) plus build-pool; the segmenters and options build-pool recorded.
+    assert "stages: segment → build-pool" in text
+    assert "segmenters: rembg:u2net, grabcut" in text and "no CLIP scoring" in text
+    assert ("preset divergen · t 25.0 · d 2.0 · area_min 0.1 · area_max 0.9 · dedup None · real_filter True · "
+            "real_min_similarity 0.6 · alpha binary") in text
+    # The scored fixture run says CLIP scored and draws both plots.
+    scored = _text(write_report(tmp_path / "s", run=inputs["run"]))
+    assert "CLIP scored" in scored and "Not drawn" not in scored.split('id="histograms"')[1].split("</section>")[0]
+    assert "scored best with CLIP" in scored
+
+
+def test_augmented_set_from_another_pool_is_flagged(inputs, tmp_path, caplog):
+    import json
+
+    aug = json.loads((inputs["augmented"] / "annotations.json").read_text())
+    ids = {a["instance_id"] for a in aug["annotations"] if a.get("pasted")}
+    assert ids  # the fixture pasted something
+    same = _text(write_report(tmp_path / "same", pool=inputs["gt_pool"], augmented=inputs["augmented"]))
+    assert "foreign" not in same and "another pool" not in same
+    with caplog.at_level("WARNING", logger="xpaste"):
+        other = _text(write_report(tmp_path / "other", pool=inputs["pool"], augmented=inputs["augmented"]))
+    # None of the pasted ids is in _make_pool's pool (different pixels, so different content hashes).
+    line = f"the augmented set was pasted from another pool: {len(ids)} of its {len(ids)} pasted instances"
+    assert line in other and other.count('class="warn foreign"') == 2  # summary and gallery
+    assert any(line in r.getMessage() for r in caplog.records)

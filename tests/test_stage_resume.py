@@ -271,3 +271,122 @@ def test_one_run_feeds_several_pools_each_with_its_own_record(tmp_path):
     with pytest.raises(XPasteError, match="area_min changed"):
         build_pool(tmp_path, bp_config(tmp_path, out=str(a), area_min=0.02), progress=False)
     assert pool_rows(a) == rows_a and pool_rows(b) == rows_b
+
+
+# ------------------------------------------------------------------ adding a segmenter to a run
+CALLS: list[tuple[str, int]] = []
+
+
+class CountingSegmenter:
+    """A segmenter without weights for the tests: a centred box whose size depends on its argument; every call
+    is counted in CALLS as (argument, images). 'broken' fails to load."""
+
+    def __init__(self, arg: str = "a"):
+        if arg == "broken":
+            raise XPasteError("cannot load segmenter 'fake:broken'")
+        self.arg = arg
+
+    def segment(self, images, prompts):
+        import numpy as np
+
+        CALLS.append((self.arg, len(images)))
+        out = []
+        for image in images:
+            h, w = image.shape[:2]
+            m = np.zeros((h, w), np.float32)
+            k = 2 + "abcdef".index(self.arg[0]) if self.arg[0] in "abcdef" else 2
+            m[h // (k + 1): h - h // (k + 1), w // (k + 1): w - w // (k + 1)] = 1.0
+            out.append(m)
+        return out
+
+
+@pytest.fixture
+def fake_segmenters(monkeypatch):
+    import xpaste.segment as seg
+
+    monkeypatch.setitem(seg.SEGMENTERS, "fake", "test_stage_resume:CountingSegmenter")
+    monkeypatch.setitem(seg._EXTRAS, "fake", "segment")
+    CALLS.clear()
+    return CALLS
+
+
+def _segment(run: Path, *specs: str, fresh: bool = False) -> int:
+    from xpaste.cli import main
+
+    argv = ["segment", "--run", str(run), "--set", "shard_size=2"]
+    for spec in specs:
+        argv += ["--segmenter", spec]
+    return main(argv + (["--fresh"] if fresh else []))
+
+
+def _shards(run: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((run / "segment").glob("shard-*.parquet"))}
+
+
+def test_an_added_segmenter_runs_alone_and_keeps_the_earlier_shards(tmp_path, fake_segmenters, capsys):
+    """Adding a segmenter needs no --fresh: only the new one runs, on every candidate, in shards of its own; the
+    earlier shards and masks stay byte for byte; the rows are those of a run made with both from the start."""
+    import shutil
+
+    write_run(tmp_path / "run", TABLE[:5])  # 5 candidates
+    run = tmp_path / "run"
+    shutil.rmtree(run / "segment")
+    assert _segment(run, "fake:a") == 0
+    assert fake_segmenters == [("a", 5)] or sum(n for _, n in fake_segmenters) == 5
+    before = _shards(run)
+    assert len(before) == 3
+    fake_segmenters.clear()
+    assert _segment(run, "fake:a") == 0 and fake_segmenters == []  # unchanged: resumed
+    assert _segment(run, "fake:a", "fake:b") == 0  # added: only b runs, on every candidate
+    assert {arg for arg, _ in fake_segmenters} == {"b"} and sum(n for _, n in fake_segmenters) == 5
+    after = _shards(run)
+    assert len(after) == 6 and {k: after[k] for k in before} == before
+    record = json.loads((run / "segment" / "stage.json").read_text())
+    assert record["fingerprint"]["segmenters"] == ["fake:a"] and record["added"] == [{"segmenters": ["fake:b"]}]
+    fake_segmenters.clear()
+    assert _segment(run, "fake:a", "fake:b") == 0 and fake_segmenters == []  # the extended run resumes
+    extended = read_stage(run / "segment").to_pylist()
+    assert [r["segmenter"] for r in extended] == ["fake:a"] * 5 + ["fake:b"] * 5
+
+    # the same rows as a run made with both segmenters from the start (whose record has no "added")
+    write_run(tmp_path / "both", TABLE[:5])
+    shutil.rmtree(tmp_path / "both" / "segment")
+    assert _segment(tmp_path / "both", "fake:a", "fake:b") == 0
+    key = lambda r: (r["candidate_id"], r["segmenter"])  # noqa: E731
+    assert sorted(read_stage(tmp_path / "both" / "segment").to_pylist(), key=key) == sorted(extended, key=key)
+    assert "added" not in json.loads((tmp_path / "both" / "segment" / "stage.json").read_text())
+    assert [r["segmenter"] for r in read_stage(tmp_path / "both" / "segment").to_pylist()][:2] == ["fake:a", "fake:b"]
+
+
+@pytest.mark.parametrize("specs", [["fake:b", "fake:a"], ["fake:a"], ["fake:b"], ["fake:a", "fake:c"]])
+def test_a_removed_or_reordered_segmenter_is_still_refused(tmp_path, fake_segmenters, capsys, specs):
+    import shutil
+
+    write_run(tmp_path, TABLE[:3])
+    shutil.rmtree(tmp_path / "segment")
+    assert _segment(tmp_path, "fake:a", "fake:b") == 0
+    before = _shards(tmp_path)
+    capsys.readouterr()
+    assert _segment(tmp_path, *specs) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "segmenters changed" in err[0] and "--fresh" in err[0], err
+    assert _shards(tmp_path) == before
+    assert _segment(tmp_path, *specs, fresh=True) == 0  # --fresh redoes it, as before
+    assert [r["segmenter"] for r in read_stage(tmp_path / "segment").to_pylist()][: len(specs)] == specs
+
+
+def test_an_added_segmenter_that_fails_to_load_locks_nothing(tmp_path, fake_segmenters, capsys):
+    import shutil
+
+    write_run(tmp_path, TABLE[:3])
+    shutil.rmtree(tmp_path / "segment")
+    assert _segment(tmp_path, "fake:a") == 0
+    before = _shards(tmp_path)
+    assert _segment(tmp_path, "fake:a", "fake:broken") == 2
+    assert _shards(tmp_path) == before
+    fake_segmenters.clear()
+    assert _segment(tmp_path, "fake:a", "fake:c") == 0  # the corrected addition is not refused
+    assert {arg for arg, _ in fake_segmenters} == {"c"}
+    assert _segment(tmp_path, "fake:a", "fake:c", "fake:d") == 0  # a second addition
+    assert [r["segmenter"] for r in read_stage(tmp_path / "segment").to_pylist()] == \
+        ["fake:a"] * 3 + ["fake:c"] * 3 + ["fake:d"] * 3

@@ -147,7 +147,7 @@ def test_export_val_split_overwrite_and_cli(tmp_path):
     train = sorted(p.name for p in (tmp_path / "a/images/train").rglob("*.*"))
     assert len(val) == 2 and len(train) == 2 and not set(val) & set(train)
     assert len(list((tmp_path / "a/labels/val").rglob("*.txt"))) == 2
-    with pytest.raises(XPasteError, match="overwrite"):
+    with pytest.raises(XPasteError, match="--fresh"):
         export_yolo_seg(js, images, tmp_path / "a")
     export_yolo_seg(js, images, tmp_path / "a", overwrite=True)
     assert not (tmp_path / "a/images/val").exists()
@@ -442,7 +442,7 @@ def test_an_interrupted_export_resumes_to_the_uninterrupted_files(tmp_path, monk
         export_yolo_seg(js, images, tmp_path / "out", val_fraction=0.4, seed=2)
     monkeypatch.setattr(yolo_export, "write_bytes_atomic", original)
     assert not (tmp_path / "out" / "data.yaml").exists()
-    with pytest.raises(XPasteError, match="--overwrite"):  # other settings: not mixed in
+    with pytest.raises(XPasteError, match="--fresh"):  # other settings: not mixed in
         export_yolo_seg(js, images, tmp_path / "out", val_fraction=0.4, seed=3)
     export_yolo_seg(js, images, tmp_path / "out", val_fraction=0.4, seed=2)  # the same command: resumes
     assert files_of(tmp_path / "out") == reference
@@ -465,7 +465,7 @@ def test_a_refused_rerun_names_the_command_that_replaces_it(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "other settings" in err
     hinted = shlex.split(err.split("replace them")[1].split(": ", 1)[1].rstrip(")"))
-    assert hinted[0] == "xpaste" and hinted[-1] == "--overwrite"
+    assert hinted[0] == "xpaste" and hinted[-1] == "--fresh"
     assert main(hinted[1:]) == 0  # the hint is a command that runs
     export_yolo_seg(js, images, tmp_path / "reference", val_fraction=0.34, seed=4)
     assert files_of(out) == files_of(tmp_path / "reference")

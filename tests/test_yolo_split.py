@@ -179,13 +179,13 @@ def test_a_changed_split_rule_never_resumes(tmp_path, aug, monkeypatch):
     export_yolo_seg(*aug, out, val_fraction=0.34, seed=5)  # same settings: resumes (nothing to redo)
     old = {k: v for k, v in marker.items() if k not in ("split_rule", "split_sha256")}
     (out / MARKER).write_text(json.dumps(old))  # as an older xpaste wrote it
-    with pytest.raises(XPasteError, match="--overwrite"):
+    with pytest.raises(XPasteError, match="--fresh"):
         export_yolo_seg(*aug, out, val_fraction=0.34, seed=5)
     (out / MARKER).write_text(json.dumps(marker))
     original = yolo_export.split_by_source
     monkeypatch.setattr(yolo_export, "split_by_source",
                         lambda images, f, seed: ([not v for v in original(images, f, seed)[0]], None))
-    with pytest.raises(XPasteError, match="--overwrite"):  # another split under the same options
+    with pytest.raises(XPasteError, match="--fresh"):  # another split under the same options
         export_yolo_seg(*aug, out, val_fraction=0.34, seed=5)
 
 

@@ -24,10 +24,13 @@ COMMAND_MODULES = [
     "xpaste.commands.stats",
     "xpaste.commands.pool",
     "xpaste.commands.augment",
+    "xpaste.commands.masks_from_boxes",
     "xpaste.commands.eval",
+    "xpaste.commands.plan",
     "xpaste.commands.pipeline",
     "xpaste.commands.report",
     "xpaste.commands.export",
+    "xpaste.commands.doctor",
 ]
 
 #: errno -> what the user can do about it. These are faults of the environment, not bugs: one line, exit 2.

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from xpaste.commands.app import app
+from xpaste.commands.app import app, example
 
 
 def _column_names(paths: list[Path]) -> list[str]:
@@ -19,18 +19,22 @@ def _column_names(paths: list[Path]) -> list[str]:
     return names
 
 
-@app.command("eval")
+@app.command("eval", epilog=example(
+    "xpaste eval --gt val.json --pred runs/base/results.json --compare runs/xpaste/results.json --iou-type segm"))
 def eval_command(
     gt: Path = typer.Option(..., "--gt", help="Ground-truth COCO / LVIS instances json."),
     pred: Path = typer.Option(..., "--pred", help="Predictions: a json list of COCO result objects."),
-    iou_type: str = typer.Option("segm", "--iou-type", help="segm (mask AP) or bbox (box AP)."),
+    iou_type: str = typer.Option("segm", "--iou-type", help="segm: mask AP, bbox: box AP (segm | bbox)"),
     kind: str = typer.Option("auto", "--kind",
-                             help="lvis, coco, or auto (LVIS when the categories carry 'frequency')."),
+                             help="auto: LVIS when the categories carry 'frequency', else COCO (auto | lvis | coco)"),
     compare: Optional[Path] = typer.Option(None, "--compare",
                                            help="A second predictions file, shown beside the first with a delta."),
-    max_dets: Optional[int] = typer.Option(None, "--max-dets",
-                                           help="Detections per image (default: 300 for LVIS, 100 for COCO)."),
+    max_dets: Optional[int] = typer.Option(None, "--max-dets", min=1, help="Detections per image.",
+                                           show_default="300 for LVIS, 100 for COCO"),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the metrics as json."),
+    timeout: Optional[float] = typer.Option(
+        None, "--timeout", min=0, help="Stop a library run after this many seconds, in one line (0: no limit).",
+        show_default="120 + 0.002 per gt or predicted instance, ~10x an honest run"),
 ) -> None:
     """Mask or box AP (with APr/APc/APf on LVIS) computed by the official evaluation libraries."""
     from xpaste.evaluate.metrics import IOU_TYPES, KINDS, evaluate, format_table
@@ -46,7 +50,7 @@ def eval_command(
         raise typer.BadParameter(f"choose one of {', '.join(KINDS)}", param_hint="--kind")
     paths = [pred] + ([compare] if compare is not None else [])
     names = _column_names(paths)
-    results = {name: evaluate(gt, path, iou_type=iou_type, kind=kind, max_dets=max_dets)
+    results = {name: evaluate(gt, path, iou_type=iou_type, kind=kind, max_dets=max_dets, timeout=timeout)
                for name, path in zip(names, paths)}
     first = results[names[0]]
     typer.echo(f"{first['kind'].upper()} {iou_type} AP (x100, maxDets={first['max_dets']}), gt: {gt}")
@@ -54,6 +58,8 @@ def eval_command(
     if out is not None:
         write_json_atomic(out, {
             "gt": str(gt), "kind": first["kind"], "iou_type": iou_type, "max_dets": first["max_dets"],
-            "runs": [{"pred": str(path), "name": name, **results[name]} for name, path in zip(names, paths)],
+            "categories": [{"id": i, "name": n} for i, n in first["categories"].items()],  # read by `xpaste plan`
+            "runs": [{"pred": str(path), "name": name, **{k: v for k, v in results[name].items() if k != "categories"}}
+                     for name, path in zip(names, paths)],  # each with per_category: {id: AP, -1: nothing to score}
         }, indent=1)
         typer.echo(f"wrote {out}")

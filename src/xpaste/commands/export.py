@@ -5,10 +5,11 @@ from pathlib import Path
 
 import typer
 
-from xpaste.commands.app import app
+from xpaste.commands.app import app, example
 
 
-@app.command("export-yolo")
+@app.command("export-yolo", epilog=example(
+    "xpaste export-yolo --dataset augmented/annotations.json --images augmented/images --out yolo/ --val-fraction 0.1"))
 def export_yolo_cmd(
     dataset: Path = typer.Option(..., "--dataset", help="COCO/LVIS annotation json"),
     images: Path = typer.Option(..., "--images", help="folder the json's file_name entries are relative to"),
@@ -20,8 +21,9 @@ def export_yolo_cmd(
                                        "augment writes it, else its own file_name)"),
     split: str = typer.Option("train", "--split", help="name of the main split folder"),
     seed: int = typer.Option(0, "--seed", help="seed of the train/val split"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing export in --out (never an "
-                                   "input: an --out overlapping --dataset or --images is refused)"),
+    fresh: bool = typer.Option(False, "--fresh", help="replace an existing export in --out (never an input: an "
+                               "--out overlapping --dataset or --images is refused)"),
+    overwrite: bool = typer.Option(False, "--overwrite", hidden=True, help="the earlier name of --fresh"),
 ) -> None:
     """Polygon labels for ultralytics YOLO-seg (classes 0..K-1 in category-id order; crowd regions skipped).
 
@@ -42,5 +44,5 @@ def export_yolo_cmd(
     if not 0.0 <= val_fraction < 1.0:
         raise typer.BadParameter("must be in [0, 1)", param_hint="--val-fraction")
     data_yaml = export_yolo_seg(dataset, images, out, split=split, val_fraction=val_fraction, seed=seed,
-                                overwrite=overwrite)
+                                overwrite=fresh or overwrite)
     typer.echo(f"wrote {data_yaml}  (train with: yolo segment train data={data_yaml})")

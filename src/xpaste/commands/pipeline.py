@@ -16,23 +16,44 @@ from typing import List, Optional
 
 import typer
 
-from xpaste.commands.app import app
+from xpaste.commands.app import app, example
 from xpaste.stages import STAGES, stage_module
 from xpaste.stages.config import cli_options, load_config, merge, nested
 from xpaste.stages.run import run_pipeline, run_stage_job
 
 COMMON = ["run_dir", "engine", "ray_address", "device"]
 
+#: Each command's example, shown at the end of its --help.
+EXAMPLES = {
+    "generate": ["xpaste generate --run runs/lvis --categories lvis_v1_train.json "
+                 "--model stable-diffusion-v1-5/stable-diffusion-v1-5 --per-category 8 --seed 0"],
+    "retrieve": ["xpaste retrieve --run runs/offline --categories train.json --folder photos/ --labelled",
+                 "xpaste retrieve --run runs/web --categories cup,dog --folder web_images/ --per-category 20 "
+                 "--clip ViT-L-14 --pretrained openai"],
+    "segment": ["xpaste segment --run runs/offline --segmenter grabcut",
+                "xpaste segment --run runs/offline --segmenter grabcut --segmenter rembg:u2net   "
+                "(added to a run: only rembg runs)"],
+    "score": ["xpaste score --run runs/web --clip ViT-L-14 --pretrained openai"],
+    "build-pool": ["xpaste build-pool --run runs/web", "xpaste build-pool --run runs/offline --set score.clip=null   "
+                   "(no CLIP scores: per image the first segmenter whose mask area is in range)"],
+}
+
+#: Stages whose inputs are a dataset, not a run folder: each has its own command module (commands/augment.py,
+#: commands/masks_from_boxes.py), with --dataset, --images and --out instead of --run.
+OWN_COMMANDS = ("augment", "masks-from-boxes")
+
 #: command -> (the config keys it offers as flags, its help line), from each stage's module.
 STAGE_FLAGS: dict[str, tuple[list[str], str]] = {
     name: (COMMON + list(stage_module(name).CLI_KEYS), stage_module(name).HELP)
-    for name in STAGES if name != "augment"}
+    for name in STAGES if name not in OWN_COMMANDS}
 
-CONFIG_OPTION = typer.Option(None, "--config", help="YAML config (keys as in `xpaste run`; see examples/pipeline.yaml)")
+CONFIG_OPTION = typer.Option(None, "--config", help="YAML config (keys as in `xpaste run`; see examples/pipeline.yaml "
+                             "and examples/pipeline_offline.yaml)")
 SET_OPTION = typer.Option(None, "--set", metavar="KEY=VALUE",
                           help="override a config key, the value read as YAML: --set generate.per_category=8 "
                                "(repeatable)")
-FRESH_OPTION = typer.Option(False, "--fresh", help="discard this stage's earlier outputs and redo it")
+FRESH_OPTION = typer.Option(False, "--fresh", help="discard this stage's earlier outputs and redo it (a rerun with "
+                            "other options or inputs is otherwise refused; an added segmenter needs no --fresh)")
 BUILD_FRESH_OPTION = typer.Option(False, "--fresh", help="discard the earlier pool and decisions of this run and "
                                   "rebuild them (a rerun with other options or inputs is otherwise refused)")
 
@@ -59,7 +80,8 @@ def _flag_params(keys: list[str]) -> tuple[list[inspect.Parameter], dict[str, st
         flag = opt["flag"]
         decls = [f"{flag}/--no-{flag[2:]}"] if inner is bool else [flag]
         option = typer.Option(None, *decls, help=opt["help"] + extra,
-                              metavar=None if inner is bool else opt["metavar"])
+                              metavar=None if inner is bool else opt["metavar"],
+                              show_default=opt["default"] if opt["default"] is not None else False)
         params.append(_param(name, annotation, option))
         names[name] = opt["key"]
         flags[opt["key"]] = flag
@@ -100,7 +122,7 @@ def _make_stage_command(command: str, keys: list[str], help_text: str):
     stage_command.__annotations__ = {p.name: p.annotation for p in signature} | {"return": None}
     stage_command.__doc__ = help_text
     stage_command.__name__ = f"{command.replace('-', '_')}_cmd"
-    app.command(command)(stage_command)
+    app.command(command, epilog=example(*EXAMPLES.get(command, [])) if command in EXAMPLES else None)(stage_command)
     return stage_command
 
 
@@ -108,9 +130,11 @@ for _command, (_keys, _help) in STAGE_FLAGS.items():
     _make_stage_command(_command, _keys, _help)
 
 
-@app.command("run")
+@app.command("run", epilog=example("xpaste run examples/pipeline_offline.yaml   (no model weights: after make demo)",
+                                   "xpaste run examples/pipeline.yaml --set generate.per_category=8 --set engine=ray"))
 def run_cmd(
-    config: Path = typer.Argument(..., help="YAML config (see examples/pipeline.yaml)"),
+    config: Path = typer.Argument(..., help="YAML config (see examples/pipeline.yaml, examples/pipeline_offline.yaml); "
+                                  "a run's own RUN/config.yaml reruns its latest settings"),
     set_: Optional[List[str]] = SET_OPTION,
 ) -> None:
     """Run the enabled stages in order (generate, retrieve, segment, score, build-pool), each resumable."""

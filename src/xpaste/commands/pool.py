@@ -13,7 +13,8 @@ from typing import Iterator, Optional
 
 import typer
 
-from xpaste.commands.app import pool_app
+from xpaste.commands.app import example, pool_app
+from xpaste.commands.stats import DATASET_OPTION, OLD_DATASET_ARGUMENT, dataset_option
 
 EXISTING_POOL = "a pool already exists here"  # xpaste.pool.writer's message for a pool folder already in use
 
@@ -51,27 +52,31 @@ def _print_report(report, out: Path) -> None:
         typer.echo(f"  ... and {len(report.skipped) - 20} more skipped")
 
 
-@pool_app.command("import-coco")
+@pool_app.command("import-coco", epilog=example(
+    "xpaste pool import-coco --dataset train.json --images train_images/ --out pool/"))
 def import_coco_cmd(
-    dataset: Path = typer.Argument(..., help="COCO/LVIS annotation json"),
+    dataset: Optional[Path] = DATASET_OPTION,
+    old_dataset: Optional[Path] = OLD_DATASET_ARGUMENT,
     images: Path = typer.Option(..., "--images", help="folder the json's file_name entries are relative to"),
     out: Path = typer.Option(..., "--out", help="pool folder to create"),
-    min_area: int = typer.Option(1024, "--min-area", help="skip instances with fewer mask pixels (default 32x32)"),
+    min_area: int = typer.Option(1024, "--min-area", help="skip instances with fewer mask pixels (32 x 32)"),
     append: bool = typer.Option(False, "--append", help="add to an existing pool"),
 ) -> None:
     """Cut every non-crowd annotated instance out of a dataset into a pool (the 'real instances' source)."""
     from xpaste.io import refuse_overlap
     from xpaste.pool.importers import import_coco
 
-    refuse_overlap(out, {"the dataset json (DATASET)": dataset, "the images folder (--images)": images})
-    again = _command("xpaste", "pool", "import-coco", dataset, "--images", images, "--out", out,
+    dataset = dataset_option(dataset, old_dataset)
+    refuse_overlap(out, {"the dataset json (--dataset)": dataset, "the images folder (--images)": images})
+    again = _command("xpaste", "pool", "import-coco", "--dataset", dataset, "--images", images, "--out", out,
                      "--min-area", min_area, "--append")
     with _existing_pool_hint(f"to add these instances to it run: {again}; or pick a new --out"):
         report = import_coco(dataset, images, out, min_area=min_area, append=append)
     _print_report(report, out)
 
 
-@pool_app.command("import-xpaste")
+@pool_app.command("import-xpaste", epilog=example(
+    "xpaste pool import-xpaste LVIS_instance_pools.json --root xpaste_pool/ --dataset lvis_v1_train.json --out pool/"))
 def import_xpaste_cmd(
     pool_json: Path = typer.Argument(..., help="official X-Paste pool json {category index: \\[paths]}"),
     out: Path = typer.Option(..., "--out", help="pool folder to create"),
@@ -99,7 +104,7 @@ def import_xpaste_cmd(
     _print_report(report, out)
 
 
-@pool_app.command("info")
+@pool_app.command("info", epilog=example("xpaste pool info pool/"))
 def info_cmd(pool: Path = typer.Argument(..., help="pool folder")) -> None:
     """Per-category instance counts and CLIP score summaries."""
     from xpaste.pool.importers import pool_summary
@@ -124,7 +129,7 @@ def info_cmd(pool: Path = typer.Argument(..., help="pool folder")) -> None:
                + ("; INCOMPLETE" if p.incomplete else ""))
 
 
-@pool_app.command("repair")
+@pool_app.command("repair", epilog=example("xpaste pool repair pool/ --drop-damaged"))
 def repair_cmd(
     pool: Path = typer.Argument(..., help="pool folder (format version 2)"),
     drop_damaged: bool = typer.Option(False, "--drop-damaged",
@@ -135,8 +140,6 @@ def repair_cmd(
     Every row's pixels are checked against its data shard; repeated rows (crash leftovers) are dropped.
 
     Damaged rows are refused unless --drop-damaged is given. A pool that opens as it is is left unchanged.
-
-    Example: xpaste pool repair my_pool
     """
     from xpaste.pool.repair import repair_pool
 
@@ -144,11 +147,11 @@ def repair_cmd(
     typer.echo(f"{pool}: {report.summary()}")
 
 
-@pool_app.command("migrate")
+@pool_app.command("migrate", epilog=example("xpaste pool migrate old_pool/ new_pool/ --codec zstd"))
 def migrate_cmd(
     old: Path = typer.Argument(..., help="existing pool folder (format version 1 or 2)"),
     new: Path = typer.Argument(..., help="new pool folder to write (current format)"),
-    codec: str = typer.Option("lz4_raw", "--codec", help="pixel codec: lz4_raw (fastest), zstd (smaller), raw"),
+    codec: str = typer.Option("lz4_raw", "--codec", help="pixel codec: lz4_raw is the fastest, zstd the smallest (lz4_raw | zstd | raw)"),
 ) -> None:
     """Copy a pool into the current format (packed shards): same rows, same instance ids, same pixels."""
     from xpaste.errors import XPasteError
@@ -165,7 +168,7 @@ def migrate_cmd(
         typer.echo(f"  skipped row {row}: {why}")
 
 
-@pool_app.command("export-png")
+@pool_app.command("export-png", epilog=example("xpaste pool export-png pool/ --out cutouts/ --category cup --limit 50"))
 def export_png_cmd(
     pool: Path = typer.Argument(..., help="pool folder"),
     out: Path = typer.Option(..., "--out", help="folder to write <category>/<instance id>.png into"),

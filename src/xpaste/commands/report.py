@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from xpaste.commands.app import app
+from xpaste.commands.app import app, example
 from xpaste.errors import XPasteError
 
 KINDS = ("pool", "run", "augmented")
@@ -31,7 +31,8 @@ def detect_input(path: Path) -> str:
                       "dataset (annotations.json + images/)", path)
 
 
-@app.command("report")
+@app.command("report", epilog=example(
+    "xpaste report runs/offline/pool runs/offline/augmented --run runs/offline --dataset train.json --out report/"))
 def report_command(
     inputs: List[Path] = typer.Argument(..., metavar="INPUTS...",
                                         help="Pool folders, pipeline run folders or augmented dataset folders "

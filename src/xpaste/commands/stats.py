@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from xpaste.commands.app import app
+from xpaste.commands.app import app, example
 
 NAME_COLUMNS = 32  # names are truncated to this many terminal columns so the table stays aligned
 
@@ -65,18 +65,36 @@ def summary_line(rows: list[dict], n_images: int, n_annotations: int) -> str:
     return text
 
 
-@app.command("stats")
+def dataset_option(dataset: Optional[Path], old_positional: Optional[Path]) -> Path:
+    """The dataset json of `stats` and `pool import-coco`: `--dataset` (as augment and export-yolo take it), or
+    the positional DATASET of earlier releases (hidden, kept for one release)."""
+    if dataset is not None and old_positional is not None and dataset != old_positional:
+        raise typer.BadParameter(f"given twice ({old_positional} and {dataset})", param_hint="--dataset")
+    if dataset is None and old_positional is None:
+        raise typer.BadParameter("missing (the COCO/LVIS annotation json)", param_hint="--dataset")
+    return dataset if dataset is not None else old_positional  # type: ignore[return-value]
+
+
+DATASET_OPTION = typer.Option(None, "--dataset", help="COCO/LVIS annotation json \\[required]")
+#: the positional spelling of earlier releases, hidden (one release)
+OLD_DATASET_ARGUMENT = typer.Argument(None, hidden=True, metavar="DATASET")
+
+
+@app.command("stats", epilog=example("xpaste stats --dataset train.json --out stats.json"))
 def stats_command(
-    dataset: Path = typer.Argument(..., help="COCO / LVIS instances json.", metavar="DATASET"),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write the table as json (xpaste-stats format)."),
+    dataset: Optional[Path] = DATASET_OPTION,
+    old_dataset: Optional[Path] = OLD_DATASET_ARGUMENT,
+    out: Optional[Path] = typer.Option(None, "--out", help="write the table as json (xpaste-stats format), e.g. "
+                                       "for augment --scale-prior"),
 ) -> None:
     """Per-category counts, LVIS frequency group (r/c/f) and scale prior of a dataset."""
+    dataset = dataset_option(dataset, old_dataset)
     from xpaste.data.coco import load_coco
     from xpaste.data.stats import category_stats, write_stats
     from xpaste.io import check_output, refuse_overlap
 
     if out is not None:
-        refuse_overlap(out, {"the dataset json (DATASET)": dataset}, out_is_file=True)
+        refuse_overlap(out, {"the dataset json (--dataset)": dataset}, out_is_file=True)
         check_output(out, "file")
     ds = load_coco(dataset)
     rows = category_stats(ds)

@@ -211,9 +211,15 @@ def save_coco(dataset: CocoDataset, path: str | os.PathLike) -> None:
 # which are (annotation id, "<reason>: <detail>") pairs.
 # DEGENERATE_POLYGON, INVALID_SEGMENTATION and SIZE_MISMATCH are the decoder's (`xpaste.ops.masks`).
 NO_MASK = "no_mask"  # segmentation absent, null, [] or {} (a detection-style annotation: box only)
+#: a box-only annotation for which `xpaste masks-from-boxes` found no mask (marked `mask_source: "empty"`)
+NO_MASK_FOUND = "no_mask_found"
 OUT_OF_IMAGE = "out_of_image"  # the polygon lies entirely outside the image
 EMPTY_MASK = "empty_mask"  # decodes to no pixel (zero-area polygon, all-zero RLE)
-SKIP_REASONS = (NO_MASK, DEGENERATE_POLYGON, INVALID_SEGMENTATION, SIZE_MISMATCH, OUT_OF_IMAGE, EMPTY_MASK)
+SKIP_REASONS = (NO_MASK, NO_MASK_FOUND, DEGENERATE_POLYGON, INVALID_SEGMENTATION, SIZE_MISMATCH, OUT_OF_IMAGE,
+                EMPTY_MASK)
+#: `mask_source` of an annotation `xpaste masks-from-boxes` made no mask for (its box kept, its reason in
+#: `mask_empty`); a mask it made has the segmenter's name there (e.g. "sam2:folder").
+MASK_SOURCE_EMPTY = "empty"
 
 
 #: A segmentation that cannot become a mask; `reason` is one of SKIP_REASONS, str() names the annotation. The
@@ -244,25 +250,36 @@ def has_mask(ann: dict) -> bool:
     return not (seg is None or (isinstance(seg, (list, dict)) and not seg))
 
 
+def reported_empty(ann: dict) -> bool:
+    """A box-only annotation `xpaste masks-from-boxes` looked at and found no mask for (`mask_source: "empty"`)."""
+    return not has_mask(ann) and ann.get("mask_source") == MASK_SOURCE_EMPTY
+
+
 def check_masks_present(dataset: CocoDataset) -> None:
     """Refuse, in one XPasteError line, a dataset with annotations that have a box but no mask.
 
     Copy-paste occludes and re-boxes instance masks; a box-only annotation cannot be occluded correctly, and
     inventing a mask (e.g. the filled box) would silently change the labels. Raises XPasteError naming the
-    file, the count and the first such annotation id.
+    file, the count and the first such annotation id, with the hint to make the masks with `xpaste
+    masks-from-boxes`. Annotations that command reported empty (`reported_empty`) are not refused: they are
+    left out by `load_sample` with reason NO_MASK_FOUND, counted like every annotation it cannot convert.
     """
-    maskless = [a for a in dataset.annotations if not has_mask(a)]
+    maskless = [a for a in dataset.annotations if not has_mask(a) and not reported_empty(a)]
     if maskless:
         first = maskless[0]
         raise XPasteError(
             f"{len(maskless)} of {len(dataset.annotations)} annotations have no mask (segmentation absent or "
             f"empty; a box only), e.g. annotation id {first.get('id')} on image id {first.get('image_id')}",
-            dataset.path, "copy-paste needs instance masks: add polygons or RLE (e.g. from a box-prompted "
-            "segmenter) or remove these annotations")
+            dataset.path, "copy-paste needs instance masks: make them from the boxes with `xpaste "
+            "masks-from-boxes --dataset D.json --images DIR --segmenter sam2 --out D_masks.json` (a box-prompted "
+            "SAM) and use D_masks.json, or add polygons or RLE, or remove these annotations")
 
 
 def _decode(ann: dict, height: int, width: int) -> tuple[np.ndarray, list[int]]:
     ann_id = ann.get("id", "?")
+    if reported_empty(ann):
+        raise AnnotationError(NO_MASK_FOUND, f"annotation {ann_id}: masks-from-boxes found no mask for its box "
+                                             f"({ann.get('mask_empty') or 'no reason recorded'})")
     if not has_mask(ann):
         raise AnnotationError(NO_MASK, f"annotation {ann_id}: no segmentation (a box only)")
     rle, dropped = segmentation_to_rle(ann["segmentation"], height, width, f"annotation {ann_id}")

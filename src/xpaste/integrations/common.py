@@ -32,8 +32,9 @@ from xpaste.core.keys import ANN_ID, IGNORE, INSTANCE_ID, ISCROWD, PASTED, POOL_
 from xpaste.core.targets import Targets
 from xpaste.data.stats import category_stats, scale_prior_from_stats
 from xpaste.ops.polygons import polygons_to_mask, usable_polygons
-from xpaste.paste.config import PasteConfig
+from xpaste.paste.config import PasteConfig, PasteConfigError
 from xpaste.paste.transform import CopyPaste, warn_missing_prior
+from xpaste.plan import plan_weights
 from xpaste.pool.store import InstancePool
 
 Prior = dict[int, tuple[float, float]]
@@ -54,7 +55,7 @@ def open_pool(pool: Any) -> Any:
 
 
 def build_copy_paste(source: Any, *, scale_prior: Any = None, options: PasteConfig | Mapping[str, Any] | None = None,
-                     where: str) -> CopyPaste:
+                     where: str, plan: Any = None) -> CopyPaste:
     """The `CopyPaste` an adapter pastes with, from what its user gave (the one rule of the torchvision,
     detectron2, mmdet and ultralytics adapters).
 
@@ -67,8 +68,12 @@ def build_copy_paste(source: Any, *, scale_prior: Any = None, options: PasteConf
         and the pool is pasted without a prior (`{}`: every category sized by `no_prior_scale`, not X-Paste's
         sizes); `{}` chooses that knowingly, without the warning.
     options: a `PasteConfig`, or `CopyPaste` keywords: `PasteConfig` fields, `config` (a PasteConfig, which
-        the fields override), `seed` (int or None) and `category_weights` ({pool category id: weight}).
-        None or {}: the defaults of `PasteConfig`.
+        the fields override), `seed` (int or None), `category_weights` ({pool category id: weight}) and `plan`
+        (as the argument below, so every adapter's keyword options take it). None or {}: the defaults of
+        `PasteConfig`.
+    plan: an `xpaste plan` json (path or parsed dict): its `paste_weight` per category become the
+        `category_weights` of `sampling='weighted'` (`xpaste.plan.plan_weights`: every pooled category must be
+        in the plan, some with a weight > 0). Needs sampling='weighted'; not with `category_weights`.
     where: the front-end the missing-prior warning names (an adapter's class name, or a hint how to give one).
 
     Raises: TypeError when `source` is a CopyPaste and `scale_prior` or options are given too (they would be
@@ -77,11 +82,23 @@ def build_copy_paste(source: Any, *, scale_prior: Any = None, options: PasteConf
     does not open or a prior file that cannot be read.
     """
     if isinstance(source, CopyPaste):
-        if scale_prior is not None or isinstance(options, PasteConfig) or options:
+        if scale_prior is not None or isinstance(options, PasteConfig) or options or plan is not None:
             raise TypeError("pass CopyPaste options either to CopyPaste or here with a pool, not both")
         return source
     pool = open_pool(source)
     kwargs = {"config": options} if isinstance(options, PasteConfig) else dict(options or {})
+    if "plan" in kwargs:
+        if plan is not None:
+            raise TypeError("plan given twice (as an argument and in the options)")
+        plan = kwargs.pop("plan")
+    if plan is not None:
+        if kwargs.get("category_weights") is not None:
+            raise TypeError("pass category_weights or plan, not both")
+        sampling = kwargs.get("sampling", (kwargs.get("config") or PasteConfig()).sampling)
+        if sampling != "weighted":
+            raise PasteConfigError(f"plan= gives per-category paste weights, used by sampling='weighted' only "
+                                   f"(sampling is {sampling!r})", hint="pass sampling='weighted'")
+        kwargs["category_weights"] = plan_weights(plan, pool=pool)
     if scale_prior is None:
         warn_missing_prior(where, stacklevel=4)  # the warning names the line that built the adapter
         scale_prior = {}

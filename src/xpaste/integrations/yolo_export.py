@@ -171,7 +171,7 @@ def _prepare_out(out: Path, settings: dict, overwrite: bool, again: str) -> bool
                 "files from another tool or an older xpaste")
         raise XPasteError(f"{' and '.join(s + '/' for s in used)} already hold {what}", out,
                           "pick a new --out, or replace them (stale labels and ultralytics' .cache files would "
-                          f"otherwise mix with the new export): {again} --overwrite")
+                          f"otherwise mix with the new export): {again} --fresh")
     for sub in used:
         if (out / sub).is_symlink():
             (out / sub).unlink()  # the link only, never what it points to

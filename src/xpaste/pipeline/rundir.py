@@ -1,7 +1,8 @@
 """The run folder: one object (`RunDir`) owns its layout; image/mask file I/O for the stages.
 
 Layout of a run folder (every file written atomically, `xpaste.io.atomic_path`):
-    config.yaml            the resolved config of the latest invocation
+    config.yaml            the resolved config of every invocation, oldest first: one YAML document each, headed
+                           `--- # N: xpaste <command>, <UTC time>` (`load_config` reads the last one)
     run.json               the last 50 invocations (command, library versions)
     categories.json        the run's categories, recorded on first use (later runs must agree)
     <stage>/               generate, retrieve, segment, score: shard-*.parquet (+ .skipped.json), stage.json
@@ -32,6 +33,9 @@ log = logging.getLogger(__name__)
 CATEGORIES_FILE = "categories.json"
 CONFIG_FILE = "config.yaml"
 HISTORY_FILE = "run.json"
+#: The first lines of config.yaml (comments: every document stays a config `load_config` reads).
+CONFIG_HEADER = ("# The settings of every xpaste command run in this folder, oldest first: one YAML document each.\n"
+                 "# `xpaste run RUN/config.yaml` (and load_config) reads the last one.\n")
 #: What a run writes at its top level (see the module docstring): `RunDir.check_output` refuses other entries.
 RUN_ENTRIES = (CONFIG_FILE, HISTORY_FILE, CATEGORIES_FILE, "generate", "retrieve", "segment", "score", "build_pool",
                "images", "masks", "pool", "augmented")
@@ -112,12 +116,23 @@ class RunDir:
         return resolve_inside(self.root, rel, what)
 
     def record_invocation(self, command: str, config: dict) -> None:
-        """Keep the resolved config and library versions of the latest invocation, plus a short history."""
+        """Append the resolved config of this invocation to config.yaml (every command's settings, in order,
+        one YAML document each) and its library versions to run.json (the last 50)."""
+        import time
+
         import yaml
 
         self.root.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(self.root / CONFIG_FILE,
-                           yaml.safe_dump(config, sort_keys=False, allow_unicode=True).encode())
+        path = self.root / CONFIG_FILE
+        earlier = path.read_bytes() if path.exists() else b""
+        if earlier and not earlier.startswith(CONFIG_HEADER.encode()):  # a single config written by an older xpaste
+            earlier = CONFIG_HEADER.encode() + b"--- # 1: (an earlier xpaste)\n" + earlier
+        elif not earlier:
+            earlier = CONFIG_HEADER.encode()
+        n = sum(1 for line in earlier.decode("utf-8", "replace").splitlines() if line.startswith("--- # ")) + 1
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        document = yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
+        write_bytes_atomic(path, earlier + f"--- # {n}: xpaste {command}, {when}\n{document}".encode())
         history_path = self.root / HISTORY_FILE
         history = read_json(history_path) if history_path.exists() else {"invocations": []}
         history["invocations"].append({"command": command, "versions": versions()})

@@ -6,7 +6,9 @@ shard table) are written atomically, so after a kill a rerun redoes only unfinis
 exactly the outputs of an uninterrupted run. The stage's fingerprint (its options, a digest of each
 input and of the upstream stages' outputs) is recorded in `<stage>/stage.json`; once the stage has produced
 a shard, resuming with a different one is refused in one line naming what changed, or redone from scratch
-with `fresh` (before that, e.g. after a model failed to load, the next run's record replaces it). Engines: this process, forked worker processes
+with `fresh` (before that, e.g. after a model failed to load, the next run's record replaces it); a change
+that only adds work (`Stage.extend`: segment's added segmenter) keeps the finished shards and runs the new
+work in shards of its own (`PartedPlan`). Engines: this process, forked worker processes
 (`engines.run_on_processes`) or Ray actors (`engines.run_on_ray`); all write the same files.
 """
 from __future__ import annotations
@@ -112,6 +114,12 @@ class Stage:
         """Folders besides the stage folder where a killed run may leave temp files."""
         return []
 
+    def extend(self, previous: dict, record: dict, plan: ShardPlan) -> tuple[ShardPlan, dict] | None:
+        """A started stage whose record differs from this run's: when the difference only ADDS work (segment:
+        an added segmenter), the plan to run (earlier shards kept, new shards for the added work) and the record
+        to keep; None (the default) when it is a change, refused by `check_fingerprint`."""
+        return None
+
     def remove_outputs(self) -> None:
         """Delete this stage's outputs (`--fresh`)."""
         import shutil
@@ -166,6 +174,35 @@ class ShardPlan:
         return self.items.digest() if hasattr(self.items, "digest") else digest(self.items)
 
 
+class PartedPlan(ShardPlan):
+    """Several work lists, each cut into its own shards, numbered one after the other: a stage that extends its
+    work (segment: an added segmenter, `Stage.extend`) keeps the shards of the earlier parts as they were and
+    adds shards for the new part only. `items` is every part's items in order."""
+
+    def __init__(self, parts: list[list[dict]], size: int):
+        super().__init__([item for part in parts for item in part], size)
+        self.parts = [list(part) for part in parts]
+        self.starts, k = [], 0  # the first shard of each part
+        for part in self.parts:
+            self.starts.append(k)
+            k += (len(part) + self.size - 1) // self.size
+        self._shards = k
+
+    def __len__(self) -> int:
+        return self._shards
+
+    def __getitem__(self, k: int) -> list[dict]:
+        if not 0 <= k < self._shards:
+            raise IndexError(k)
+        i = max(j for j, start in enumerate(self.starts) if start <= k and self.parts[j])
+        j = k - self.starts[i]
+        return list(self.parts[i][j * self.size : (j + 1) * self.size])
+
+    def shards_of(self, i: int) -> range:
+        """The shard indices of part i."""
+        return range(self.starts[i], self.starts[i] + (len(self.parts[i]) + self.size - 1) // self.size)
+
+
 def describe_change(stage: Stage, path: tuple, old: Any, new: Any) -> str:
     """One line naming what changed, from the stage's `change_labels` ({first key: 'the dataset json'})."""
     labels = getattr(stage, "change_labels", {})
@@ -174,16 +211,20 @@ def describe_change(stage: Stage, path: tuple, old: Any, new: Any) -> str:
         return f"{labels[key]} changed since this output was started"
     if path and path[0] == "upstream":
         which = f"stage '{path[1]}'" if len(path) > 1 else "the upstream stages"
-        return f"the outputs of {which} changed since this output of stage '{stage.name}' was started (it was rerun)"
+        return (f"the outputs of {which} changed since this output of stage '{stage.name}' was started (it was rerun, "
+                "or a segmenter was added)" if len(path) > 1 and path[1] == "segment" else
+                f"the outputs of {which} changed since this output of stage '{stage.name}' was started (it was rerun)")
     if path and path[0] in ("items", "items_digest"):
         return f"the work list of stage '{stage.name}' changed since it was started (its inputs changed)"
     name = ".".join(str(p) for p in path[1:] if p not in ("options",)) or str(key)
     return f"setting {name} changed since this output was started ({old!r}, now {new!r})"
 
 
-def check_fingerprint(stage: Stage, plan: ShardPlan | list[dict], fresh: bool = False) -> None:
+def check_fingerprint(stage: Stage, plan: ShardPlan | list[dict], fresh: bool = False) -> ShardPlan | list[dict]:
     """Refuse to resume a stage whose outputs were made with other settings or other inputs, in one line
     naming what changed (`describe_change`); with `fresh`, remove the stage's outputs and start over.
+    Returns the plan to run: `plan`, or the extended plan of a stage whose change only adds work
+    (`Stage.extend`: segment with an added segmenter runs the new segmenter only).
 
     The record (options, work list, upstream outputs) binds only once the stage has produced something
     (`Stage.started`): a run that failed before its first shard, e.g. on a model that does not load, is
@@ -203,11 +244,17 @@ def check_fingerprint(stage: Stage, plan: ShardPlan | list[dict], fresh: bool = 
         change = (first_difference({"upstream": previous.get("upstream")}, {"upstream": record.get("upstream")})
                   or first_difference(previous, record))
         if change is None:
-            return
+            return plan
         if stage.started():
-            raise XPasteError(describe_change(stage, *change), stage.output_root,
-                              "rerun with the same inputs and options to resume, or pass --fresh to start over")
+            extended = stage.extend(previous, record, plan) if isinstance(plan, ShardPlan) else None
+            if extended is None:
+                raise XPasteError(describe_change(stage, *change), stage.output_root,
+                                  "rerun with the same inputs and options to resume, or pass --fresh to start over")
+            plan, record = extended[0], json.loads(json.dumps(extended[1], default=str))
+            if record == previous:
+                return plan
     write_json_atomic(path, record, indent=1)
+    return plan
 
 
 def chunk(items: list[dict], size: int) -> list[list[dict]]:
@@ -226,8 +273,7 @@ def run_stage(stage: Stage, engine: str = "local", progress: bool = True, fresh:
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise XPasteError(f"workers must be an integer >= 1, got {workers!r}")
     start = time.perf_counter()
-    plan = ShardPlan(stage.plan(), int(stage.config["shard_size"]))
-    check_fingerprint(stage, plan, fresh)
+    plan = check_fingerprint(stage, ShardPlan(stage.plan(), int(stage.config["shard_size"])), fresh)
     clean_temp_files(stage.stage_dir, *stage.temp_folders())
     report = StageReport(stage.name, len(plan.items), len(plan))
 

@@ -8,6 +8,7 @@ from data is HTML-escaped. Each section keeps its id when its input is missing a
 from __future__ import annotations
 
 import html
+import logging
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from xpaste.pipeline.rundir import RunDir, load_mask
 from xpaste.pool.store import InstancePool
 from xpaste.report.assets import ORIGINAL_RGB, PASTED_RGB, Assets, checker_thumb, outlined
 from xpaste.stages.build_pool import cutout
+
+log = logging.getLogger(__name__)
 
 SECTIONS = [("summary", "Summary"), ("contact-sheets", "Contact sheets"), ("histograms", "Histograms"),
             ("segmenters", "Segmenters"), ("coverage", "Coverage"), ("gallery", "Gallery")]
@@ -65,6 +68,8 @@ class _Inputs:
     dataset: Path | None = None
     dataset_rows: list[dict] | None = None
     notes: list[str] = field(default_factory=list)
+    ran: dict = field(default_factory=dict)  # what the run folder records (`_run_record`)
+    foreign: str | None = None  # one line when the augmented set was pasted from another pool (`_foreign_pool`)
 
 
 def _load(pool, run, augmented, dataset) -> _Inputs:
@@ -79,6 +84,7 @@ def _load(pool, run, augmented, dataset) -> _Inputs:
             raise XPasteError("not a pipeline run folder (no build_pool/decisions.parquet)", inp.run,
                               "run `xpaste build-pool` on it first")
         inp.decisions = pq.read_table(path).to_pylist()
+        inp.ran = _run_record(inp.run)
         if pool is None and (RunDir(inp.run).default_pool_dir / "pool.json").is_file():
             pool = RunDir(inp.run).default_pool_dir
             inp.notes.append(f"pool taken from the run folder: {pool}")
@@ -106,7 +112,65 @@ def _load(pool, run, augmented, dataset) -> _Inputs:
     if dataset is not None:
         inp.dataset = Path(dataset)
         inp.dataset_rows = category_stats(load_coco(inp.dataset))
+    if inp.pool is not None and inp.aug is not None:
+        inp.foreign = _foreign_pool(inp.pool, inp.aug)
+        if inp.foreign:
+            log.warning("WARNING: %s", inp.foreign)
     return inp
+
+
+UPSTREAM_STAGES = ("generate", "retrieve", "segment", "score")
+
+
+def _run_record(run: Path) -> dict:
+    """What the run folder says actually ran: the stages with a record (STAGE/stage.json) plus build-pool, the
+    segmenters and CLIP model build-pool recorded, its resolved options (RUN/build_pool/stage-*.json, the one
+    for the latest pool: summary.json's) and its preset."""
+    rd = RunDir(run)
+    stages = [name for name in UPSTREAM_STAGES if (rd.stage_dir(name) / "stage.json").is_file()]
+    stages.append("build-pool")
+    summary, record = {}, {}
+    try:
+        summary = read_json(rd.build_summary_file) if rd.build_summary_file.is_file() else {}
+    except XPasteError:
+        summary = {}
+    records = sorted(rd.stage_dir("build-pool").glob("stage-*.json"))
+    for path in records:
+        try:
+            r = read_json(path)
+        except XPasteError:
+            continue
+        if not isinstance(r, dict):
+            continue
+        if not record or (summary.get("pool") and Path(str(r.get("out"))) == Path(summary["pool"]).resolve()):
+            record = r
+    return {"stages": stages, "summary": summary if isinstance(summary, dict) else {},
+            "record": record}
+
+
+def _foreign_pool(pool: InstancePool, aug: dict) -> str | None:
+    """One line when the augmented set's pasted instances are not this pool's (an augmented set from another
+    pool), else None. Pasted annotations carry the pool's `instance_id`; an older set without ids is compared by
+    the pool folder its settings record."""
+    pasted = [a for a in aug["annotations"] if a.get("pasted")]
+    ids = {str(a["instance_id"]) for a in pasted if a.get("instance_id") is not None}
+    if ids:
+        missing = len(ids - {str(i) for i in pool.instance_ids})
+        if missing:
+            return (f"the augmented set was pasted from another pool: {missing} of its {len(ids)} pasted "
+                    f"instances are not in this pool ({pool.root or 'in memory'})")
+        return None
+    recorded = ((aug.get("info") or {}).get("xpaste") or {}).get("pool") if isinstance(aug.get("info"), dict) else None
+    if pasted and recorded and pool.root and Path(recorded).resolve() != Path(pool.root).resolve():
+        return f"the augmented set records another pool ({recorded}), not this one ({pool.root})"
+    return None
+
+
+def _clip_ran(inp: _Inputs) -> bool:
+    """Whether CLIP scored anything: a finite score in the run's decisions, or else in the pool."""
+    values = [d.get("clip_score") for d in inp.decisions] if inp.decisions else (
+        inp.cols["clip_score"].tolist() if inp.pool is not None else [])
+    return any(v is not None and np.isfinite(v) for v in values)
 
 
 def _category_names(inp: _Inputs) -> dict[int, str]:
@@ -143,13 +207,19 @@ def _summary(inp: _Inputs) -> str:
             rows.append(("CLIP", f"{esc(model)}; {scored} of {len(scores)} scored"))
     if inp.run is not None:
         rows += [("Run", f"{len(inp.decisions)} candidates · {esc(inp.run)}"),
+                 ("Ran", _ran_text(inp)),
                  ("Decisions", _counts_text(Counter(str(d.get("decision")) for d in inp.decisions)))]
+        options = _build_options_text(inp.ran)
+        if options:
+            rows.append(("Build-pool options", options))
     else:
         missing.append("run folder (--run)")
     if inp.aug is not None:
         n_pasted = sum(1 for a in inp.aug["annotations"] if a.get("pasted"))
         rows.append(("Augmented", (f"{len(inp.aug['images'])} images, {len(inp.aug['annotations'])} annotations "
                                    f"({n_pasted} pasted) · {esc(inp.augmented)}")))
+        if inp.foreign:
+            rows.append(("Pool mismatch", f'<span class="warn foreign">{esc(inp.foreign)}</span>'))
     else:
         missing.append("augmented folder")
     if inp.dataset_rows is not None:
@@ -163,6 +233,35 @@ def _summary(inp: _Inputs) -> str:
     if missing:
         body += f'<p class="muted">Not given: {esc(", ".join(missing))}.</p>'
     return body
+
+
+def _ran_text(inp: _Inputs) -> str:
+    """The stages the run folder records, the segmenters that gave its candidates and whether CLIP scored."""
+    ran = inp.ran
+    record = ran.get("record") or {}
+    used = list(dict.fromkeys(str(d.get("segmenter")) for d in inp.decisions if d.get("segmenter")))
+    configured = [str(s) for s in record.get("segmenters") or []]
+    segs = configured or used
+    clip = (record.get("score") or {}).get("clip")
+    if _clip_ran(inp):
+        pretrained = (record.get("score") or {}).get("pretrained")
+        clip_text = f"CLIP scored ({clip}{f', {pretrained}' if pretrained else ''})" if clip else "CLIP scored"
+    else:
+        clip_text = "no CLIP scoring (winners by mask area only)"
+    return (f"stages: {esc(' → '.join(ran.get('stages') or ['build-pool']))} · segmenters: "
+            f"{esc(', '.join(segs) or 'none recorded')} · {esc(clip_text)}")
+
+
+BUILD_OPTION_KEYS = ("t", "d", "area_min", "area_max", "dedup", "real_filter", "real_min_similarity", "alpha")
+
+
+def _build_options_text(ran: dict) -> str:
+    """build-pool's resolved options as its record holds them (the preset's values filled in)."""
+    options = (ran.get("record") or {}).get("options") or {}
+    preset = options.get("preset") or (ran.get("summary") or {}).get("preset")
+    parts = [f"preset {preset}"] if preset else []
+    parts += [f"{k} {options[k]}" for k in BUILD_OPTION_KEYS if k in options]
+    return esc(" · ".join(parts))
 
 
 def _figure(img: str, caption: str, title: str = "", cls: str = "") -> str:
@@ -201,6 +300,9 @@ def _contact_sheets(inp: _Inputs, assets: Assets, per_category: int, max_categor
     out, blocks = [], []
     if len(cats) > len(shown):
         out.append(f'<p class="muted">Showing the first {len(shown)} of {len(cats)} categories (by id).</p>')
+    else:
+        out.append(f'<p class="muted">Showing all {len(cats)} categories; up to {per_category} cut-outs each, '
+                   "best CLIP score first.</p>")
     out.append('<p class="jump">' + " · ".join(f'<a href="#cat-{c}">{esc(names.get(c, c))}</a>' for c in shown)
                + "</p>")
     for cid in shown:
@@ -224,11 +326,12 @@ def _contact_sheets(inp: _Inputs, assets: Assets, per_category: int, max_categor
             img = assets.image(thumb, "thumb") if thumb is not None else '<div class="noimg">image missing</div>'
             rej_figs.append(_figure(img, f"{_score(d.get('clip_score'))}<br><span>{esc(d.get('decision'))}</span>",
                                     title=f"{d.get('segmenter') or ''} {d.get('source') or ''}", cls="rej"))
-        head = (f'<h3 id="cat-{cid}">{esc(names.get(cid, cid))} <small>id {cid} · {len(rows)} in the pool'
+        head = (f'<h3 id="cat-{cid}">{esc(names.get(cid, cid))} <small>id {cid} · showing {len(figs)} of '
+                f'{len(rows)} cut-outs in the pool'
                 + (f", {len(rej)} rejected" if inp.run is not None else "") + "</small></h3>")
         body = f'<div class="thumbs">{"".join(figs)}</div>' if figs else '<p class="muted">No pool instances.</p>'
         if rej_figs:
-            body += (f'<h4>Rejected candidates{f" (first {per_category})" if len(rej) > per_category else ""}'
+            body += (f'<h4>Rejected candidates (showing {len(rej_figs)} of {len(rej)})'
                      f'</h4><div class="thumbs">{"".join(rej_figs)}</div>')
         blocks.append(f'<div class="cat">{head}{body}</div>')
     return "\n".join(out) + f'<div class="cats">{"".join(blocks)}</div>'
@@ -237,7 +340,7 @@ def _contact_sheets(inp: _Inputs, assets: Assets, per_category: int, max_categor
 def _histograms(inp: _Inputs, assets: Assets) -> str:
     if inp.pool is None and inp.run is None:
         return '<p class="missing">No pool or run folder given: nothing to plot.</p>'
-    figs, notes = [], []
+    figs, notes, hidden = [], [], []
     if inp.pool is not None and len(inp.pool):
         c = inp.cols
         source = np.array([str(v or "unknown") for v in c["source"]], dtype=object)
@@ -249,31 +352,45 @@ def _histograms(inp: _Inputs, assets: Assets) -> str:
                 "CLIP score histogram"))
         else:
             notes.append(NO_CLIP_NOTE)
-        figs.append(assets.plot(plots.histogram_by_group(
-            {g: c["area_frac"][source == g] for g in groups}, "mask area / image area",
-            "Pool: mask area fraction by source"), "area histogram"))
-        ids, counts = np.unique(c["category_id"], return_counts=True)
-        top = ids[np.argsort(-counts, kind="stable")][:TOP_HISTOGRAM_CATEGORIES]
-        value, what = (c["clip_score"], "CLIP score") if has_clip else (c["area_frac"], "area fraction")
-        per_cat = {f"{inp.pool.categories.get(int(k), k)} (id {k})":
-                   {g: value[(c["category_id"] == k) & (source == g)] for g in groups} for k in top}
-        figs.append(assets.plot(plots.category_histograms(
-            per_cat, what, f"Pool: {what} of the {len(top)} largest categories, by source"),
-            "per-category histograms", wide=True))
+        has_area = _finite_count(c["area_frac"]) > 0
+        if has_area:
+            figs.append(assets.plot(plots.histogram_by_group(
+                {g: c["area_frac"][source == g] for g in groups}, "mask area / image area",
+                "Pool: mask area fraction by source"), "area histogram"))
+        else:
+            hidden.append("Pool: mask area fraction by source (no instance records its area)")
+        if has_clip or has_area:
+            ids, counts = np.unique(c["category_id"], return_counts=True)
+            top = ids[np.argsort(-counts, kind="stable")][:TOP_HISTOGRAM_CATEGORIES]
+            value, what = (c["clip_score"], "CLIP score") if has_clip else (c["area_frac"], "area fraction")
+            per_cat = {f"{inp.pool.categories.get(int(k), k)} (id {k})":
+                       {g: value[(c["category_id"] == k) & (source == g)] for g in groups} for k in top}
+            figs.append(assets.plot(plots.category_histograms(
+                per_cat, what, f"Pool: {what} of the {len(top)} largest of {len(ids)} categories, by source"),
+                "per-category histograms", wide=True))
     if inp.decisions:
         by_decision: dict[str, list] = {}
         for d in inp.decisions:
             by_decision.setdefault(str(d.get("decision")), []).append(d)
-        figs.append(assets.plot(plots.histogram_by_group(
-            {k: [d.get("clip_score") for d in v] for k, v in by_decision.items()}, "CLIP score",
-            "Run: CLIP score of candidates by decision"), "decision histogram"))
-        figs.append(assets.plot(plots.histogram_by_group(
-            {k: [d.get("area_frac") for d in v] for k, v in by_decision.items()}, "mask area / image area",
-            "Run: mask area fraction by decision"), "decision area histogram"))
+        for key, xlabel, title, alt, why in (
+                ("clip_score", "CLIP score", "Run: CLIP score of candidates by decision", "decision histogram",
+                 "no candidate was scored with CLIP"),
+                ("area_frac", "mask area / image area", "Run: mask area fraction by decision",
+                 "decision area histogram", "no candidate records its mask area")):
+            groups_d = {k: [d.get(key) for d in v] for k, v in by_decision.items()}
+            if _finite_count([x for v in groups_d.values() for x in v]):
+                figs.append(assets.plot(plots.histogram_by_group(groups_d, xlabel, title), alt))
+            else:
+                hidden.append(f"{title} ({why})")
     body = "".join(f'<p class="warn">{esc(n)}</p>' for n in notes)
+    body += "".join(f'<p class="muted hidden-plot">Not drawn, no data: {esc(h)}.</p>' for h in hidden)
     if not figs:
-        return body + '<p class="missing">The pool is empty and no run was given: nothing to plot.</p>'
+        return body + '<p class="missing">No values to plot.</p>'
     return body + f'<div class="plots">{"".join(figs)}</div>'
+
+
+def _finite_count(values) -> int:
+    return int(sum(1 for v in values if v is not None and np.isfinite(v)))
 
 
 def _segmenters(inp: _Inputs, assets: Assets) -> str:
@@ -290,9 +407,17 @@ def _segmenters(inp: _Inputs, assets: Assets) -> str:
         table = "".join(f"<tr><td>{esc(r['segmenter'])}</td><td>{r['wins']} ({r['wins'] / total:.0%})</td>"
                         f"<td>{r['kept']} ({r['kept'] / kept:.0%})</td>"
                         f"<td>{_score(np.mean(r['scores']) if r['scores'] else None)}</td></tr>" for r in rows)
-        return ('<p>For each candidate image the segmenter whose cut-out scored best with CLIP wins; the winners '
-                'then pass the CLIP bar, area and duplicate filters.</p><div class="plots">'
-                + assets.plot(plots.segmenter_win_rates(rows), "segmenter win rates") + "</div>"
+        if _clip_ran(inp):
+            rule = ('For each candidate image the segmenter whose cut-out scored best with CLIP wins; the winners '
+                    'then pass the CLIP bar, area and duplicate filters.')
+        else:
+            rule = ('No CLIP scores in this run: for each candidate image the first segmenter in the config whose '
+                    'mask area is in range wins; there is no CLIP bar and no duplicate filter.')
+        plot = ('<div class="plots">' + assets.plot(plots.segmenter_win_rates(rows), "segmenter win rates")
+                + "</div>") if len(rows) > 1 else (
+            f'<p class="muted hidden-plot">Not drawn: one segmenter ({esc(rows[0]["segmenter"])}) won every '
+            "candidate.</p>")
+        return (f"<p>{rule}</p>{plot}"
                 + "<table><tr><th>segmenter</th><th>best for</th><th>kept</th><th>mean CLIP of wins</th></tr>"
                 + table + "</table>")
     if inp.pool is not None and any(inp.cols["segmenter"]):
@@ -374,6 +499,8 @@ def _gallery(inp: _Inputs, assets: Assets, limit: int) -> str:
               f"{len(figs)} of {len(inp.aug['images'])} images, those with pasted instances first</p>")
     if failed:
         legend += f'<p class="warn">{failed} images could not be read.</p>'
+    if inp.foreign:
+        legend += f'<p class="warn foreign">{esc(inp.foreign)}</p>'
     return legend + f'<div class="gallery">{"".join(figs)}</div>'
 
 

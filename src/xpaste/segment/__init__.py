@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from xpaste.errors import XPasteError
 from xpaste.registry import load_backend
-from xpaste.segment.base import BINARY_THRESHOLD, Segmenter, binarize, normalize_soft
+from xpaste.segment.base import BINARY_THRESHOLD, BoxSegmenter, Segmenter, binarize, normalize_soft
 
 #: name -> "module:Class"; the optional part after ":" in a spec is the backend's first argument.
 SEGMENTERS: dict[str, str] = {
@@ -24,7 +24,8 @@ SEGMENTERS: dict[str, str] = {
 _EXTRAS = {"grabcut": "segment", "clipseg": "segment", "rembg": "segment", "sam": "segment", "sam2": "segment",
            "sam3": "segment"}
 
-__all__ = ["SEGMENTERS", "BINARY_THRESHOLD", "Segmenter", "binarize", "normalize_soft", "build_segmenter", "parse_spec"]
+__all__ = ["SEGMENTERS", "BINARY_THRESHOLD", "Segmenter", "BoxSegmenter", "binarize", "normalize_soft", "build_segmenter",
+           "parse_spec", "segmenter_class"]
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
@@ -35,6 +36,13 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
         raise XPasteError(f"unknown segmenter {spec!r}",
                           hint=f"choose one of {', '.join(sorted(SEGMENTERS))}, optionally as name:model")
     return name, (arg if sep and arg else None)
+
+
+def segmenter_class(spec: str) -> type:
+    """The backend class of a spec (its module imported, nothing built): e.g. to check, before a model loads,
+    that it offers box prompts (`segment_boxes`, the optional `BoxSegmenter` protocol)."""
+    name, _ = parse_spec(spec)
+    return load_backend(SEGMENTERS[name], _EXTRAS.get(name, "segment"))
 
 
 def build_segmenter(spec: str, **kwargs) -> Segmenter:

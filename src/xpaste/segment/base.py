@@ -15,7 +15,7 @@ import numpy as np
 
 from xpaste.ops.masks import BINARY_THRESHOLD, binarize, normalize_soft
 
-__all__ = ["BINARY_THRESHOLD", "Segmenter", "binarize", "normalize_soft", "check_batch"]
+__all__ = ["BINARY_THRESHOLD", "Segmenter", "BoxSegmenter", "binarize", "normalize_soft", "check_batch", "check_boxes"]
 
 
 @runtime_checkable
@@ -34,6 +34,49 @@ class Segmenter(Protocol):
         image (`normalize_soft`: the image's lowest value 0, its highest 255; a constant output all 0).
         """
         ...
+
+
+@runtime_checkable
+class BoxSegmenter(Protocol):
+    """Optional: a segmenter that can also be prompted with boxes (`xpaste masks-from-boxes`: sam, sam2, sam3).
+
+    Unlike `segment`, whose soft masks are min-max normalised per image (an ensemble's members compared), a box
+    prompt asks for one object's mask, which may be absent: the answer is the model's own binary decision
+    (SAM/SAM 2: logit > 0, SAM 3: probability > 0.5), never stretched, so an empty mask stays empty.
+    """
+
+    name: str
+
+    def segment_boxes(self, images: list[np.ndarray], boxes: list[np.ndarray],
+                      prompts: list[list[str]] | None = None) -> list[np.ndarray]:
+        """Binary masks for boxes.
+
+        images: (H, W, 3) uint8 RGB arrays. boxes: per image an (N, 4) float array of XYXY pixel boxes (x2, y2
+        exclusive; inside the image). prompts: per image N texts (the category names: SAM 3 uses them, the
+        others ignore them). Returns per image an (N, H, W) bool array at the image's size; a mask may reach
+        outside its box (the caller clips) or be empty.
+        """
+        ...
+
+
+def check_boxes(images: list[np.ndarray], boxes: list[np.ndarray], prompts: list[list[str]] | None = None
+                ) -> list[np.ndarray]:
+    """`check_batch` for box prompts: one (N, 4) finite box array per image (and N prompts when given);
+    returns the boxes as float64 arrays. ValueError otherwise."""
+    check_batch(images)
+    if len(boxes) != len(images):
+        raise ValueError(f"got {len(images)} images but {len(boxes)} box lists (one per image)")
+    if prompts is not None and len(prompts) != len(images):
+        raise ValueError(f"got {len(images)} images but {len(prompts)} prompt lists (one per image)")
+    out = []
+    for i, b in enumerate(boxes):
+        arr = np.asarray(b, dtype=np.float64).reshape(-1, 4) if len(b) else np.zeros((0, 4))
+        if not np.isfinite(arr).all():
+            raise ValueError(f"image {i}: boxes must be finite numbers")
+        if prompts is not None and len(prompts[i]) != len(arr):
+            raise ValueError(f"image {i}: got {len(arr)} boxes but {len(prompts[i])} prompts (one per box)")
+        out.append(arr)
+    return out
 
 
 def check_batch(images: list[np.ndarray], prompts: list[str] | None = None) -> None:

@@ -13,6 +13,13 @@ plain backdrop that touches all four corners, which is what makes the corners a 
 `prompt="box"` is the other prompt the issue names: one box covering the whole image, the returned mask taken
 as the object as is (no inversion).
 
+Box prompts (`segment_boxes`, the optional `xpaste.segment.base.BoxSegmenter` protocol; `xpaste
+masks-from-boxes`): each given box prompts SAM alone, with SAM's single-mask output (`multimask_output=False`,
+the output SAM's authors use for an unambiguous prompt such as a box), binarised at logit > 0 at the image's
+size (transformers' `post_process_masks` default, SAM's own threshold): no min-max stretch, so a box where SAM
+finds nothing gives an empty mask. The image is encoded once; its boxes go through the prompt encoder and mask
+decoder `box_batch` at a time.
+
 Either way the soft mask is the probability at the image's own size (transformers' `post_process_masks`
 with `binarize=False`: padding removed, bilinear upscaling), then min-max normalised per image to 0-255
 (`normalize_soft`, method.md Stage 2), like every other segmenter.
@@ -37,7 +44,7 @@ except ImportError as e:  # an older transformers without SAM 2 (ModuleNotFoundE
 
 from xpaste.ops.masks import normalize_soft
 from xpaste.segment._hf import load_pair, pick_device, short_name
-from xpaste.segment.base import check_batch
+from xpaste.segment.base import check_batch, check_boxes
 
 PROMPTS = ("bg", "box")
 
@@ -58,7 +65,7 @@ class _SamBase:
     _processor_cls = None
 
     def __init__(self, model: str | None = None, device: str | None = None, batch_size: int = 4,
-                 fp16: bool = False, name: str | None = None, prompt: str = "bg"):
+                 fp16: bool = False, name: str | None = None, prompt: str = "bg", box_batch: int = 64):
         model = model or self._default
         if prompt not in PROMPTS:
             raise ValueError(f"prompt must be one of {', '.join(PROMPTS)}, got {prompt!r}")
@@ -67,6 +74,7 @@ class _SamBase:
         self.device = pick_device(device)
         self.dtype = torch.float16 if fp16 else torch.float32
         self.batch_size = max(1, int(batch_size))
+        self.box_batch = max(1, int(box_batch))
         self.name = name or short_name(self._prefix, model, self._default)
         hint = (f"pass a local folder holding the {self._what} and its processor: "
                 f"--segmenter {self._prefix}:/path/to/folder (config: segment.segmenters)")
@@ -79,8 +87,29 @@ class _SamBase:
         return {"input_points": [[corner_points(*img.shape[:2])] for img in batch],
                 "input_labels": [[[1, 1, 1, 1]] for _ in batch]}
 
-    def _upscale(self, logits: torch.Tensor, inputs) -> list[torch.Tensor]:
+    def _upscale(self, logits: torch.Tensor, inputs, binarize: bool = False) -> list[torch.Tensor]:
         raise NotImplementedError
+
+    @torch.inference_mode()
+    def segment_boxes(self, images: list[np.ndarray], boxes: list[np.ndarray],
+                      prompts: list[list[str]] | None = None) -> list[np.ndarray]:
+        """Binary masks for XYXY pixel boxes, (N, H, W) bool per image (module docstring: box prompts); the
+        category names are accepted and ignored."""
+        boxes = check_boxes(images, boxes, prompts)
+        out: list[np.ndarray] = []
+        for img, box in zip(images, boxes):
+            masks = np.zeros((len(box), *img.shape[:2]), bool)
+            if len(box):
+                inputs = self.processor(images=[img], input_boxes=[box.tolist()], return_tensors="pt")
+                embeddings = self.model.get_image_embeddings(inputs["pixel_values"].to(self.device, self.dtype))
+                for start in range(0, len(box), self.box_batch):
+                    chunk = inputs["input_boxes"][:, start : start + self.box_batch].to(self.device, self.dtype)
+                    outputs = self.model(image_embeddings=embeddings, input_boxes=chunk, multimask_output=False)
+                    # pred_masks: (1 image, boxes, 1 mask, h, w) logits -> (boxes, 1, H, W) bool, logit > 0
+                    up = self._upscale(outputs.pred_masks.float().cpu(), inputs, binarize=True)[0]
+                    masks[start : start + chunk.shape[1]] = up[:, 0].numpy().astype(bool)
+            out.append(masks)
+        return out
 
     @torch.inference_mode()
     def segment(self, images: list[np.ndarray], prompts: list[str] | None = None) -> list[np.ndarray]:
@@ -110,6 +139,7 @@ class SamSegmenter(_SamBase):
     model: a hub id (default facebook/sam-vit-huge) or a folder holding the model and its processor.
     device: "cuda"/"cpu"/...; None picks CUDA when available. fp16: half precision (off by default).
     batch_size: images per forward pass. prompt: "bg" (corner points, inverted; default) or "box".
+    box_batch: boxes per mask-decoder pass of `segment_boxes`.
     """
 
     _prefix = "sam"
@@ -118,9 +148,9 @@ class SamSegmenter(_SamBase):
     _model_cls = SamModel
     _processor_cls = SamProcessor
 
-    def _upscale(self, logits, inputs):
+    def _upscale(self, logits, inputs, binarize: bool = False):
         return self.processor.post_process_masks(logits, inputs["original_sizes"], inputs["reshaped_input_sizes"],
-                                                 binarize=False)
+                                                 binarize=binarize)
 
 
 class Sam2Segmenter(_SamBase):
@@ -136,5 +166,5 @@ class Sam2Segmenter(_SamBase):
     _model_cls = Sam2Model
     _processor_cls = Sam2Processor
 
-    def _upscale(self, logits, inputs):
-        return self.processor.post_process_masks(logits, inputs["original_sizes"], binarize=False)
+    def _upscale(self, logits, inputs, binarize: bool = False):
+        return self.processor.post_process_masks(logits, inputs["original_sizes"], binarize=binarize)

@@ -15,6 +15,14 @@ cut-out, method.md Stage 2). Its mask probability (`sigmoid(pred_masks)`) is res
 size (as `post_process_instance_segmentation` does, before its binarisation) and min-max normalised per image
 to 0-255 (`normalize_soft`).
 
+Box prompts (`segment_boxes`, the optional `xpaste.segment.base.BoxSegmenter` protocol; `xpaste
+masks-from-boxes`): SAM 3 takes the box as a positive visual exemplar (`input_boxes`, label 1) together with the
+category name as the concept; of its query instances the one kept is the one that best matches the box, the
+highest `score x IoU(predicted box, prompt box)` (score as above), and its mask probability, resized
+bilinearly to the image size, is binarised at > 0.5 (`post_process_instance_segmentation`'s mask threshold):
+no min-max stretch, so a box where SAM 3 finds nothing gives an empty mask. The image is encoded once
+(`get_vision_features`), then one pass per box (several exemplars in one pass would be one concept).
+
 Model: a hub id (default `facebook/sam3`, a gated repo: accept its licence on the hub, then download once) or
 a local folder holding the model, its processor and the CLIP tokenizer (`save_pretrained` of each into it).
 """
@@ -35,7 +43,7 @@ except ImportError as e:  # an older transformers without SAM 3 (ModuleNotFoundE
 
 from xpaste.ops.masks import normalize_soft
 from xpaste.segment._hf import load_pair, pick_device, short_name
-from xpaste.segment.base import check_batch
+from xpaste.segment.base import check_batch, check_boxes
 
 DEFAULT_MODEL = "facebook/sam3"
 #: SAM 3's concept prompt is a short noun phrase: the category name itself (module docstring).
@@ -93,3 +101,51 @@ class Sam3Segmenter:
                                                      align_corners=False)
                 out.append(normalize_soft(up[0, 0].double().cpu().numpy()))
         return out
+
+    @torch.inference_mode()
+    def segment_boxes(self, images: list[np.ndarray], boxes: list[np.ndarray],
+                      prompts: list[list[str]] | None = None) -> list[np.ndarray]:
+        """Binary masks for XYXY pixel boxes, (N, H, W) bool per image (module docstring: box prompts).
+        prompts: the category name of each box (required: SAM 3's concept)."""
+        if prompts is None:
+            raise ValueError("SAM 3 is text-prompted: pass one category name per box")
+        boxes = check_boxes(images, boxes, prompts)
+        out: list[np.ndarray] = []
+        for img, box, names in zip(images, boxes, prompts):
+            h, w = img.shape[:2]
+            masks = np.zeros((len(box), h, w), bool)
+            if len(box):
+                pixels = self.processor(images=[img], return_tensors="pt")["pixel_values"]
+                vision = self.model.get_vision_features(pixels.to(self.device, self.dtype))
+                scale = torch.tensor([w, h, w, h], dtype=torch.float64)
+                for i, (b, name) in enumerate(zip(box, names)):
+                    inputs = self.processor(original_sizes=[[h, w]], text=[self.prompt_for(name)],
+                                            input_boxes=[[b.tolist()]], input_boxes_labels=[[1]],
+                                            return_tensors="pt")
+                    outputs = self.model(vision_embeds=vision, input_ids=inputs["input_ids"].to(self.device),
+                                         attention_mask=inputs["attention_mask"].to(self.device),
+                                         input_boxes=inputs["input_boxes"].to(self.device, self.dtype),
+                                         input_boxes_labels=inputs["input_boxes_labels"].to(self.device))
+                    scores = outputs.pred_logits[0].float().sigmoid()  # (queries,)
+                    if outputs.presence_logits is not None:
+                        scores = scores * outputs.presence_logits[0].float().sigmoid()
+                    q = int((scores.cpu().double() * box_iou(outputs.pred_boxes[0].cpu().double() * scale,
+                                                             torch.as_tensor(b, dtype=torch.float64))).argmax())
+                    prob = outputs.pred_masks[0, q].float().sigmoid()
+                    up = torch.nn.functional.interpolate(prob[None, None], size=(h, w), mode="bilinear",
+                                                         align_corners=False)
+                    masks[i] = (up[0, 0] > 0.5).cpu().numpy()
+            out.append(masks)
+        return out
+
+
+def box_iou(boxes: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+    """IoU of each XYXY box in (Q, 4) `boxes` with the XYXY `box` (4,); 0 where either has no area."""
+    x1 = torch.maximum(boxes[:, 0], box[0])
+    y1 = torch.maximum(boxes[:, 1], box[1])
+    x2 = torch.minimum(boxes[:, 2], box[2])
+    y2 = torch.minimum(boxes[:, 3], box[3])
+    inter = (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0)
+    area = (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
+    union = area + (box[2] - box[0]).clamp(min=0) * (box[3] - box[1]).clamp(min=0) - inter
+    return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))

@@ -6,6 +6,7 @@ function) and its job, `run_job(config, ...) -> xpaste.jobs.JobReport`.
     segment     xpaste.stages.segment      a soft mask per (candidate, segmenter)
     score       xpaste.stages.score        a CLIP score per cut-out
     build-pool  xpaste.stages.build_pool   the X-Paste filter into an instance pool
+    masks-from-boxes  xpaste.stages.masks_from_boxes  box-prompted masks for a box-only dataset (not in `run`)
     augment     xpaste.stages.augment      a COCO/LVIS dataset pasted with the pool
 
 `xpaste.stages.config` composes their sections into `PipelineConfig`; `xpaste.stages.run.run_pipeline` runs
@@ -20,13 +21,15 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-#: Every stage, in pipeline order: command name -> module. `xpaste run` runs them in this order.
+#: Every stage, in pipeline order: command name -> module. `xpaste run` runs the enabled ones in this order
+#: (`stages.run.enabled_stages`; masks-from-boxes, which prepares a dataset for augment, is a command only).
 STAGES: dict[str, str] = {
     "generate": "xpaste.stages.generate",
     "retrieve": "xpaste.stages.retrieve",
     "segment": "xpaste.stages.segment",
     "score": "xpaste.stages.score",
     "build-pool": "xpaste.stages.build_pool",
+    "masks-from-boxes": "xpaste.stages.masks_from_boxes",
     "augment": "xpaste.stages.augment",
 }
 

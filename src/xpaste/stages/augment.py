@@ -49,6 +49,7 @@ from xpaste.paste.config import PasteConfig
 from xpaste.pipeline.rundir import RunDir
 from xpaste.pipeline.runner import INT64_MAX, RunSettings, ShardPlan, Stage, as_dict, run_stage
 from xpaste.pipeline.shards import read_skipped, shard_path
+from xpaste.plan import plan_weights
 from xpaste.pool.categories import match_categories
 from xpaste.pool.store import InstancePool
 from xpaste.typed import ConfigError, Section, check_value, key_field
@@ -87,6 +88,8 @@ class AugmentConfig(Section):
                                  "an `xpaste stats` json or another COCO/LVIS json")
     image_format: str = key_field("auto", "auto: png stays png, else jpg", choices=IMAGE_FORMATS)
     max_images: Optional[int] = key_field(None, "only the first N images (a subset run)", lo=1, hi=INT64_MAX)
+    plan: Optional[str] = key_field(None, "an `xpaste plan` json: its paste_weight per category, for sampling "
+                                    "'weighted'")
     paste: Any = field(default=None, metadata={"convert": PasteConfig.from_config_value})
 
     def _check(self) -> None:
@@ -102,10 +105,12 @@ _OPTION_HOMES = {"copies": AugmentConfig, "seed": AugmentConfig, "max_images": A
                  "engine": RunSettings}
 
 
-def check_options(copies, seed, workers, engine, image_format, max_images, scale_prior, paste, paste_kwargs):
+def check_options(copies, seed, workers, engine, image_format, max_images, scale_prior, paste, paste_kwargs,
+                  plan=None):
     """Validate every option against the bounds and choices on its field (`AugmentConfig`, `RunSettings`,
     `PasteConfig`: declared once) and return (the options coerced, {name: value}; the PasteConfig). Raises
-    XPasteError (ConfigError, PasteConfigError) in one line naming the option. Writes nothing."""
+    XPasteError (ConfigError, PasteConfigError) in one line naming the option. Writes nothing.
+    Sampling 'weighted' and `plan` (an existing file) go together: either one alone is refused."""
     given = {"copies": copies, "seed": seed, "workers": workers, "engine": engine, "image_format": image_format,
              "max_images": max_images, "scale_prior": scale_prior}
     values = {name: check_value(_OPTION_HOMES[name], name, value, "--" + name.replace("_", "-"))
@@ -117,9 +122,15 @@ def check_options(copies, seed, workers, engine, image_format, max_images, scale
     if not isinstance(base, PasteConfig):
         raise XPasteError(f"paste must be a PasteConfig, got {type(base).__name__}")
     config = base.replace(**paste_kwargs) if paste_kwargs else base
-    if config.sampling == "weighted":
-        raise XPasteError("sampling 'weighted' needs per-category weights, which augment does not take",
-                          hint="use balanced (X-Paste), uniform or present")
+    if config.sampling == "weighted" and plan is None:
+        raise XPasteError("--sampling weighted needs per-category weights: pass --plan (an `xpaste plan` json)",
+                          hint="or use balanced (X-Paste), uniform or present")
+    if plan is not None:
+        if config.sampling != "weighted":
+            raise XPasteError(f"--plan gives per-category paste weights, used by --sampling weighted only "
+                              f"(sampling is {config.sampling!r})", plan, "add --sampling weighted")
+        if not Path(plan).is_file():
+            raise XPasteError("--plan: file not found", plan, "write one with: xpaste plan ... --out plan.json")
     return values, config
 
 
@@ -218,7 +229,9 @@ class AugmentStage(Stage):
             from xpaste.paste.transform import CopyPaste  # the paste kernels load OpenCV: imported to run
 
             pool = InstancePool.open(self.config["pool"])
-            self._transform = CopyPaste(pool, PasteConfig.from_dict(self.config["paste"]), scale_prior=self.prior)
+            weights = {int(c): float(w) for c, w in self.config.get("category_weights") or []} or None
+            self._transform = CopyPaste(pool, PasteConfig.from_dict(self.config["paste"]), scale_prior=self.prior,
+                                        category_weights=weights)
 
     # ------------------------------------------------------------------ resume
     def is_done(self, k: int) -> bool:
@@ -332,19 +345,21 @@ def augment_dataset(dataset_path: str | os.PathLike, images_dir: str | os.PathLi
                     image_format: str = AugmentConfig.image_format, progress: bool = True,
                     max_images: int | None = AugmentConfig.max_images, engine: str = RunSettings.engine,
                     ray_address: str | None = RunSettings.ray_address, fresh: bool = False, paste=None,
-                    **paste_kwargs: Any) -> AugmentReport:
+                    plan: str | os.PathLike | None = AugmentConfig.plan, **paste_kwargs: Any) -> AugmentReport:
     """Write OUT/images/ and OUT/annotations.json (see the module docstring for determinism and resume).
 
     `paste` is a `xpaste.paste.config.PasteConfig` (default: its defaults); keyword paste options override
     it. `scale_prior`: 'dataset' (measured on the dataset's own annotations), 'none', or a stats / dataset
     json. `workers` > 1 forks that many processes (engine 'local'); `engine='ray'` runs on Ray actors.
+    `plan`: an `xpaste plan` json whose paste_weight per category are the weights of sampling 'weighted'
+    (needed by it, refused without it; its categories must be the dataset's, every pooled one in it).
     Raises XPasteError (one line) for a bad option, a missing or overlapping path, a dataset or pool
     refused at load, inputs changed since OUT was started, or another process writing OUT; OSError (disk
     full, permissions) and KeyboardInterrupt pass through with nothing half-written: rerun to resume.
     """
     started = time.perf_counter()
     values, config = check_options(copies, seed, workers, engine, image_format, max_images, scale_prior, paste,
-                                   paste_kwargs)
+                                   paste_kwargs, plan)
     copies, seed, workers, max_images, scale_prior = (values[k] for k in ("copies", "seed", "workers", "max_images",
                                                                           "scale_prior"))
     dataset_path, images_dir, pool_path, out = (Path(p) for p in (dataset_path, images_dir, pool_path, out_dir))
@@ -353,6 +368,7 @@ def augment_dataset(dataset_path: str | os.PathLike, images_dir: str | os.PathLi
     check_masks_present(dataset)  # box-only annotations: refused up front, in one line
     pool = InstancePool.open(pool_path)
     match_categories(pool, dataset.categories)  # pooled ids must exist in the dataset with the same names
+    weights = None if plan is None else plan_weights(plan, categories=dataset.categories, pool=pool)
     if str(scale_prior) == "dataset":
         prior = scale_prior_from_stats(category_stats(dataset))
     elif str(scale_prior) == "none":
@@ -366,6 +382,8 @@ def augment_dataset(dataset_path: str | os.PathLike, images_dir: str | os.PathLi
     options = {"copies": int(copies), "seed": int(seed), "scale_prior": str(scale_prior),
                "image_format": image_format, "max_images": max_images, "shard_size": TASKS_PER_SHARD,
                "paste": config.to_dict()}
+    if weights is not None:  # only then: the fingerprint of a run without a plan is what it was before plans
+        options["category_weights"] = sorted([c, w] for c, w in weights.items())
     fingerprint = {
         "dataset": file_digest(dataset_path),
         "images": images_digest(images_dir, (img["file_name"] for img in dataset.images[:n_images])),
@@ -480,7 +498,8 @@ def run_job(config: Any, progress: bool = True) -> JobReport:
     cfg = as_dict(config)
     a, run = cfg["augment"], RunDir(cfg["run_dir"])
     out = run.augmented_dir(cfg)
-    options = {k: a[k] for k in ("copies", "seed", "scale_prior", "image_format", "max_images") if a.get(k) is not None}
+    options = {k: a[k] for k in ("copies", "seed", "scale_prior", "image_format", "max_images", "plan")
+               if a.get(k) is not None}
     report = augment_dataset(a["dataset"], a["images"], run.pool_dir(cfg), out, workers=cfg["workers"],
                              engine=cfg["engine"], ray_address=cfg["ray_address"], progress=progress,
                              paste=PasteConfig.from_dict(a["paste"]), **options)

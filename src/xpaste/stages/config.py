@@ -33,6 +33,7 @@ from xpaste.pipeline.runner import RunSettings
 from xpaste.stages.augment import AugmentConfig
 from xpaste.stages.build_pool import BuildPoolConfig
 from xpaste.stages.generate import GenerateConfig
+from xpaste.stages.masks_from_boxes import MasksFromBoxesConfig
 from xpaste.stages.retrieve import RetrieveConfig
 from xpaste.stages.score import ScoreConfig
 from xpaste.stages.segment import SegmentConfig
@@ -50,7 +51,7 @@ from xpaste.typed import (
 
 __all__ = ["PipelineConfig", "ConfigError", "load_config", "cli_options", "field_of", "parse_override", "merge",
            "nested", "SECTIONS", "RayConfig", "CategoriesConfig", "GenerateConfig", "RetrieveConfig",
-           "SegmentConfig", "ScoreConfig", "BuildPoolConfig", "AugmentConfig"]
+           "SegmentConfig", "ScoreConfig", "BuildPoolConfig", "AugmentConfig", "MasksFromBoxesConfig"]
 
 
 # ---------------------------------------------------------------------------------------------- sections
@@ -90,10 +91,12 @@ class PipelineConfig(RunSettings):
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     build_pool: BuildPoolConfig = field(default_factory=BuildPoolConfig)
+    masks_from_boxes: MasksFromBoxesConfig = field(default_factory=MasksFromBoxesConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
-SECTIONS = ("ray", "categories", "generate", "retrieve", "segment", "score", "build_pool", "augment")
+SECTIONS = ("ray", "categories", "generate", "retrieve", "segment", "score", "build_pool", "masks_from_boxes",
+            "augment")
 
 
 def field_of(key: str) -> tuple[dataclasses.Field, Any]:
@@ -110,16 +113,30 @@ def field_of(key: str) -> tuple[dataclasses.Field, Any]:
 
 
 def cli_options(keys: list[str]) -> list[dict]:
-    """CLI flag specs of config keys: key, flag, type hint, help (with [key] and choices) and metavar."""
+    """CLI flag specs of config keys: key, flag, type hint, help (the field's help, its choices as `(a | b)` and
+    `(config key K)`), default (the text the help shows as `[default: X]`, or None) and metavar.
+
+    A field whose default is null but whose help names what null means, `(default X)` or `(default: X)`,
+    shows X as its default (and its help drops the words)."""
+    import re
+
     out = []
     for key in keys:
         f, hint = field_of(key)
         meta = f.metadata
         default = default_of(f)
+        text = meta["help"]
         choices = f" ({' | '.join(meta['choices'])})" if meta["choices"] else ""
-        shown = ", ".join(default) if isinstance(default, tuple) else "null" if default is None else default
+        if default is None:
+            found = re.search(r"\s*\(default:? ([^()]*)\)", text)
+            shown = found.group(1) if found else None
+            text = text.replace(found.group(0), "") if found else text
+        elif isinstance(default, bool):
+            shown = None  # a flag: --x / --no-x say it
+        else:
+            shown = ", ".join(map(str, default)) if isinstance(default, tuple) else str(default)
         out.append({"key": key, "flag": meta["flag"] or "--" + f.name.replace("_", "-"), "hint": hint,
-                    "help": f"{meta['help']}{choices}; config key {key}, default: {shown}",
+                    "help": f"{text}{choices} (config key {key})", "default": shown,
                     "metavar": type_name(hint).upper().replace(" OR NULL", "").replace("LIST OF ", "")})
     return out
 
@@ -196,6 +213,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
                 updates: list[dict] | None = None, labels: dict[str, str] | None = None) -> PipelineConfig:
     """Defaults <- YAML file <- `updates` (nested dicts, e.g. from CLI flags) <- `--set key=value` overrides.
 
+    A file holding several YAML documents (a run's config.yaml: one per command run there) gives its last one.
     Each layer is checked on its own first, so an error names where the bad value came from (the YAML file,
     the flag given in `labels` {key: '--flag'}, or the --set text). Raises ConfigError (one line).
     """
@@ -205,7 +223,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     if path is not None:
         path = Path(path)
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            # a run's config.yaml holds one document per command run there: the last is the latest settings
+            documents = [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d is not None]
+            data = documents[-1] if documents else {}
         except FileNotFoundError:
             raise ConfigError("config file not found", path) from None
         except (yaml.YAMLError, UnicodeDecodeError) as e:

@@ -31,7 +31,7 @@ def make_stage(name: str, run_dir, config: Any):
     the one whose NAME module attribute is `name` (for benchmarks and tests that drive `run_stage` directly)."""
     from pathlib import Path
 
-    if name not in STAGES or name in ("build-pool", "augment"):
+    if name not in STAGES or name in ("build-pool", "masks-from-boxes", "augment"):
         raise XPasteError(f"unknown sharded stage {name!r}", hint="choose one of generate, retrieve, segment, score")
     module = stage_module(name)
     cls = next(v for v in vars(module).values() if isinstance(v, type) and getattr(v, "name", None) == name)

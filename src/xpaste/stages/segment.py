@@ -3,7 +3,11 @@
 Rule: every segmenter's output is min-max normalised per image to 0-255 and binarised at > 128
 (`xpaste.ops.masks.normalize_soft` / `binarize`). One module: its config section (`SegmentConfig`), its
 sharded `SegmentStage` (writes RUN/masks/<segmenter>/ PNGs and RUN/segment/ shard tables) and its job
-(`run_job`). Backends, one file each behind the registry: `xpaste.segment` (grabcut, rembg, clipseg).
+(`run_job`).
+
+Adding a segmenter to a started run runs the new segmenter only (`SegmentStage.extend`): its rows go to new
+shards after the earlier ones, and RUN/segment/stage.json lists it under "added". A removed or reordered
+segmenter is refused as any other changed setting (`--fresh` redoes the stage). Backends, one file each behind the registry: `xpaste.segment` (grabcut, rembg, clipseg).
 """
 from __future__ import annotations
 
@@ -13,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from xpaste.errors import XPasteError
+from xpaste.fingerprint import first_difference
 from xpaste.io import safe_name
 from xpaste.jobs import JobReport
 from xpaste.ops.masks import binarize, count_components, normalize_soft
 from xpaste.pipeline.rundir import load_rgb, save_png
-from xpaste.pipeline.runner import Stage, run_sharded_job
+from xpaste.pipeline.runner import PartedPlan, ShardPlan, Stage, run_sharded_job
 from xpaste.pipeline.shards import read_stage
 from xpaste.segment import build_segmenter, parse_spec
 from xpaste.stages.candidates import read_candidates
@@ -32,7 +37,10 @@ HELP = "Cut out every candidate image with each segmenter (soft masks are stored
 @dataclass(frozen=True)
 class SegmentConfig(Section):
     segmenters: tuple[str, ...] = key_field(("grabcut", "rembg:u2net", "clipseg"),
-                                       "grabcut | rembg[:model|:file.onnx] | clipseg[:folder]",
+                                       "grabcut | clipseg[:model] | rembg[:session|:file.onnx] | "
+                                       "sam[:model] | sam2[:model] | sam3[:model] (model: hub id or "
+                                       "folder; sam/sam2: corner background points, sam3: the category "
+                                       "name; see README)",
                                        flag="--segmenter", split=",", min_items=1, each=parse_spec)
     batch_size: int = key_field(8, "images per segmenter call", lo=1)
 
@@ -45,7 +53,8 @@ class SegmentStage(Stage):
 
     def __init__(self, run_dir: Path, config: dict):
         super().__init__(run_dir, config)
-        self._segmenters = None
+        self._segmenters = None  # [(spec, segmenter)], built in the process that uses them
+        self._passes = None  # [(segmenters, shard indices)] of a run whose segmenters were added (`extend`)
 
     def schema(self):
         import pyarrow as pa
@@ -68,9 +77,54 @@ class SegmentStage(Stage):
             raise XPasteError("no candidate images to segment", self.run_dir, "run `xpaste generate` or `retrieve` first")
         return items
 
+    def extend(self, previous: dict, record: dict, plan: ShardPlan) -> tuple[ShardPlan, dict] | None:
+        """Segmenters added to a started run: the earlier shards are kept and the new segmenters run on every
+        candidate in shards of their own, numbered after the earlier ones (one part per addition,
+        `PartedPlan`); stage.json keeps the first segmenters under "fingerprint" and each addition under
+        "added". Anything else that changed (a segmenter removed or reordered, other candidates, another
+        upstream output, shard size) returns None: refused as before. An addition none of whose shards was
+        written (its segmenter failed to load) binds nothing."""
+        base = list(previous.get("fingerprint", {}).get("segmenters") or [])
+        added = [list(part.get("segmenters") or []) for part in previous.get("added") or []]
+        per_part = len(plan)  # every part has one row per candidate, so the same number of shards
+        while added and not any(self.is_done(k) for k in range(len(added) * per_part, (len(added) + 1) * per_part)):
+            added.pop()
+        known = base + [spec for part in added for spec in part]
+        wanted = list(record["fingerprint"]["segmenters"])
+        if [spec for spec in wanted if spec in known] != known:  # one removed or reordered
+            return None
+        kept = {**record, "fingerprint": {**record["fingerprint"], "segmenters": base}}
+        earlier = {k: v for k, v in previous.items() if k != "added"}
+        if first_difference(earlier, kept) is not None:
+            return None
+        new = [spec for spec in wanted if spec not in known]
+        if new:
+            added.append(new)
+        if added:
+            kept["added"] = [{"segmenters": part} for part in added]
+        items = list(plan.items)
+        extended = PartedPlan([items] + [[{**item, "segmenters": part} for item in items] for part in added],
+                              plan.size)
+        self._passes = [(tuple(part), extended.shards_of(i)) for i, part in enumerate([base] + added)]
+        return extended, kept
+
+    def _needed(self) -> list[str]:
+        """The segmenters this run uses: all of them, or after an addition those of the parts not finished."""
+        if self._passes is None:
+            return list(self.config["segment"]["segmenters"])
+        return [spec for specs, shards in self._passes if not all(self.is_done(k) for k in shards) for spec in specs]
+
     def setup(self) -> None:
         if self._segmenters is None:
-            self._segmenters = [(spec, build_segmenter(spec)) for spec in self.config["segment"]["segmenters"]]
+            self._segmenters = [(spec, build_segmenter(spec)) for spec in self._needed()]
+
+    def _segmenter(self, spec: str):
+        for name, segmenter in self._segmenters or []:
+            if name == spec:
+                return segmenter
+        segmenter = build_segmenter(spec)
+        self._segmenters = [*(self._segmenters or []), (spec, segmenter)]
+        return segmenter
 
     def process(self, items: list[dict]) -> tuple[list[dict], list[dict]]:
         self.setup()
@@ -82,7 +136,11 @@ class SegmentStage(Stage):
             except XPasteError as e:
                 skipped.append({"item": item["candidate_id"], "reason": str(e)})
         rows = []
-        for spec, segmenter in self._segmenters:
+        # an added segmenter's shards name it in their items; the first part's items run the first segmenters
+        specs = (items[0].get("segmenters") if items else None) or (
+            self._passes[0][0] if self._passes else self.config["segment"]["segmenters"])
+        for spec in specs:
+            segmenter = self._segmenter(spec)
             # readable and collision-free: specs may be long paths that share a prefix
             folder = f"{safe_name(spec, 40)}-{hashlib.sha1(spec.encode()).hexdigest()[:8]}"
             for start in range(0, len(loaded), batch):
