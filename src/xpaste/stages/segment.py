@@ -7,7 +7,8 @@ sharded `SegmentStage` (writes RUN/masks/<segmenter>/ PNGs and RUN/segment/ shar
 
 Adding a segmenter to a started run runs the new segmenter only (`SegmentStage.extend`): its rows go to new
 shards after the earlier ones, and RUN/segment/stage.json lists it under "added". A removed or reordered
-segmenter is refused as any other changed setting (`--fresh` redoes the stage). Backends, one file each behind the registry: `xpaste.segment` (grabcut, rembg, clipseg).
+segmenter is refused as any other changed setting (`--fresh` redoes the stage). Backends, one file each
+behind the registry: `xpaste.segment` (grabcut, rembg sessions, clipseg, sam, sam2, sam3).
 """
 from __future__ import annotations
 
