@@ -1,7 +1,9 @@
 """One check for the crash and fault tests: nothing is half-written under a final name."""
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from pathlib import Path
 
 
@@ -26,3 +28,19 @@ def assert_complete_files(folder: Path, skip_names: tuple[str, ...] = (), skip_h
         elif f.suffix == ".parquet":
             pq.read_table(f)
     return n
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Every entry under `root`: files by content hash, symlinks by target, folders by name (links not followed)."""
+    out = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            p = Path(folder) / name
+            rel = str(p.relative_to(root))
+            if p.is_symlink():
+                out[rel] = "link:" + os.readlink(p)
+            elif p.is_dir():
+                out[rel] = "dir"
+            else:
+                out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out

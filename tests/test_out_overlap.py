@@ -7,38 +7,21 @@ taken before and after each refused command (os.walk without following links, no
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 from coco_fixtures import write_dataset
 from PIL import Image
 
+from file_checks import tree
 from xpaste.cli import main
 from xpaste.errors import XPasteError
 from xpaste.io import refuse_overlap
 
 HAVE_ULTRALYTICS = importlib.util.find_spec("ultralytics") is not None
-
-
-def tree(root: Path) -> dict[str, str]:
-    """Every entry under `root`: files by content hash, symlinks by target, folders by name (links not followed)."""
-    out = {}
-    for folder, dirs, files in os.walk(root):
-        for name in dirs + files:
-            p = Path(folder) / name
-            rel = str(p.relative_to(root))
-            if p.is_symlink():
-                out[rel] = "link:" + os.readlink(p)
-            elif p.is_dir():
-                out[rel] = "dir"
-            else:
-                out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
 
 
 # ----------------------------------------------------------------------------- the helper itself

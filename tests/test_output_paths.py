@@ -10,10 +10,8 @@ before and after each refused command (os.walk, not xpaste).
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,24 +20,13 @@ import yaml
 from coco_fixtures import write_dataset
 from PIL import Image
 
+from file_checks import tree
 from xpaste.cli import main
 from xpaste.errors import XPasteError
 from xpaste.io import check_output
 from xpaste.pipeline.rundir import RunDir
 
 HAVE_ULTRALYTICS = importlib.util.find_spec("ultralytics") is not None
-
-
-def tree(root: Path) -> dict[str, str]:
-    """Every entry under `root`: files by content hash, symlinks by target, folders by name (links not followed)."""
-    out = {}
-    for folder, dirs, files in os.walk(root):
-        for name in dirs + files:
-            p = Path(folder) / name
-            rel = str(p.relative_to(root))
-            out[rel] = ("link:" + os.readlink(p) if p.is_symlink() else "dir" if p.is_dir()
-                        else hashlib.sha256(p.read_bytes()).hexdigest())
-    return out
 
 
 def one_error_line(capsys) -> str:
