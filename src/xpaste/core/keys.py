@@ -15,3 +15,8 @@ SOURCE_ROW = "_xpaste_source_index"  # int64: input row of each output instance,
 
 # Keys whose values are defined for pasted instances by the paste itself (not copied from an input row).
 PASTE_OWNED = (PASTED, INSTANCE_ID, POOL_ROW)
+
+# Sample.meta key set by every paste (`paste.functional.apply_plan`): tuple of the input rows whose region a paste
+# overlapped (their masks may have changed). A kept original not listed has its input mask, bit for bit, so a
+# writer may reuse its encoded form. Absent (a sample no paste has seen): treat every row as changed.
+OCCLUDED_ROWS = "occluded_rows"

@@ -320,4 +320,8 @@ def _occlude(sample: Sample, image: np.ndarray, pieces: list, box_tolerance: flo
     extra[keys.INSTANCE_ID] = np.concatenate([original_ids, pasted_ids])[kept]
     extra[keys.POOL_ROW] = np.concatenate([t.extra.get(keys.POOL_ROW, np.full(n, -1, np.int64)), pool_rows])[kept]
     targets = Targets(boxes.astype(np.float32), masks, labels, extra)
-    return Sample(image, targets, dict(sample.meta))
+    meta = dict(sample.meta)
+    # input rows that a paste overlapped (their mask may have lost pixels; kept or dropped); every other kept
+    # original's mask is its input mask bit for bit: writers may reuse its encoded form (RLE, polygons)
+    meta[keys.OCCLUDED_ROWS] = tuple(i for i in range(n) if crops[i] is not None)
+    return Sample(image, targets, meta)
