@@ -1,6 +1,6 @@
 """Long-tail effect benchmark: does an xpaste pool raise a real detector's rare-category mask AP?
 
-    python benchmarks/effect.py [--seeds 3] [--iters N] [--quick] [--json FILE] [--out DIR]
+    python benchmarks/effect.py [--seeds 3] [--iters N] [--arms baseline,xpaste,planned] [--quick] [--json FILE]
 
 What it does, end to end, on CPU (2 cores, one torch thread per process):
 
@@ -26,7 +26,10 @@ What it does, end to end, on CPU (2 cores, one torch thread per process):
 
    The validation set (100 images, 2-4 objects each, categories drawn uniformly) is exhaustively annotated:
    every category absent from an image is in its `neg_category_ids`, so LVIS AP counts false positives
-   everywhere. Both sets are LVIS-style COCO jsons with compressed-RLE masks (pycocotools-valid).
+   everywhere. A planning split (60 images, drawn the same way, after the others so train and val are
+   unchanged by it) is what the baseline is scored on to write the plan: the plan never sees the validation
+   set that the figures come from. All are LVIS-style COCO jsons with compressed-RLE masks
+   (pycocotools-valid). The task and the simulated generation live in `effect_task.py`.
 
 2. **The pool, through xpaste's own stages** (`pipeline/` under `--out`). *Simulated stage: generate.* A
    text-to-image model (Stable Diffusion, as X-Paste) would give object-centric images of each category on a
@@ -39,9 +42,9 @@ What it does, end to end, on CPU (2 cores, one torch thread per process):
    `labelled: true`, `segment` with the weightless GrabCut segmenter, no CLIP scoring (`score.clip: null`,
    no weights offline either) and `build-pool` with X-Paste's preset (area fraction in [0.05, 0.95],
    largest component, holes filled). GrabCut's cut-outs are imperfect: that is the honest number.
-   Every category gets the same number of images, as X-Paste generates them.
+   Every category gets the same number of images, as X-Paste generates them (the uniform round).
 
-3. **A real detector, trained twice per seed** with the same seed, schedule and data: torchvision Mask
+3. **A real detector, trained per seed and arm** with the same seed, schedule and data: torchvision Mask
    R-CNN with a ResNet-18 FPN backbone (`resnet_fpn_backbone('resnet18', weights=None,
    trainable_layers=5)`, random init), `min_size = max_size = 128`, anchors (16, 32, 64, 128, 256) for
    128 px scenes, 64 sampled anchors and 64 sampled RoIs per image, heads sized for the small backbone (a
@@ -56,27 +59,42 @@ What it does, end to end, on CPU (2 cores, one torch thread per process):
    differ only by the pasted objects. Repeat-factor sampling is left out: at LVIS' threshold t = 0.001
    every category here (rarest: 3/300 = 0.01 of the images) has a repeat factor of 1, so it would change
    nothing. Each (arm, seed) run is its own process; two run at a time
-   (`ProcessPoolExecutor(2)`), each with `torch.set_num_threads(1)`.
+   (`ProcessPoolExecutor(2)`), each with `torch.set_num_threads(1)`; a finished run is kept (`run.json`
+   beside its predictions) and reused by a rerun with the same job, so an interrupted benchmark resumes.
+
+3b. **Arm `planned`: one round of the closed loop**, per seed: that seed's baseline is scored on the
+   planning split with the real CLI (`xpaste eval --gt plan.json --pred ... --iou-type segm --out
+   metrics.json`), `xpaste plan --metrics metrics.json --dataset train.json --budget B --out plan.json` splits
+   the same generation budget as the uniform round (B = 24 x 8 = 192 images, a fresh round: no `--pool`)
+   over the categories by the plan's rule (`xpaste.plan`: repeat factor x AP gap; here every repeat factor
+   is 1, so the split follows 1 - AP), the simulated generator draws each category's `generate` count of
+   images (seeds disjoint from the uniform round's), the same stages make a pool of them, and the detector
+   is retrained from the same initialisation with `XPasteCopyPaste(pool, ..., sampling="weighted",
+   plan=plan.json)`: each category pasted in proportion to the plan's `paste_weight`.
 
 4. **Evaluation**: predictions on the validation set (up to 50 detections per image, score >= 0.01,
    masks thresholded at 0.5, RLE), scored with `xpaste.evaluate.metrics.evaluate` and printed with
    `format_table(..., delta=True)`, which is exactly what `xpaste eval --gt val.json --pred base.json
-   --compare xpaste.json --iou-type segm|bbox` runs (LVIS AP, APr, APc, APf).
+   --compare xpaste.json --iou-type segm|bbox` runs (LVIS AP, APr, APc, APf): baseline vs xpaste, and
+   xpaste (uniform) vs planned.
 
 5. **Output**: a table per seed and the mean +- standard deviation over seeds, the target check, and with
-   `--json FILE` `{"arms": {"baseline"|"xpaste": {"segm"|"bbox": [{"seed", "AP", "APr", "APc", "APf"}]}}}`
-   (AP x 100) plus the task and schedule.
+   `--json FILE` `{"arms": {"baseline"|"xpaste"|"planned": {"segm"|"bbox": [{"seed", "AP", "APr", "APc",
+   "APf"}]}}}` (AP x 100) plus the task, the schedule, each seed's plan (generate counts, paste weights) and
+   the pools' instance counts.
 
-Schedule and time: 700 iterations at batch 4 per run, 6 runs (2 arms x 3 seeds), 2 at a time. The issue's
+Schedule and time: 700 iterations at batch 4 per run, 9 runs (3 arms x 3 seeds), 2 at a time (6 with
+`--arms baseline,xpaste`). The issue's
 feasibility note measured about 1 s per iteration on one free core (1,200 iterations at batch 4): 700
 iterations keep 3 rounds of runs plus task, pool and evaluation (about 3 minutes) under 45 minutes. On this
 project's machine while other sessions shared it, one run measured 1.6 CPU-seconds per iteration (each run
 prints its seconds and CPU-seconds per iteration); at that speed the full run takes about an hour: pass a
 smaller `--iters` when the machine is busy, and say so next to the figures.
 
-Target, fixed before any result was seen: mask APr with the pool >= baseline + 5 points (mean of 3 seeds),
-and APf not lower than the baseline's by more than the baseline's seed spread (standard deviation); total
-run <= 45 minutes on 2 cores. `--quick` (a 24-image task, 10 iterations at batch 1, 1 seed) only checks that
+Targets, fixed before any result was seen (the issue's): mask APr with the pool >= baseline + 5 points (mean
+of 3 seeds), and APf not lower than the baseline's by more than the baseline's seed spread (standard
+deviation); total run <= 45 minutes on 2 cores; the planned round's mask APr >= the uniform round's + 2 points
+(mean of 3 seeds, same generation budget). `--quick` (a 24-image task, 10 iterations at batch 1, 1 seed, every arm) only checks that
 the loop runs end to end; its frequency groups are the full task's labels, not measured, and its numbers mean
 nothing.
 """
@@ -86,293 +104,66 @@ import argparse
 import json
 import math
 import os
+import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
 
-# ----------------------------------------------------------------------------- the task
-SIZE = 128
-# (name, shape, texture, training images, LVIS group)
-CATEGORIES = [
-    ("brick_disc", "disc", "brick", 220, "f"),
-    ("grass_square", "square", "grass", 180, "f"),
-    ("gravel_triangle", "triangle", "gravel", 150, "f"),
-    ("moon_hexagon", "hexagon", "moon", 120, "f"),
-    ("coins_cross", "cross", "coins", 60, "c"),
-    ("text_lshape", "lshape", "text", 25, "c"),
-    ("camera_star", "star", "camera", 3, "r"),
-    ("chelsea_crescent", "crescent", "chelsea", 3, "r"),
-]
-N_TRAIN, N_VAL = 300, 100
-MAX_OBJECTS = 4
-OBJ_SIDE = (20, 44)
-POOL_PER_CATEGORY, POOL_IMAGE = 24, 160
-TASK_SEED = 2024
-# at most 4 objects per scene (plus pastes in training): 50 detections per image keep every plausible one
-DETECTIONS_PER_IMAGE, SCORE_THRESH = 50, 0.01
-# quick mode: the same categories, a tiny task (counts are not the group definitions any more)
-QUICK = {"n_train": 24, "n_val": 8, "counts": [14, 12, 10, 8, 5, 3, 2, 2], "pool_per_category": 2}
-
-_TEXTURES: dict[str, np.ndarray] = {}
-_BACKGROUNDS: list[np.ndarray] = []
-
-
-def textures() -> dict[str, np.ndarray]:
-    """Grayscale float32 textures in [0, 1] from the photos bundled with scikit-image (no download)."""
-    if not _TEXTURES:
-        from skimage import color, data
-
-        for name in ("brick", "grass", "gravel", "moon", "coins", "text", "camera", "chelsea"):
-            img = getattr(data, name)()
-            img = color.rgb2gray(img) if img.ndim == 3 else img.astype(np.float32) / 255.0
-            _TEXTURES[name] = np.asarray(img, np.float32)
-    return _TEXTURES
-
-
-def backgrounds() -> list[np.ndarray]:
-    if not _BACKGROUNDS:
-        from skimage import data
-
-        _BACKGROUNDS.extend(np.asarray(getattr(data, n)()[..., :3], np.float32) for n in ("astronaut", "coffee",
-                                                                                          "rocket"))
-    return _BACKGROUNDS
-
-
-def _polygon(shape: str) -> list[np.ndarray]:
-    """Polygons in [-1, 1] coordinates (a list: the cross is two rectangles)."""
-    if shape == "square":
-        return [np.array([[-0.85, -0.85], [0.85, -0.85], [0.85, 0.85], [-0.85, 0.85]])]
-    if shape == "triangle":
-        return [np.array([[0.0, -0.95], [0.95, 0.8], [-0.95, 0.8]])]
-    if shape == "hexagon":
-        a = np.arange(6) * np.pi / 3
-        return [0.95 * np.stack([np.cos(a), np.sin(a)], 1)]
-    if shape == "star":
-        a = np.arange(10) * np.pi / 5 - np.pi / 2
-        r = np.where(np.arange(10) % 2 == 0, 0.97, 0.42)
-        return [np.stack([r * np.cos(a), r * np.sin(a)], 1)]
-    if shape == "cross":
-        return [np.array([[-0.3, -0.95], [0.3, -0.95], [0.3, 0.95], [-0.3, 0.95]]),
-                np.array([[-0.95, -0.3], [0.95, -0.3], [0.95, 0.3], [-0.95, 0.3]])]
-    if shape == "lshape":
-        return [np.array([[-0.9, -0.9], [-0.3, -0.9], [-0.3, 0.3], [0.9, 0.3], [0.9, 0.9], [-0.9, 0.9]])]
-    raise ValueError(shape)
-
-
-def shape_mask(shape: str, side: int, rng: np.random.Generator) -> np.ndarray:
-    """A (side, side) bool mask of the shape, randomly rotated and stretched (aspect 0.8-1.25)."""
-    import cv2
-
-    mask = np.zeros((side, side), np.uint8)
-    angle = rng.uniform(0, 2 * np.pi)
-    stretch = np.exp(rng.uniform(np.log(0.8), np.log(1.25)))
-    half = (side - 1) / 2
-    if shape in ("disc", "crescent"):
-        axes = (max(1, round(0.95 * half * min(1.0, stretch))), max(1, round(0.95 * half * min(1.0, 1 / stretch))))
-        cv2.ellipse(mask, (round(half), round(half)), axes, np.degrees(angle), 0, 360, 1, -1)
-        if shape == "crescent":  # a disc minus an offset disc: concave, no hole
-            off = 0.45 * half
-            centre = (round(half + off * np.cos(angle)), round(half + off * np.sin(angle)))
-            cv2.ellipse(mask, centre, (round(0.8 * axes[0]), round(0.8 * axes[1])), np.degrees(angle), 0, 360, 0, -1)
-        return mask.astype(bool)
-    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    scale = np.array([stretch, 1 / stretch]) if stretch <= 1 else np.array([1.0, 1 / stretch])
-    for poly in _polygon(shape):
-        pts = (poly * scale) @ rot.T
-        pts = pts / max(1.0, np.abs(pts).max())  # stay inside the square
-        cv2.fillPoly(mask, [np.round(half + half * pts).astype(np.int32)], 1)
-    return mask.astype(bool)
-
-
-def render_object(shape: str, texture: str, side: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """An object patch: (side, side, 3) float RGB in [0, 255] and its (side, side) bool mask."""
-    import cv2
-
-    tex = textures()[texture]
-    src = int(min(min(tex.shape), max(8, round(side * rng.uniform(1.2, 3.0)))))
-    y, x = rng.integers(0, tex.shape[0] - src + 1), rng.integers(0, tex.shape[1] - src + 1)
-    crop = cv2.resize(tex[y:y + src, x:x + src], (side, side), interpolation=cv2.INTER_AREA)
-    lo, hi = np.percentile(crop, (2, 98))
-    crop = np.clip((crop - lo) / max(hi - lo, 1e-3), 0, 1)
-    hue, sat, val = rng.uniform(0, 1), rng.uniform(0.25, 0.75), rng.uniform(0.7, 1.0)
-    tint = np.array(_hsv_to_rgb(hue, sat, val), np.float32) * 255
-    rgb = (0.2 + 0.8 * crop)[..., None] * tint
-    return rgb, shape_mask(shape, side, rng)
-
-
-def _hsv_to_rgb(h: float, s: float, v: float) -> tuple[float, float, float]:
-    import colorsys
-
-    return colorsys.hsv_to_rgb(h, s, v)
-
-
-def scene_background(rng: np.random.Generator) -> np.ndarray:
-    import cv2
-
-    photo = backgrounds()[rng.integers(len(backgrounds()))]
-    src = int(rng.integers(96, min(photo.shape[:2]) + 1))
-    y, x = rng.integers(0, photo.shape[0] - src + 1), rng.integers(0, photo.shape[1] - src + 1)
-    bg = cv2.resize(photo[y:y + src, x:x + src], (SIZE, SIZE), interpolation=cv2.INTER_AREA)
-    bg = cv2.GaussianBlur(bg, (0, 0), 2.0)
-    mean = bg.mean((0, 1), keepdims=True)
-    return mean + 0.6 * (bg - mean)
-
-
-def make_scene(cat_ids: list[int], rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
-    """A 128x128 scene holding one non-overlapping object per category id given (placed in order)."""
-    image = scene_background(rng)
-    occupied = np.zeros((SIZE, SIZE), bool)
-    objects = []
-    for cid in cat_ids:
-        _, shape, tex, _, _ = CATEGORIES[cid - 1]
-        side = int(rng.integers(OBJ_SIDE[0], OBJ_SIDE[1] + 1))
-        for attempt in range(200):
-            if attempt and attempt % 50 == 0:
-                side = max(OBJ_SIDE[0] // 2, side - 6)  # a crowded scene: make the object smaller
-            rgb, m = render_object(shape, tex, side, rng)
-            y, x = (int(v) for v in rng.integers(0, SIZE - side + 1, 2))
-            full = np.zeros((SIZE, SIZE), bool)
-            full[y:y + side, x:x + side] = m
-            grown = full.copy()  # keep a 1 px gap so masks never touch
-            grown[1:] |= full[:-1]
-            grown[:-1] |= full[1:]
-            grown[:, 1:] |= full[:, :-1]
-            grown[:, :-1] |= full[:, 1:]
-            if not (grown & occupied).any():
-                break
-        else:
-            raise RuntimeError("could not place an object")
-        region = image[y:y + side, x:x + side]
-        region[m] = rgb[m]
-        occupied |= full
-        objects.append((cid, full))
-    noise = rng.normal(0, 3, image.shape)
-    return np.clip(image + noise, 0, 255).astype(np.uint8), objects
-
-
-def _rle(mask: np.ndarray) -> dict:
-    from pycocotools import mask as mask_utils
-
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
-
-
-def _write_png(path: Path, rgb: np.ndarray) -> None:
-    import PIL.Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    PIL.Image.fromarray(rgb).save(path)
-
-
-def _assign_train(n_images: int, counts: list[int], rng: np.random.Generator) -> list[list[int]]:
-    """Which categories each training image holds: category c in exactly counts[c] images, at most
-    MAX_OBJECTS per image; rarest categories are placed first (they must land)."""
-    per_image: list[list[int]] = [[] for _ in range(n_images)]
-    for idx in sorted(range(len(counts)), key=lambda i: counts[i]):
-        free = [i for i in range(n_images) if len(per_image[i]) < MAX_OBJECTS]
-        for i in rng.choice(free, size=counts[idx], replace=False):
-            per_image[int(i)].append(idx + 1)
-    for cats in per_image:
-        rng.shuffle(cats)
-    return per_image
-
-
-def _write_split(out: Path, split: str, per_image: list[list[int]], rng: np.random.Generator,
-                 groups: list[str]) -> Path:
-    images, anns = [], []
-    all_ids = list(range(1, len(CATEGORIES) + 1))
-    image_count = {c: 0 for c in all_ids}
-    instance_count = {c: 0 for c in all_ids}
-    for k, cats in enumerate(per_image):
-        image, objects = make_scene(cats, rng)
-        name = f"{split}/{k:05d}.png"
-        _write_png(out / "images" / name, image)
-        present = sorted({cid for cid, _ in objects})
-        images.append({"id": k + 1, "file_name": name, "height": SIZE, "width": SIZE,
-                       "neg_category_ids": [c for c in all_ids if c not in present],
-                       "not_exhaustive_category_ids": []})
-        for cid, mask in objects:
-            ys, xs = np.nonzero(mask)
-            x0, y0 = int(xs.min()), int(ys.min())
-            anns.append({"id": len(anns) + 1, "image_id": k + 1, "category_id": cid, "segmentation": _rle(mask),
-                         "area": int(mask.sum()), "bbox": [x0, y0, int(xs.max()) + 1 - x0, int(ys.max()) + 1 - y0],
-                         "iscrowd": 0})
-            instance_count[cid] += 1
-        for cid in present:
-            image_count[cid] += 1
-    cats = [{"id": i + 1, "name": name, "synonyms": [name], "def": f"a {shape} with a {tex} texture",
-             "frequency": groups[i], "image_count": image_count[i + 1], "instance_count": instance_count[i + 1]}
-            for i, (name, shape, tex, _, _) in enumerate(CATEGORIES)]
-    path = out / f"{split}.json"
-    path.write_text(json.dumps({"info": {"description": f"xpaste long-tail effect benchmark, {split}"},
-                                "images": images, "annotations": anns, "categories": cats}))
-    return path
-
-
-def build_task(out: Path, quick: bool) -> dict:
-    """train.json / val.json / images under out (rebuilt identically from TASK_SEED)."""
-    rng = np.random.default_rng(TASK_SEED)
-    groups = [c[4] for c in CATEGORIES]
-    counts = QUICK["counts"] if quick else [c[3] for c in CATEGORIES]
-    n_train, n_val = (QUICK["n_train"], QUICK["n_val"]) if quick else (N_TRAIN, N_VAL)
-    train = _write_split(out, "train", _assign_train(n_train, counts, rng), rng, groups)
-    # validation: 2-4 distinct categories per image, uniform over categories
-    val_cats = [list(rng.choice(len(CATEGORIES), size=int(rng.integers(2, MAX_OBJECTS + 1)), replace=False) + 1)
-                for _ in range(n_val)]
-    val_cats = [[int(c) for c in cats] for cats in val_cats]
-    val = _write_split(out, "val", val_cats, rng, groups)
-    if not quick:  # the frequency groups are what LVIS' definition gives on the training set
-        for c in json.loads(train.read_text())["categories"]:
-            n = c["image_count"]
-            measured = "r" if n <= 10 else ("c" if n <= 100 else "f")
-            assert measured == c["frequency"], (c["name"], n, c["frequency"])
-    return {"train": train, "val": val, "images": out / "images"}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from effect_task import (CATEGORIES, DETECTIONS_PER_IMAGE, N_PLAN, N_TRAIN, N_VAL, POOL_PER_CATEGORY,  # noqa: E402
+                         QUICK, SCORE_THRESH, SIZE, build_collection, build_task)
 
 
 # ----------------------------------------------------------------------------- the pool
-def build_collection(folder: Path, per_category: int) -> None:
-    """Object-centric images as a text-to-image model would give them (the simulated generate stage)."""
-    rng = np.random.default_rng(TASK_SEED + 1)
-    for name, shape, tex, _, _ in CATEGORIES:
-        for k in range(per_category):
-            level = rng.uniform(200, 250)
-            tint = rng.uniform(-12, 12, 3)
-            ramp = np.linspace(-8, 8, POOL_IMAGE)[:, None, None] * rng.choice([-1, 1])
-            image = np.broadcast_to(level + tint, (POOL_IMAGE, POOL_IMAGE, 3)) + ramp
-            side = int(rng.integers(90, 131))
-            rgb, m = render_object(shape, tex, side, rng)
-            y0 = (POOL_IMAGE - side) // 2 + int(rng.integers(-10, 11))
-            x0 = (POOL_IMAGE - side) // 2 + int(rng.integers(-10, 11))
-            y0, x0 = min(max(y0, 4), POOL_IMAGE - side - 4), min(max(x0, 4), POOL_IMAGE - side - 4)
-            image = np.array(image, np.float32)
-            image[y0:y0 + side, x0:x0 + side][m] = rgb[m]
-            image = np.clip(image + rng.normal(0, 3, image.shape), 0, 255).astype(np.uint8)
-            _write_png(folder / name / f"{k:03d}.png", image)
-
-
-def build_pool(out: Path, train_json: Path, per_category: int, progress: bool = False) -> Path:
-    """collection -> xpaste retrieve (labelled) -> segment (GrabCut) -> build-pool, via run_pipeline."""
+def build_pool(work: Path, train_json: Path, counts: int | dict[str, int], round_key: int | None = None,
+               progress: bool = False) -> Path:
+    """collection (simulated generate) -> xpaste retrieve (labelled) -> segment (GrabCut) -> build-pool, via
+    run_pipeline, under `work` (collection/, pipeline/, pool/, pipeline.yaml). Resumes like every stage."""
     import yaml
 
     from xpaste.stages.config import PipelineConfig
     from xpaste.stages.run import run_pipeline
 
-    collection = out / "collection"
-    build_collection(collection, per_category)
-    raw = {"run_dir": str(out / "pipeline"), "workers": 1, "device": "cpu",
+    collection = work / "collection"
+    build_collection(collection, counts, round_key)
+    raw = {"run_dir": str(work / "pipeline"), "workers": 1, "device": "cpu",
            "categories": {"source": str(train_json)},
            "generate": {"enabled": False},
            "retrieve": {"enabled": True, "folder": str(collection), "labelled": True},
            "segment": {"segmenters": ["grabcut"]},
            "score": {"clip": None},
-           "build_pool": {"preset": "xpaste", "out": str(out / "pool")}}
-    (out / "pipeline.yaml").write_text(yaml.safe_dump(raw))  # `xpaste run <this file>` does the same
+           "build_pool": {"preset": "xpaste", "out": str(work / "pool")}}
+    (work / "pipeline.yaml").write_text(yaml.safe_dump(raw))  # `xpaste run <this file>` does the same
     report = run_pipeline(PipelineConfig.from_dict(raw), progress=progress)
     return Path(report.parts[-1].out)
 
+
+def xpaste_cli(*args: str) -> str:
+    """Run the real `xpaste` command line (python -m xpaste); its stdout. Raises on a non-zero exit."""
+    proc = subprocess.run([sys.executable, "-m", "xpaste", *args], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"xpaste {' '.join(args)} exited {proc.returncode}: {proc.stderr.strip()[-2000:]}")
+    return proc.stdout
+
+
+def planned_round(out: Path, task: dict, seed: int, baseline_plan_pred: Path, budget: int,
+                  progress: bool = False) -> tuple[Path, Path, dict]:
+    """One round of the closed loop for `seed`: eval the baseline on the planning split, xpaste plan, the
+    simulated generator draws the planned counts, the stages make the pool. (plan path, pool path, plan)."""
+    work = out / f"planned-seed{seed}"
+    work.mkdir(parents=True, exist_ok=True)
+    metrics, plan_path = work / "metrics.json", work / "plan.json"
+    xpaste_cli("eval", "--gt", str(task["plan"]), "--pred", str(baseline_plan_pred), "--iou-type", "segm",
+               "--out", str(metrics))
+    xpaste_cli("plan", "--metrics", str(metrics), "--dataset", str(task["train"]), "--budget", str(budget),
+               "--out", str(plan_path))
+    plan = json.loads(plan_path.read_text())
+    counts = {c["name"]: c["generate"] for c in plan["categories"]}
+    pool = build_pool(work, task["train"], counts, round_key=seed, progress=progress)
+    return plan_path, pool, plan
 
 # ----------------------------------------------------------------------------- training
 def _train_samples(train_json: Path, images: Path) -> list[tuple]:
@@ -438,7 +229,9 @@ def train_and_predict(job: dict) -> dict:
         from xpaste.pool.store import InstancePool
 
         pool = InstancePool.open(job["pool"])
-        steps += [XPasteCopyPaste(pool, scale_prior=job["train"], max_paste=job["max_paste"], seed=seed),
+        sampling = {} if job.get("plan") is None else {"sampling": "weighted", "plan": job["plan"]}
+        steps += [XPasteCopyPaste(pool, scale_prior=job["train"], max_paste=job["max_paste"], seed=seed,
+                                  **sampling),
                   v2.SanitizeBoundingBoxes(min_size=1, labels_getter=sanitize_labels_getter)]
     transform = v2.Compose(steps + [v2.ToDtype(torch.float32, scale=True)])
     samples = _train_samples(Path(job["train"]), Path(job["images"]))
@@ -492,36 +285,57 @@ def train_and_predict(job: dict) -> dict:
                   f"{time.time() - start:.0f}s", flush=True)
     train_s, train_cpu_s = time.time() - start, time.process_time() - cpu_start
 
-    # prediction on the validation set
+    # predictions: on the validation set (the figures) and, for the baseline, on the planning split
     t0 = time.time()
     model.eval()
-    coco = load_coco(job["val"])
-    results = []
-    with torch.no_grad():
-        for info in coco.images:
-            rgb = read_image_rgb(Path(job["images"]) / info["file_name"])
-            out = model([torch.from_numpy(rgb).permute(2, 0, 1).float().div(255)])[0]
-            masks = (out["masks"][:, 0] >= 0.5).numpy()
-            for box, label, score, mask in zip(out["boxes"].tolist(), out["labels"].tolist(),
-                                               out["scores"].tolist(), masks):
-                if not mask.any():
-                    continue
-                x1, y1, x2, y2 = box
-                results.append({"image_id": int(info["id"]), "category_id": int(label), "score": float(score),
-                                "bbox": [x1, y1, x2 - x1, y2 - y1], "segmentation": rle_encode(mask)})
-    pred = Path(job["pred"])
-    pred.parent.mkdir(parents=True, exist_ok=True)
-    pred.write_text(json.dumps(results))
-    (pred.parent / "train_log.json").write_text(json.dumps({"loss": log, "pasted": pasted_total}))
-    return {"arm": job["arm"], "seed": seed, "train_s": train_s, "s_per_iter": train_s / max(iters, 1),
-            "cpu_s_per_iter": train_cpu_s / max(iters, 1),
-            "predict_s": time.time() - t0, "detections": len(results), "pasted": pasted_total,
-            "final_loss": float(np.mean(log[-20:])) if log else float("nan")}
+    detections = 0
+    for gt, pred in job["predict"]:
+        results = []
+        with torch.no_grad():
+            for info in load_coco(gt).images:
+                rgb = read_image_rgb(Path(job["images"]) / info["file_name"])
+                out = model([torch.from_numpy(rgb).permute(2, 0, 1).float().div(255)])[0]
+                masks = (out["masks"][:, 0] >= 0.5).numpy()
+                for box, label, score, mask in zip(out["boxes"].tolist(), out["labels"].tolist(),
+                                                   out["scores"].tolist(), masks):
+                    if not mask.any():
+                        continue
+                    x1, y1, x2, y2 = box
+                    results.append({"image_id": int(info["id"]), "category_id": int(label),
+                                    "score": float(score), "bbox": [x1, y1, x2 - x1, y2 - y1],
+                                    "segmentation": rle_encode(mask)})
+        Path(pred).parent.mkdir(parents=True, exist_ok=True)
+        Path(pred).write_text(json.dumps(results))
+        detections += len(results) if gt == job["val"] else 0
+    folder = Path(job["predict"][0][1]).parent
+    (folder / "train_log.json").write_text(json.dumps({"loss": log, "pasted": pasted_total}))
+    result = {"arm": job["arm"], "seed": seed, "train_s": train_s, "s_per_iter": train_s / max(iters, 1),
+              "cpu_s_per_iter": train_cpu_s / max(iters, 1),
+              "predict_s": time.time() - t0, "detections": detections, "pasted": pasted_total,
+              "final_loss": float(np.mean(log[-20:])) if log else float("nan")}
+    # the marker last: a run killed before this point is run again by the next invocation
+    (folder / "run.json").write_text(json.dumps({"job": job, "result": result}, indent=1))
+    return result
+
+
+def finished(job: dict) -> dict | None:
+    """The result of an earlier run of exactly this job (its `run.json` and predictions), else None."""
+    marker = Path(job["predict"][0][1]).parent / "run.json"
+    try:
+        done = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+    same = {k: v for k, v in job.items() if k != "verbose"}
+    if not isinstance(done.get("job"), dict) or {k: v for k, v in done["job"].items() if k != "verbose"} != same \
+            or not all(Path(p).is_file() for _, p in job["predict"]):
+        return None
+    return done["result"]
 
 
 # ----------------------------------------------------------------------------- evaluation and report
 METRICS = ("AP", "APr", "APc", "APf")
-ARMS = ("baseline", "xpaste")
+ARMS = ("baseline", "xpaste", "planned")
+COMPARISONS = (("baseline", "xpaste"), ("xpaste", "planned"))
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:
@@ -531,46 +345,74 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
     return float(np.mean(v)), (float(np.std(v, ddof=1)) if len(v) > 1 else 0.0)
 
 
-def evaluate_runs(val: Path, preds: dict[tuple[str, int], Path], seeds: list[int]) -> dict:
-    """What `xpaste eval --gt val --pred baseline --compare xpaste --iou-type T` computes and prints."""
+def evaluate_runs(val: Path, preds: dict[tuple[str, int], Path], seeds: list[int], arms: tuple[str, ...]) -> dict:
+    """What `xpaste eval --gt val --pred A --compare B --iou-type T` computes and prints, for each pair of
+    `COMPARISONS` whose two arms ran."""
     from xpaste.evaluate.metrics import evaluate, format_table
 
-    arms = {arm: {"segm": [], "bbox": []} for arm in ARMS}
+    table = {arm: {"segm": [], "bbox": []} for arm in arms}
     for seed in seeds:
         for iou in ("segm", "bbox"):
-            results = {arm: evaluate(val, preds[(arm, seed)], iou_type=iou) for arm in ARMS}
-            print(f"\nseed {seed}, {iou} (xpaste eval --compare):\n" + format_table(results, delta=True))
-            for arm in ARMS:
-                arms[arm][iou].append({"seed": seed, **{m: round(100 * results[arm][m], 2) for m in METRICS}})
-    return arms
+            results = {arm: evaluate(val, preds[(arm, seed)], iou_type=iou) for arm in arms}
+            for a, b in COMPARISONS:
+                if a in results and b in results:
+                    print(f"\nseed {seed}, {iou} (xpaste eval --compare):\n"
+                          + format_table({a: results[a], b: results[b]}, delta=True))
+            for arm in arms:
+                table[arm][iou].append({"seed": seed, **{m: round(100 * results[arm][m], 2) for m in METRICS}})
+    return table
 
 
-def summary_table(arms: dict) -> str:
+def summary_table(table: dict) -> str:
+    arms = list(table)
+    pairs = [(a, b) for a, b in COMPARISONS if a in table and b in table]
     lines = []
     for iou in ("segm", "bbox"):
-        lines.append(f"\n{iou} AP (x100), mean +- sd over seeds {[r['seed'] for r in arms['baseline'][iou]]}")
-        lines.append(f"{'metric':<6} " + "".join(f"{a:>18}" for a in ARMS) + f"{'delta':>10}")
+        lines.append(f"\n{iou} AP (x100), mean +- sd over seeds {[r['seed'] for r in table[arms[0]][iou]]}")
+        lines.append(f"{'metric':<6} " + "".join(f"{a:>18}" for a in arms)
+                     + "".join(f"{b + ' - ' + a:>22}" for a, b in pairs))
         for m in METRICS:
-            cells, means = [], []
-            for arm in ARMS:
-                mean, sd = _mean_sd([r[m] for r in arms[arm][iou]])
-                means.append(mean)
+            cells, means = [], {}
+            for arm in arms:
+                mean, sd = _mean_sd([r[m] for r in table[arm][iou]])
+                means[arm] = mean
                 cells.append(f"{mean:6.1f} +- {sd:4.1f}")
-            lines.append(f"{m:<6} " + "".join(f"{c:>18}" for c in cells) + f"{means[1] - means[0]:>+10.1f}")
-        for arm in ARMS:
+            lines.append(f"{m:<6} " + "".join(f"{c:>18}" for c in cells)
+                         + "".join(f"{means[b] - means[a]:>+22.1f}" for a, b in pairs))
+        for arm in arms:
             lines.append(f"  {arm:<9} per seed: " + "; ".join(
-                f"seed {r['seed']}: " + " ".join(f"{m} {r[m]:.1f}" for m in METRICS) for r in arms[arm][iou]))
+                f"seed {r['seed']}: " + " ".join(f"{m} {r[m]:.1f}" for m in METRICS) for r in table[arm][iou]))
     return "\n".join(lines)
 
 
-def target_check(arms: dict) -> dict:
-    base_r, _ = _mean_sd([r["APr"] for r in arms["baseline"]["segm"]])
-    xp_r, _ = _mean_sd([r["APr"] for r in arms["xpaste"]["segm"]])
-    base_f, base_f_sd = _mean_sd([r["APf"] for r in arms["baseline"]["segm"]])
-    xp_f, _ = _mean_sd([r["APf"] for r in arms["xpaste"]["segm"]])
-    return {"mask_APr_gain": round(xp_r - base_r, 2), "mask_APr_gain_ok": bool(xp_r - base_r >= 5.0),
-            "mask_APf_change": round(xp_f - base_f, 2), "mask_APf_baseline_sd": round(base_f_sd, 2),
-            "mask_APf_ok": bool(xp_f >= base_f - base_f_sd)}
+def target_check(table: dict) -> dict:
+    """The targets fixed in the docstring, on the mask (segm) figures."""
+    def mean(arm, m):
+        return _mean_sd([r[m] for r in table[arm]["segm"]])
+
+    check: dict = {}
+    if "baseline" in table and "xpaste" in table:
+        (base_r, _), (xp_r, _) = mean("baseline", "APr"), mean("xpaste", "APr")
+        (base_f, base_f_sd), (xp_f, _) = mean("baseline", "APf"), mean("xpaste", "APf")
+        check.update({"mask_APr_gain": round(xp_r - base_r, 2), "mask_APr_gain_ok": bool(xp_r - base_r >= 5.0),
+                      "mask_APf_change": round(xp_f - base_f, 2), "mask_APf_baseline_sd": round(base_f_sd, 2),
+                      "mask_APf_ok": bool(xp_f >= base_f - base_f_sd)})
+    if "xpaste" in table and "planned" in table:
+        (xp_r, _), (pl_r, _) = mean("xpaste", "APr"), mean("planned", "APr")
+        check.update({"planned_APr_gain": round(pl_r - xp_r, 2), "planned_APr_gain_ok": bool(pl_r - xp_r >= 2.0)})
+    return check
+
+
+def describe_check(check: dict) -> str:
+    parts = []
+    if "mask_APr_gain" in check:
+        parts.append(f"xpaste vs baseline: mask APr {check['mask_APr_gain']:+.1f} (target +5: "
+                     f"{'met' if check['mask_APr_gain_ok'] else 'missed'}), APf {check['mask_APf_change']:+.1f} vs "
+                     f"sd {check['mask_APf_baseline_sd']:.1f} ({'met' if check['mask_APf_ok'] else 'missed'})")
+    if "planned_APr_gain" in check:
+        parts.append(f"planned vs xpaste: mask APr {check['planned_APr_gain']:+.1f} (target +2: "
+                     f"{'met' if check['planned_APr_gain_ok'] else 'missed'})")
+    return "; ".join(parts)
 
 
 # ----------------------------------------------------------------------------- main
@@ -581,13 +423,20 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=None, help="images per iteration (default 4; quick: 1)")
     p.add_argument("--lr", type=float, default=0.02)
     p.add_argument("--max-paste", type=int, default=5, help="pasted objects per image ~ U[0, max)")
+    p.add_argument("--arms", default=",".join(ARMS),
+                   help="comma-separated arms to run (planned needs baseline; default: all three)")
     p.add_argument("--workers", type=int, default=2, help="training processes at a time (one torch thread each)")
     p.add_argument("--quick", action="store_true", help="tiny task, 10 iterations, 1 seed: checks the loop runs")
     p.add_argument("--out", type=Path, default=Path("runs/effect"),
-                   help="work folder: <out>/full (or <out>/quick) holds the task, the pool run and the predictions")
+                   help="work folder: <out>/full (or <out>/quick) holds the task, the pool runs and the predictions; "
+                        "finished runs in it are reused")
     p.add_argument("--json", type=Path, default=None, help="write the figures here")
     p.add_argument("--verbose", action="store_true", help="print training losses")
     args = p.parse_args(argv)
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    if not arms or any(a not in ARMS for a in arms) or ("planned" in arms and "baseline" not in arms):
+        p.error(f"--arms: a comma-separated subset of {','.join(ARMS)}; planned needs baseline")
+    args.arms = tuple(a for a in ARMS if a in arms)
     if args.quick:
         args.seeds = 1 if "--seeds" not in (argv if argv is not None else sys.argv) else args.seeds
         args.iters = 10 if args.iters is None else args.iters
@@ -604,56 +453,96 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     task = build_task(out / "task", args.quick)
     t_task = time.time()
-    pool = build_pool(out, task["train"], QUICK["pool_per_category"] if args.quick else POOL_PER_CATEGORY,
-                      progress=args.verbose)
+    per_category = QUICK["pool_per_category"] if args.quick else POOL_PER_CATEGORY
+    budget = per_category * len(CATEGORIES)  # the planned round gets the uniform round's generation budget
     from xpaste.pool.store import InstancePool
 
-    pool_counts = InstancePool.open(pool).counts()
+    pool = build_pool(out, task["train"], per_category, progress=args.verbose) if "xpaste" in args.arms else None
+    pool_counts = InstancePool.open(pool).counts() if pool is not None else {}
     t_pool = time.time()
-    print(f"task: {out / 'task'} ({time.time() - t_start:.1f}s); pool: {pool} {dict(sorted(pool_counts.items()))} "
-          f"({t_pool - t_task:.1f}s)", flush=True)
+    print(f"task: {out / 'task'} ({t_task - t_start:.1f}s); uniform pool: {pool} "
+          f"{dict(sorted(pool_counts.items()))} ({t_pool - t_task:.1f}s)", flush=True)
 
     seeds = list(range(args.seeds))
-    jobs, preds = [], {}
-    for seed in seeds:
-        for arm in ARMS:
-            pred = out / "runs" / f"{arm}-seed{seed}" / "results.json"
-            preds[(arm, seed)] = pred
-            jobs.append({"arm": arm, "seed": seed, "iters": args.iters, "batch": args.batch_size, "lr": args.lr,
-                         "warmup": 100, "max_paste": args.max_paste, "pool": str(pool) if arm == "xpaste" else None,
-                         "train": str(task["train"]), "val": str(task["val"]), "images": str(task["images"]),
-                         "pred": str(pred), "verbose": args.verbose})
+    preds: dict[tuple[str, int], Path] = {}
+
+    def job(arm: str, seed: int, pool_path=None, plan=None) -> dict:
+        folder = out / "runs" / f"{arm}-seed{seed}"
+        preds[(arm, seed)] = folder / "results.json"
+        predict = [[str(task["val"]), str(folder / "results.json")]]
+        if arm == "baseline" and "planned" in args.arms:
+            predict.append([str(task["plan"]), str(folder / "plan_split_results.json")])
+        return {"arm": arm, "seed": seed, "iters": args.iters, "batch": args.batch_size, "lr": args.lr,
+                "warmup": 100, "max_paste": args.max_paste, "pool": None if pool_path is None else str(pool_path),
+                "plan": None if plan is None else str(plan), "train": str(task["train"]), "val": str(task["val"]),
+                "images": str(task["images"]), "predict": predict, "verbose": args.verbose}
+
+    todo = [job(arm, seed, pool if arm == "xpaste" else None) for arm in ("baseline", "xpaste")
+            if arm in args.arms for seed in seeds]
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import multiprocessing
 
+    runs, rounds = [], {}
     with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as ex:
-        runs = list(ex.map(train_and_predict, jobs))
+        pending = {}
+
+        def submit(j: dict) -> None:
+            done = finished(j)
+            if done is not None:
+                print(f"  {j['arm']} seed {j['seed']}: reused the finished run in {Path(j['predict'][0][1]).parent}")
+                after(j, done)
+            else:
+                pending[ex.submit(train_and_predict, j)] = j
+
+        def after(j: dict, result: dict) -> None:
+            runs.append(result)
+            if j["arm"] == "baseline" and "planned" in args.arms:
+                t0 = time.time()
+                plan_path, planned_pool, plan = planned_round(out, task, j["seed"], Path(j["predict"][1][1]), budget,
+                                                              progress=args.verbose)
+                counts = InstancePool.open(planned_pool).counts()
+                rounds[j["seed"]] = {"plan": str(plan_path), "pool": str(planned_pool),
+                                     "generate": {c["name"]: c["generate"] for c in plan["categories"]},
+                                     "paste_weight": {c["name"]: round(c["paste_weight"], 3)
+                                                      for c in plan["categories"]},
+                                     "pool_instances": {c[0]: int(counts.get(i + 1, 0))
+                                                        for i, c in enumerate(CATEGORIES)},
+                                     "seconds": round(time.time() - t0, 1)}
+                print(f"  planned round, seed {j['seed']}: generate {rounds[j['seed']]['generate']}, "
+                      f"pool {sum(counts.values())} instances ({time.time() - t0:.0f}s)", flush=True)
+                submit(job("planned", j["seed"], planned_pool, plan_path))
+
+        for j in todo:
+            submit(j)
+        while pending:
+            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            for f in done:
+                after(pending.pop(f), f.result())
     t_train = time.time()
-    for r in runs:
-        print(f"  {r['arm']:<8} seed {r['seed']}: {r['train_s']:.0f}s training ({r['s_per_iter']:.2f} s/iter), "
-              f"{r['predict_s']:.0f}s predicting, {r['detections']} detections, {r['pasted']} pasted objects, "
-              f"final loss {r['final_loss']:.3f}")
-    arms = evaluate_runs(task["val"], preds, seeds)
-    print(summary_table(arms))
-    check = target_check(arms)
+    for r in sorted(runs, key=lambda r: (ARMS.index(r["arm"]), r["seed"])):
+        print(f"  {r['arm']:<8} seed {r['seed']}: {r['train_s']:.0f}s training ({r['s_per_iter']:.2f} s/iter, "
+              f"{r['cpu_s_per_iter']:.2f} CPU-s/iter), {r['predict_s']:.0f}s predicting, {r['detections']} "
+              f"detections, {r['pasted']} pasted objects, final loss {r['final_loss']:.3f}")
+    table = evaluate_runs(task["val"], preds, seeds, args.arms)
+    print(summary_table(table))
+    check = target_check(table)
     total = time.time() - t_start
-    print(f"\ntarget (mask APr >= baseline + 5; APf within the baseline's seed sd): "
-          f"APr gain {check['mask_APr_gain']:+.1f} ({'met' if check['mask_APr_gain_ok'] else 'missed'}), "
-          f"APf change {check['mask_APf_change']:+.1f} vs sd {check['mask_APf_baseline_sd']:.1f} "
-          f"({'met' if check['mask_APf_ok'] else 'missed'}); total {total / 60:.1f} min "
-          f"(task+pool {t_pool - t_start:.0f}s, training {t_train - t_pool:.0f}s, eval {time.time() - t_train:.0f}s)"
+    print(f"\ntargets: {describe_check(check)}; total {total / 60:.1f} min (task+pool {t_pool - t_start:.0f}s, "
+          f"training and planned rounds {t_train - t_pool:.0f}s, eval {time.time() - t_train:.0f}s)"
           + ("  [--quick: numbers are meaningless]" if args.quick else ""))
     counts = QUICK["counts"] if args.quick else [c[3] for c in CATEGORIES]
-    report = {"arms": arms, "target": check, "quick": bool(args.quick),
+    report = {"arms": table, "target": check, "quick": bool(args.quick),
               "schedule": {"iters": args.iters, "batch_size": args.batch_size, "lr": args.lr, "seeds": seeds,
-                           "max_paste": args.max_paste, "workers": args.workers},
+                           "max_paste": args.max_paste, "workers": args.workers, "arms": list(args.arms),
+                           "generation_budget": budget},
               "task": {"image_size": SIZE, "train_images": QUICK["n_train"] if args.quick else N_TRAIN,
                        "val_images": QUICK["n_val"] if args.quick else N_VAL,
-                       "categories": [{"id": i + 1, "name": c[0], "frequency": c[4],
-                                       "train_images": counts[i],
+                       "plan_images": QUICK["n_plan"] if args.quick else N_PLAN,
+                       "categories": [{"id": i + 1, "name": c[0], "frequency": c[4], "train_images": counts[i],
                                        "pool_instances": int(pool_counts.get(i + 1, 0))}
                                       for i, c in enumerate(CATEGORIES)]},
-              "runs": runs, "seconds": round(total, 1)}
+              "planned_rounds": {str(s): rounds[s] for s in sorted(rounds)},
+              "runs": sorted(runs, key=lambda r: (ARMS.index(r["arm"]), r["seed"])), "seconds": round(total, 1)}
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1))

@@ -1,5 +1,6 @@
-"""`benchmarks/effect.py --quick` runs end to end: task, pool through xpaste's stages, two detector trainings,
-LVIS evaluation, and the json it promises (both arms, both IoU types, finite figures)."""
+"""`benchmarks/effect.py --quick` runs end to end: task, pool through xpaste's stages, three detector trainings
+(baseline, uniform pool, planned round through the real `xpaste eval` / `xpaste plan` commands), LVIS evaluation,
+the json it promises (every arm, both IoU types, finite figures), and a rerun reuses the finished runs."""
 from __future__ import annotations
 
 import json
@@ -19,8 +20,8 @@ def test_effect_benchmark_quick(tmp_path):
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert set(report["arms"]) == {"baseline", "xpaste"}
-    for arm in ("baseline", "xpaste"):
+    assert set(report["arms"]) == {"baseline", "xpaste", "planned"}
+    for arm in ("baseline", "xpaste", "planned"):
         assert set(report["arms"][arm]) == {"segm", "bbox"}
         for iou in ("segm", "bbox"):
             rows = report["arms"][arm][iou]
@@ -30,6 +31,17 @@ def test_effect_benchmark_quick(tmp_path):
                     assert isinstance(r[key], float) and math.isfinite(r[key]), (arm, iou, key, r[key])
     # the xpaste arm really pasted pool instances and the pool holds every category
     runs = {r["arm"]: r for r in report["runs"]}
-    assert runs["xpaste"]["pasted"] > 0 and runs["baseline"]["pasted"] == 0
+    assert runs["xpaste"]["pasted"] > 0 and runs["baseline"]["pasted"] == 0 and runs["planned"]["pasted"] > 0
     assert all(c["pool_instances"] > 0 for c in report["task"]["categories"])
     assert "segm AP" in proc.stdout and "xpaste eval --compare" in proc.stdout
+    # the planned round: a real plan file spending exactly the uniform round's generation budget
+    rnd = report["planned_rounds"]["0"]
+    plan = json.loads(Path(rnd["plan"]).read_text())
+    budget = report["schedule"]["generation_budget"]
+    assert plan["budget"] == budget == sum(rnd["generate"].values())
+    assert sum(rnd["pool_instances"].values()) > 0
+
+    # a rerun reuses every finished run (nothing is trained again)
+    again = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("reused the finished run") == 3
