@@ -158,6 +158,23 @@ def cached_file(repo_id: str, filenames: Iterable[str], cache_dir: str | os.Path
     return None
 
 
+def looks_like_path(model: str) -> bool:
+    """A local folder rather than a hub id. Hub ids also contain "/", so only explicit path forms (absolute,
+    ./, ../, ~) or an existing folder count as local."""
+    return os.path.isabs(model) or model.startswith((".", "~")) or os.path.isdir(model)
+
+
+def check_model_source(model: str, *, what: str, files: Iterable[str], hint: str) -> bool:
+    """Before loading `model`, a hub id or a local folder: False when it loads normally (a folder that exists,
+    or the hub answers), True when it must be read from the local cache (`check_hub_model`). XPasteError in
+    one line for a folder that does not exist or a hub id neither reachable nor cached."""
+    if looks_like_path(model):
+        if not os.path.isdir(os.path.expanduser(model)):
+            raise XPasteError(f"{what} folder {model!r} not found", hint=hint)
+        return False
+    return check_hub_model(model, what=what, files=files, hint=hint)
+
+
 def check_hub_model(model: str, *, what: str, files: Iterable[str], hint: str,
                     cache_dir: str | os.PathLike | None = None, revision: str | None = None,
                     shown: str | None = None) -> bool:

@@ -24,7 +24,7 @@ from diffusers import (AutoPipelineForText2Image, DDIMScheduler, DPMSolverMultis
 from diffusers.utils import logging as diffusers_logging
 
 from xpaste.errors import XPasteError
-from xpaste.hub import LOCAL_HINTS, check_hub_model, first_line
+from xpaste.hub import LOCAL_HINTS, check_model_source, first_line, looks_like_path
 
 SCHEDULERS = {
     "dpm": DPMSolverMultistepScheduler,
@@ -43,21 +43,12 @@ _LOAD_HINT = (f"{LOCAL_HINTS['generate']} (Python: DiffusersGenerator('/path/to/
               "while online (it is then read from the Hugging Face cache)")
 
 
-def _looks_like_path(model: str) -> bool:
-    # Hub ids also contain "/", so only explicit path forms (or an existing folder) count as local.
-    return os.path.isabs(model) or model.startswith((".", "~")) or os.path.isdir(model)
-
-
 def check_model(model: str) -> bool:
     """In seconds, before loading: True when hub id `model` must be read from the local cache (the hub is
     unreachable, the files are cached), False when it can load normally (a folder, or the hub answers).
     Raises XPasteError in one line when it cannot load (xpaste.hub): no retries for minutes."""
-    if _looks_like_path(model):
-        if not os.path.isdir(os.path.expanduser(model)):
-            raise XPasteError(f"model folder {model!r} not found", hint=_LOAD_HINT)
-        return False
-    return check_hub_model(model, what="text-to-image model", files=["model_index.json"],
-                           hint=f"{LOCAL_HINTS['generate']} (Python: DiffusersGenerator('/path/to/folder'))")
+    return check_model_source(model, what="text-to-image model", files=["model_index.json"],
+                              hint=f"{LOCAL_HINTS['generate']} (Python: DiffusersGenerator('/path/to/folder'))")
 
 
 @contextmanager
@@ -135,7 +126,7 @@ class DiffusersGenerator:
 
     def _load(self, model: str, disable_safety_checker: bool):
         cache_only = check_model(model)  # in seconds: a missing folder, or a hub id that cannot load, fails here
-        local = _looks_like_path(model)
+        local = looks_like_path(model)
         path = os.path.expanduser(model) if local else model
         try:
             with _quiet_loading():

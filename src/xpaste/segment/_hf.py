@@ -8,13 +8,7 @@ from __future__ import annotations
 import os
 
 from xpaste.errors import XPasteError
-from xpaste.hub import check_hub_model, first_line
-
-
-def looks_like_path(model: str) -> bool:
-    """A local folder rather than a hub id. Hub ids also contain "/", so only explicit path forms (absolute,
-    ./, ../, ~) or an existing folder count as local."""
-    return os.path.isabs(model) or model.startswith((".", "~")) or os.path.isdir(model)
+from xpaste.hub import check_model_source, first_line, looks_like_path
 
 
 def short_name(prefix: str, model: str, default: str) -> str:
@@ -30,14 +24,8 @@ def load_pair(model: str, model_cls, processor_cls, *, what: str, hint: str):
     A missing folder, or a hub id that cannot be loaded (offline and not cached), fails in one line naming the
     model and `hint` (how to pass a local folder) before anything is read; `check_hub_model` decides in seconds.
     """
-    if looks_like_path(model):
-        source = os.path.expanduser(model)
-        if not os.path.isdir(source):
-            raise XPasteError(f"{what} folder {model!r} not found", hint=hint)
-        cache_only = False
-    else:
-        source = model
-        cache_only = check_hub_model(model, what=what, files=["config.json"], hint=hint)
+    cache_only = check_model_source(model, what=what, files=["config.json"], hint=hint)
+    source = os.path.expanduser(model) if looks_like_path(model) else model
     try:
         processor = processor_cls.from_pretrained(source, local_files_only=cache_only)
         net = model_cls.from_pretrained(source, local_files_only=cache_only)

@@ -16,18 +16,13 @@ import torch
 from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 
 from xpaste.errors import XPasteError
-from xpaste.hub import LOCAL_HINTS, check_hub_model, first_line
+from xpaste.hub import LOCAL_HINTS, check_model_source, first_line, looks_like_path
 from xpaste.ops.masks import normalize_soft
 from xpaste.segment.base import check_batch
 
 DEFAULT_MODEL = "CIDAS/clipseg-rd64-refined"
 #: X-Paste's CLIPSeg text (method.md, Stage 2); `{name}` is the category name with underscores as spaces.
 PROMPT_TEMPLATE = "a photo of {name}"
-
-
-def _looks_like_path(model: str) -> bool:
-    # Hub ids also contain "/", so only explicit path forms count as local folders.
-    return os.path.isabs(model) or model.startswith((".", "~")) or os.path.isdir(model)
 
 
 _HINT = f"{LOCAL_HINTS['clipseg']} (Python: CLIPSegSegmenter('/path/to/folder'))"
@@ -37,11 +32,7 @@ def check_model(model: str = DEFAULT_MODEL) -> bool:
     """In seconds, before loading: True when hub id `model` must be read from the local cache (the hub is
     unreachable, the files are cached), False when it can load normally (a folder, or the hub answers).
     Raises XPasteError in one line when it cannot load (xpaste.hub): no retries for minutes."""
-    if _looks_like_path(model):
-        if not os.path.isdir(os.path.expanduser(model)):
-            raise XPasteError(f"CLIPSeg model folder {model!r} not found", hint=_HINT)
-        return False
-    return check_hub_model(model, what="CLIPSeg model", files=["config.json"], hint=_HINT)
+    return check_model_source(model, what="CLIPSeg model", files=["config.json"], hint=_HINT)
 
 
 class CLIPSegSegmenter:
@@ -72,7 +63,7 @@ class CLIPSegSegmenter:
 
     def _load(self, model: str):
         cache_only = check_model(model)  # in seconds: a missing folder, or a hub id that cannot load, fails here
-        local = _looks_like_path(model)
+        local = looks_like_path(model)
         path = os.path.expanduser(model)
         try:
             processor = CLIPSegProcessor.from_pretrained(path if local else model, local_files_only=cache_only)
