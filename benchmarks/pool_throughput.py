@@ -9,6 +9,10 @@ again on that pool (each drawn cut-out is then in the default 256 MB cache). The
 cut-outs as arrays (at 100k, the first 10k of them: a paste costs the same whatever the pool size).
 
     python benchmarks/pool_throughput.py [--sizes 10000,100000] [--images 150] [--rounds 3] [--png] [--keep DIR]
+                                         [--json FILE]
+
+--json writes the table's rows ({"rows": [{"section", "name", "value", "unit", "ratio", "ratio_to"}]}, the form
+`benchmarks/bench.py` gathers into one table).
 
 --png also writes the 10k pool in the old format (one PNG per cut-out, version 1) for comparison.
 """
@@ -32,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import paste_throughput  # noqa: E402
 
 from xpaste import CopyPaste, InstancePool, Sample  # noqa: E402
+from xpaste.pool.layout import shard_name  # noqa: E402
 from xpaste.pool.writer import PoolWriter  # noqa: E402
 
 cv2.setNumThreads(1)
@@ -132,6 +137,11 @@ def open_time_1m(tmp: Path, rows: int = 1_000_000) -> float:
                       "shard": np.arange(rows) // 10000, "offset": np.zeros(rows, np.int64),
                       "nbytes": np.full(rows, 100_000, np.int64)})
     pq.write_table(table, root / "index" / "part-000000.parquet")
+    for number in range((rows + 9999) // 10000):  # sparse data shards as long as the index says (open checks it)
+        shard = root / shard_name(number)
+        shard.parent.mkdir(parents=True, exist_ok=True)
+        with open(shard, "wb") as f:
+            f.truncate(100_000)
     (root / "index" / "manifest.json").write_text(json.dumps({"parts": ["part-000000.parquet"]}))
     best = float("inf")
     for _ in range(3):
@@ -150,6 +160,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median reported)")
     parser.add_argument("--png", action="store_true", help="also measure the old one-PNG-per-cut-out layout (10k)")
     parser.add_argument("--keep", type=Path, default=None, help="write pools here and keep them")
+    parser.add_argument("--json", type=Path, default=None, help="write the rows here (for benchmarks/bench.py)")
     args = parser.parse_args()
     print(f"python {sys.version.split()[0]}, numpy {np.__version__}, opencv {cv2.__version__}, one core")
     tmp = args.keep or Path(tempfile.mkdtemp(prefix="xpaste-pool-bench-"))
@@ -193,7 +204,17 @@ def main() -> None:
         print(f"{'pool':>7}  {'storage':<52} {'cold img/s':>10} {'warm img/s':>10} {'cold x':>7} {'warm x':>7} {'open s':>7}")
         for n, name, cold, warm, rc, rw, opened in results:
             print(f"{n:>7}  {name:<52} {cold:10.1f} {warm:10.1f} {rc:7.2f} {rw:7.2f} {opened:7.3f}")
-        print(f"\nopen a 1,000,000-row pool (index only, one Parquet part): {open_time_1m(tmp):.2f} s")
+        open_1m = open_time_1m(tmp)
+        print(f"\nopen a 1,000,000-row pool (index only, one Parquet part): {open_1m:.2f} s")
+        if args.json is not None:
+            rows = [{"section": "pool on disk", "name": f"{n // 1000}k cut-outs {name.split(' (')[0]}, {state}",
+                     "value": round(rate, 1), "unit": "images/s", "ratio": round(ratio, 3),
+                     "ratio_to": "the same cut-outs in memory"}
+                    for n, name, cold, warm, rc, rw, _ in results if name != "in memory"
+                    for state, rate, ratio in (("cold", cold, rc), ("warm", warm, rw))]
+            rows.append({"section": "pool on disk", "name": "open a 1M-row pool", "value": round(open_1m, 3),
+                         "unit": "s", "ratio": None, "ratio_to": None})
+            args.json.write_text(json.dumps({"rows": rows}, indent=1))
     finally:
         if args.keep is None:
             shutil.rmtree(tmp, ignore_errors=True)
