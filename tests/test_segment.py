@@ -244,3 +244,37 @@ def test_segment_stage_normalises_every_backend_per_image(tmp_path):
         want = exposure.rescale_intensity(out.astype(np.float64), in_range="image", out_range=(0.0, 255.0))
         assert stored.dtype == np.uint8 and np.abs(stored - want).max() <= 0.5 + 1e-9
         assert row["area_frac"] == pytest.approx(float((np.rint(want) > 128).mean()))
+
+
+def test_build_segmenter_passes_the_run_device_to_backends_that_take_one(monkeypatch):
+    """The run's `device` key reaches torch backends (their constructor has `device`), not the others."""
+    import xpaste.segment as seg_mod
+
+    made = []
+
+    class WithDevice:
+        def __init__(self, model=None, device=None, batch_size=4):
+            made.append(("with", model, device))
+
+    class WithoutDevice:
+        def __init__(self, iterations=5):
+            made.append(("without", iterations))
+
+    classes = {"sam": WithDevice, "grabcut": WithoutDevice}
+    monkeypatch.setattr(seg_mod, "load_backend", lambda path, extra: classes["sam" if "sam" in path else "grabcut"])
+    build_segmenter("sam:/some/folder", device="cuda:1")
+    build_segmenter("sam", device=None)
+    build_segmenter("grabcut:3", device="cuda:1")  # GrabCut takes no device: not passed, no TypeError
+    assert made == [("with", "/some/folder", "cuda:1"), ("with", None, None), ("without", "3")]
+
+
+def test_segment_stage_builds_segmenters_on_the_configured_device(monkeypatch):
+    from xpaste.stages import segment as stage_mod
+
+    seen = []
+    monkeypatch.setattr(stage_mod, "build_segmenter", lambda spec, device=None: seen.append((spec, device)) or spec)
+    stage = stage_mod.SegmentStage.__new__(stage_mod.SegmentStage)
+    stage.config = {"device": "cpu", "segment": {"segmenters": ["grabcut", "clipseg"]}}
+    stage._segmenters, stage._passes = None, None
+    stage.setup()
+    assert seen == [("grabcut", "cpu"), ("clipseg", "cpu")]

@@ -45,12 +45,19 @@ def segmenter_class(spec: str) -> type:
     return load_backend(SEGMENTERS[name], _EXTRAS.get(name, "segment"))
 
 
-def build_segmenter(spec: str, **kwargs) -> Segmenter:
+def build_segmenter(spec: str, *, device: str | None = None, **kwargs) -> Segmenter:
     """Build a segmenter from "name" or "name:arg" ("rembg:u2net", "rembg:/m.onnx", "clipseg:/folder",
     "sam3:facebook/sam3", "sam2:/folder").
 
-    The arg is passed as the backend's first positional argument; kwargs go to its constructor.
+    The arg is passed as the backend's first positional argument; kwargs go to its constructor. `device`
+    (the run's `device` key: "cuda", "cpu", "cuda:1"; None: the backend's choice) goes to the backends whose
+    constructor takes one (the torch models: clipseg, sam, sam2, sam3); GrabCut and rembg (onnxruntime picks
+    its providers) run where they run.
     """
+    import inspect
+
     name, arg = parse_spec(spec)
     cls = load_backend(SEGMENTERS[name], _EXTRAS[name])
+    if device is not None and "device" in inspect.signature(cls).parameters:
+        kwargs["device"] = device
     return cls(arg, **kwargs) if arg is not None else cls(**kwargs)

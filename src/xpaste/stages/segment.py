@@ -117,13 +117,14 @@ class SegmentStage(Stage):
 
     def setup(self) -> None:
         if self._segmenters is None:
-            self._segmenters = [(spec, build_segmenter(spec)) for spec in self._needed()]
+            self._segmenters = [(spec, build_segmenter(spec, device=self.config.get("device")))
+                                for spec in self._needed()]
 
     def _segmenter(self, spec: str):
         for name, segmenter in self._segmenters or []:
             if name == spec:
                 return segmenter
-        segmenter = build_segmenter(spec)
+        segmenter = build_segmenter(spec, device=self.config.get("device"))
         self._segmenters = [*(self._segmenters or []), (spec, segmenter)]
         return segmenter
 
