@@ -8,10 +8,8 @@ from data is HTML-escaped. Each section keeps its id when its input is missing a
 from __future__ import annotations
 
 import html
-import logging
 import os
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,24 +17,21 @@ import numpy as np
 
 import xpaste.report.plots as plots  # light: matplotlib loads when a plot is drawn
 from xpaste._version import __version__
-from xpaste.data.coco import decode_annotation_mask, load_coco
-from xpaste.data.stats import category_stats
+from xpaste.data.coco import decode_annotation_mask
 from xpaste.errors import XPasteError
 from xpaste.imageio import read_rgb
-from xpaste.io import check_output, read_json, resolve_inside, write_bytes_atomic
-from xpaste.pipeline.rundir import RunDir, load_mask
-from xpaste.pool.store import InstancePool
+from xpaste.io import check_output, resolve_inside, write_bytes_atomic
+from xpaste.pipeline.rundir import load_mask
 from xpaste.report.assets import ORIGINAL_RGB, PASTED_RGB, Assets, checker_thumb, outlined
+from xpaste.report.inputs import Inputs, category_names, clip_ran, load_inputs
 from xpaste.stages.build_pool import cutout
 
-log = logging.getLogger(__name__)
 
 SECTIONS = [("summary", "Summary"), ("contact-sheets", "Contact sheets"), ("histograms", "Histograms"),
             ("segmenters", "Segmenters"), ("coverage", "Coverage"), ("gallery", "Gallery")]
 NO_CLIP_NOTE = "CLIP scores unavailable: the pool was built without CLIP weights"
 FEW = 10  # a category with fewer pool instances than this counts as poorly covered
 TOP_HISTOGRAM_CATEGORIES = 8
-RECORD_FIELDS = ["category_id", "source", "model", "segmenter", "clip_score", "area_frac", "prompt", "instance_id"]
 
 
 def esc(value: Any) -> str:
@@ -56,132 +51,8 @@ def _counts_text(counter: Counter) -> str:
     return " · ".join(f"{esc(k)}: {n}" for k, n in counter.most_common()) or "–"
 
 
-# ----------------------------------------------------------------------------- inputs
-@dataclass
-class _Inputs:
-    pool: Any = None
-    cols: dict[str, np.ndarray] = field(default_factory=dict)  # pool records, one array per column
-    run: Path | None = None
-    decisions: list[dict] = field(default_factory=list)
-    augmented: Path | None = None
-    aug: dict | None = None
-    dataset: Path | None = None
-    dataset_rows: list[dict] | None = None
-    notes: list[str] = field(default_factory=list)
-    ran: dict = field(default_factory=dict)  # what the run folder records (`_run_record`)
-    foreign: str | None = None  # one line when the augmented set was pasted from another pool (`_foreign_pool`)
-
-
-def _load(pool, run, augmented, dataset) -> _Inputs:
-    inp = _Inputs()
-    if run is not None:
-        import pyarrow.parquet as pq
-
-
-        inp.run = Path(run)
-        path = RunDir(inp.run).decisions_file
-        if not path.is_file():
-            raise XPasteError("not a pipeline run folder (no build_pool/decisions.parquet)", inp.run,
-                              "run `xpaste build-pool` on it first")
-        inp.decisions = pq.read_table(path).to_pylist()
-        inp.ran = _run_record(inp.run)
-        if pool is None and (RunDir(inp.run).default_pool_dir / "pool.json").is_file():
-            pool = RunDir(inp.run).default_pool_dir
-            inp.notes.append(f"pool taken from the run folder: {pool}")
-    if pool is not None:
-        inp.pool = pool if isinstance(pool, InstancePool) else InstancePool.open(pool)
-        table = inp.pool.records()
-        n = len(inp.pool)
-        for name in RECORD_FIELDS:
-            values = (table.column(name).to_numpy(zero_copy_only=False)[:n] if name in table.column_names
-                      else np.full(n, None, dtype=object))
-            inp.cols[name] = values
-        inp.cols["clip_score"] = np.array([np.nan if v is None else v for v in inp.cols["clip_score"]], np.float64)
-        inp.cols["area_frac"] = np.array([np.nan if v is None else v for v in inp.cols["area_frac"]], np.float64)
-        inp.cols["category_id"] = inp.pool.category_ids
-    if augmented is not None:
-        inp.augmented = Path(augmented)
-        inp.aug = read_json(inp.augmented / "annotations.json")
-        if not isinstance(inp.aug, dict) or not all(isinstance(inp.aug.get(k), list) for k in ("images", "annotations")):
-            raise XPasteError("annotations.json has no images/annotations lists", inp.augmented / "annotations.json")
-        recorded = ((inp.aug.get("info") or {}).get("xpaste") or {}).get("dataset") if isinstance(
-            inp.aug.get("info"), dict) else None
-        if dataset is None and recorded and Path(recorded).is_file():
-            dataset = recorded
-            inp.notes.append(f"target dataset taken from the augmented folder's settings: {recorded}")
-    if dataset is not None:
-        inp.dataset = Path(dataset)
-        inp.dataset_rows = category_stats(load_coco(inp.dataset))
-    if inp.pool is not None and inp.aug is not None:
-        inp.foreign = _foreign_pool(inp.pool, inp.aug)
-        if inp.foreign:
-            log.warning("WARNING: %s", inp.foreign)
-    return inp
-
-
-UPSTREAM_STAGES = ("generate", "retrieve", "segment", "score")
-
-
-def _run_record(run: Path) -> dict:
-    """What the run folder says actually ran: the stages with a record (STAGE/stage.json) plus build-pool, the
-    segmenters and CLIP model build-pool recorded, its resolved options (RUN/build_pool/stage-*.json, the one
-    for the latest pool: summary.json's) and its preset."""
-    rd = RunDir(run)
-    stages = [name for name in UPSTREAM_STAGES if (rd.stage_dir(name) / "stage.json").is_file()]
-    stages.append("build-pool")
-    summary, record = {}, {}
-    try:
-        summary = read_json(rd.build_summary_file) if rd.build_summary_file.is_file() else {}
-    except XPasteError:
-        summary = {}
-    records = sorted(rd.stage_dir("build-pool").glob("stage-*.json"))
-    for path in records:
-        try:
-            r = read_json(path)
-        except XPasteError:
-            continue
-        if not isinstance(r, dict):
-            continue
-        if not record or (summary.get("pool") and Path(str(r.get("out"))) == Path(summary["pool"]).resolve()):
-            record = r
-    return {"stages": stages, "summary": summary if isinstance(summary, dict) else {},
-            "record": record}
-
-
-def _foreign_pool(pool: InstancePool, aug: dict) -> str | None:
-    """One line when the augmented set's pasted instances are not this pool's (an augmented set from another
-    pool), else None. Pasted annotations carry the pool's `instance_id`; an older set without ids is compared by
-    the pool folder its settings record."""
-    pasted = [a for a in aug["annotations"] if a.get("pasted")]
-    ids = {str(a["instance_id"]) for a in pasted if a.get("instance_id") is not None}
-    if ids:
-        missing = len(ids - {str(i) for i in pool.instance_ids})
-        if missing:
-            return (f"the augmented set was pasted from another pool: {missing} of its {len(ids)} pasted "
-                    f"instances are not in this pool ({pool.root or 'in memory'})")
-        return None
-    recorded = ((aug.get("info") or {}).get("xpaste") or {}).get("pool") if isinstance(aug.get("info"), dict) else None
-    if pasted and recorded and pool.root and Path(recorded).resolve() != Path(pool.root).resolve():
-        return f"the augmented set records another pool ({recorded}), not this one ({pool.root})"
-    return None
-
-
-def _clip_ran(inp: _Inputs) -> bool:
-    """Whether CLIP scored anything: a finite score in the run's decisions, or else in the pool."""
-    values = [d.get("clip_score") for d in inp.decisions] if inp.decisions else (
-        inp.cols["clip_score"].tolist() if inp.pool is not None else [])
-    return any(v is not None and np.isfinite(v) for v in values)
-
-
-def _category_names(inp: _Inputs) -> dict[int, str]:
-    names = {int(d["category_id"]): str(d.get("category") or d["category_id"]) for d in inp.decisions}
-    if inp.pool is not None:
-        names.update(inp.pool.categories)
-    return names
-
-
 # ----------------------------------------------------------------------------- sections
-def _summary(inp: _Inputs) -> str:
+def _summary(inp: Inputs) -> str:
     rows, missing = [], []
     if inp.pool is not None:
         c = inp.cols
@@ -235,7 +106,7 @@ def _summary(inp: _Inputs) -> str:
     return body
 
 
-def _ran_text(inp: _Inputs) -> str:
+def _ran_text(inp: Inputs) -> str:
     """The stages the run folder records, the segmenters that gave its candidates and whether CLIP scored."""
     ran = inp.ran
     record = ran.get("record") or {}
@@ -243,7 +114,7 @@ def _ran_text(inp: _Inputs) -> str:
     configured = [str(s) for s in record.get("segmenters") or []]
     segs = configured or used
     clip = (record.get("score") or {}).get("clip")
-    if _clip_ran(inp):
+    if clip_ran(inp):
         pretrained = (record.get("score") or {}).get("pretrained")
         clip_text = f"CLIP scored ({clip}{f', {pretrained}' if pretrained else ''})" if clip else "CLIP scored"
     else:
@@ -286,10 +157,10 @@ def _candidate_thumb(run: Path, d: dict) -> np.ndarray | None:
     return checker_thumb(rgba)
 
 
-def _contact_sheets(inp: _Inputs, assets: Assets, per_category: int, max_categories: int) -> str:
+def _contact_sheets(inp: Inputs, assets: Assets, per_category: int, max_categories: int) -> str:
     if inp.pool is None and inp.run is None:
         return '<p class="missing">No pool or run folder given: no contact sheets.</p>'
-    names = _category_names(inp)
+    names = category_names(inp)
     rejected: dict[int, list[dict]] = {}
     for d in inp.decisions:
         if d.get("decision") != "kept":
@@ -337,7 +208,7 @@ def _contact_sheets(inp: _Inputs, assets: Assets, per_category: int, max_categor
     return "\n".join(out) + f'<div class="cats">{"".join(blocks)}</div>'
 
 
-def _histograms(inp: _Inputs, assets: Assets) -> str:
+def _histograms(inp: Inputs, assets: Assets) -> str:
     if inp.pool is None and inp.run is None:
         return '<p class="missing">No pool or run folder given: nothing to plot.</p>'
     figs, notes, hidden = [], [], []
@@ -393,7 +264,7 @@ def _finite_count(values) -> int:
     return int(sum(1 for v in values if v is not None and np.isfinite(v)))
 
 
-def _segmenters(inp: _Inputs, assets: Assets) -> str:
+def _segmenters(inp: Inputs, assets: Assets) -> str:
     if inp.decisions:
         stats: dict[str, dict] = {}
         for d in inp.decisions:
@@ -407,7 +278,7 @@ def _segmenters(inp: _Inputs, assets: Assets) -> str:
         table = "".join(f"<tr><td>{esc(r['segmenter'])}</td><td>{r['wins']} ({r['wins'] / total:.0%})</td>"
                         f"<td>{r['kept']} ({r['kept'] / kept:.0%})</td>"
                         f"<td>{_score(np.mean(r['scores']) if r['scores'] else None)}</td></tr>" for r in rows)
-        if _clip_ran(inp):
+        if clip_ran(inp):
             rule = ('For each candidate image the segmenter whose cut-out scored best with CLIP wins; the winners '
                     'then pass the CLIP bar, area and duplicate filters.')
         else:
@@ -428,7 +299,7 @@ def _segmenters(inp: _Inputs, assets: Assets) -> str:
     return '<p class="missing">No segmenter information: give a pipeline run folder (--run).</p>'
 
 
-def _coverage(inp: _Inputs, assets: Assets, max_categories: int) -> str:
+def _coverage(inp: Inputs, assets: Assets, max_categories: int) -> str:
     if inp.dataset_rows is None:
         return '<p class="missing">No target dataset given (--dataset): coverage needs its category list.</p>'
     if inp.pool is not None:
@@ -468,7 +339,7 @@ def _coverage(inp: _Inputs, assets: Assets, max_categories: int) -> str:
     return body
 
 
-def _gallery(inp: _Inputs, assets: Assets, limit: int) -> str:
+def _gallery(inp: Inputs, assets: Assets, limit: int) -> str:
     if inp.aug is None:
         return '<p class="missing">No augmented folder given: no gallery.</p>'
     by_image: dict[Any, list[dict]] = {}
@@ -541,7 +412,7 @@ def write_report(out_dir: str | os.PathLike, pool=None, run=None, augmented=None
     from datetime import datetime, timezone
 
     check_output(out_dir, writes=OUT_ENTRIES)  # before any input is read
-    inp = _load(pool, run, augmented, dataset)
+    inp = load_inputs(pool, run, augmented, dataset)
     out = Path(out_dir)
     assets = Assets(out)
     bodies = {"summary": _summary(inp),
