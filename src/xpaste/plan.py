@@ -31,7 +31,9 @@ MIN_GAP). `xpaste plan` writes the plan in one atomic write, so a killed run lea
 the same file.
 
 Readers: `load_plan` (validates a plan file), `plan_weights` ({category id: paste weight}, checked against the
-dataset's or pool's categories): used by `xpaste augment --plan`, `integrations.common.build_copy_paste(plan=)`.
+dataset's or pool's categories): used by `xpaste augment --plan`, `integrations.common.build_copy_paste(plan=)`;
+`plan_generate` ({category id: images to make}, checked against a run's categories) and `plan_digest` (what a
+planned round is named by): used by `xpaste generate / retrieve / run --plan` (`stages.candidates`).
 """
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ from typing import Any, Iterable, Mapping
 
 from xpaste.categories import normalize_name
 from xpaste.errors import XPasteError
+from xpaste.fingerprint import digest
 from xpaste.io import read_json
 
 PLAN_FORMAT = "xpaste-plan"
@@ -288,3 +291,46 @@ def plan_weights(source: str | os.PathLike | Mapping, *, categories: Iterable[An
             raise XPasteError("every pooled category has paste_weight 0 in the plan: weighted sampling would "
                               "draw nothing", where)
     return weights
+
+
+def plan_digest(plan: Mapping) -> str:
+    """16 hex digits naming a plan by its content (`fingerprint.digest`: sha256 of its json with sorted keys), so
+    the same plan read from another path or written with other spacing has the same name."""
+    return digest(dict(plan))
+
+
+def plan_generate(source: str | os.PathLike | Mapping, categories: Iterable[Any] | Mapping,
+                  where: Any = None) -> dict[int, int]:
+    """{category id: images to make (the plan's `generate`, an int >= 0)} for every one of a run's
+    `categories` (objects with `id` and `name`, dicts with those keys, or {id: name}), in their order.
+
+    A plan made for the run's dataset has a row for each of its categories. Refused in one line (XPasteError
+    naming the plan file): a row whose id is a run category under another name (`check_same_categories`), a
+    run category with no row, a row asking for images (generate > 0) of a category the run does not have
+    (e.g. left out by `categories.select`). Rows of other categories with generate 0 ask for nothing and are
+    not read. where: the file errors name when `source` is an already parsed plan."""
+    where = where if isinstance(source, Mapping) else source
+    plan = load_plan(source)
+    if isinstance(categories, Mapping):
+        run = {int(k): str(v) for k, v in categories.items()}
+    else:
+        run = {}
+        for c in categories:
+            cid, name = (c["id"], c["name"]) if isinstance(c, Mapping) else (c.id, c.name)
+            run[int(cid)] = str(name)
+    rows = {c["id"]: c for c in plan["categories"]}
+    check_same_categories({cid: rows[cid]["name"] for cid in rows if cid in run}, run, where, "the plan",
+                          "this run's categories")
+    missing = [cid for cid in run if cid not in rows]
+    if missing:
+        raise XPasteError(f"the plan has no row for {len(missing)} of this run's categories (ids "
+                          f"{missing[:10]})", where, "it was made for another dataset; make it with the run's "
+                                                     "training json: xpaste plan --dataset TRAIN.json ...")
+    foreign = [cid for cid in sorted(rows) if cid not in run and rows[cid]["generate"] > 0]
+    if foreign:
+        n = sum(rows[cid]["generate"] for cid in foreign)
+        raise XPasteError(f"the plan asks for {n} images of {len(foreign)} categories this run does not have "
+                          f"(ids {foreign[:10]})", where,
+                          "the run's categories are another dataset's or a selection (categories.select); "
+                          "set those rows' generate to 0 or run on every category")
+    return {cid: int(rows[cid]["generate"]) for cid in run}

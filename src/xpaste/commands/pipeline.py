@@ -4,8 +4,10 @@ Every flag is a config key: each stage module (`xpaste.stages.STAGES`) lists the
 (`CLI_KEYS`) and its help line (`HELP`); the flags, their types, help and choices are derived from the config
 fields (`xpaste.stages.config.cli_options`), never spelled here. `--config FILE` gives them all at once and
 `--set a.b=v` overrides anything. The whole config is checked before any stage runs or is written. Each
-stage resumes where it stopped; `--fresh` redoes a stage from scratch. (`xpaste augment` has its own command
-module: its inputs are a dataset and a pool, not a run folder.)
+stage resumes where it stopped; `--fresh` redoes a stage from scratch. `--plan PLAN` (generate, retrieve,
+run) makes the images an `xpaste plan` json asks for per category, as a round added to the run's
+(`xpaste.stages.candidates`). (`xpaste augment` has its own command module: its inputs are a dataset and a
+pool, not a run folder.)
 """
 from __future__ import annotations
 
@@ -26,10 +28,14 @@ COMMON = ["run_dir", "engine", "ray_address", "device"]
 #: Each command's example, shown at the end of its --help.
 EXAMPLES = {
     "generate": ["xpaste generate --run runs/lvis --categories lvis_v1_train.json "
-                 "--model stable-diffusion-v1-5/stable-diffusion-v1-5 --per-category 8 --seed 0"],
+                 "--model stable-diffusion-v1-5/stable-diffusion-v1-5 --per-category 8 --seed 0",
+                 "xpaste generate --run runs/lvis --plan plan.json   (a round of the plan's count per category, "
+                 "added to the run's)"],
     "retrieve": ["xpaste retrieve --run runs/offline --categories train.json --folder photos/ --labelled",
                  "xpaste retrieve --run runs/web --categories cup,dog --folder web_images/ --per-category 20 "
-                 "--clip ViT-L-14 --pretrained openai"],
+                 "--clip ViT-L-14 --pretrained openai",
+                 "xpaste retrieve --run runs/web --folder web_images/ --plan plan.json   (the next-best images, "
+                 "the plan's count per category)"],
     "segment": ["xpaste segment --run runs/offline --segmenter grabcut",
                 "xpaste segment --run runs/offline --segmenter grabcut --segmenter rembg:u2net   "
                 "(added to a run: only rembg runs)"],
@@ -131,13 +137,22 @@ for _command, (_keys, _help) in STAGE_FLAGS.items():
 
 
 @app.command("run", epilog=example("xpaste run examples/pipeline_offline.yaml   (no model weights: after make demo)",
-                                   "xpaste run examples/pipeline.yaml --set generate.per_category=8 --set engine=ray"))
+                                   "xpaste run examples/pipeline.yaml --set generate.per_category=8 --set engine=ray",
+                                   "xpaste run examples/pipeline.yaml --plan plan.json   (the next round: the plan's "
+                                   "count per category, added to the run's)"))
 def run_cmd(
     config: Path = typer.Argument(..., help="YAML config (see examples/pipeline.yaml, examples/pipeline_offline.yaml); "
                                   "a run's own RUN/config.yaml reruns its latest settings"),
     set_: Optional[List[str]] = SET_OPTION,
+    plan: Optional[Path] = typer.Option(None, "--plan", help="an `xpaste plan` json: generate and retrieve (those "
+                                        "enabled) make its `generate` count per category instead of per_category, "
+                                        "as a round added to the run's; the same plan again resumes it (config "
+                                        "keys generate.plan, retrieve.plan)"),
 ) -> None:
-    """Run the enabled stages in order (generate, retrieve, segment, score, build-pool), each resumable."""
-    report = run_pipeline(load_config(config, list(set_ or [])))
+    """Run the enabled stages in order (generate, retrieve, segment, score, build-pool), each resumable.
+
+    With --plan, generate and retrieve make the next round of the closed loop (`xpaste plan`): the plan's count
+    per category, added to what the run already has; segment, score and build-pool then take the new images in."""
+    report = run_pipeline(load_config(config, list(set_ or [])), plan=plan)
     _echo_report(report)
     typer.echo("stage times: " + ", ".join(f"{p.job} {p.seconds:.1f} s" for p in report.parts))

@@ -218,11 +218,14 @@ def prompt_for(category: Category, index: int, templates: Sequence[str] | None =
     return render_prompt(templates[index % len(templates)], category, index // len(templates))
 
 
-def image_seed(base_seed: int, model: str, category_id: int, index: int) -> int:
-    """A 63-bit seed from sha256(base_seed, model, category_id, index).
+def image_seed(base_seed: int, model: str, category_id: int, index: int, plan_round: str = "") -> int:
+    """A 63-bit seed from sha256(base_seed, model, category_id, index[, plan_round]).
 
     It depends only on what the image is, never on batch size, order or worker count. 63 bits keep it a
-    non-negative int64 (Parquet columns, torch.Generator.manual_seed).
+    non-negative int64 (Parquet columns, torch.Generator.manual_seed). plan_round: the digest naming a planned
+    round (`xpaste generate --plan`), so image i of a category in that round has a seed of its own, distinct
+    from image i of the run's other rounds; "" (the round without a plan) gives the seeds runs always had.
     """
-    key = f"xpaste-seed\x1f{int(base_seed)}\x1f{model}\x1f{int(category_id)}\x1f{int(index)}".encode()
+    key = f"xpaste-seed\x1f{int(base_seed)}\x1f{model}\x1f{int(category_id)}\x1f{int(index)}"
+    key = (key + (f"\x1f{plan_round}" if plan_round else "")).encode()
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") >> 1

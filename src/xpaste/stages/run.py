@@ -1,12 +1,16 @@
 """The Python entry points of the pipeline: `run_pipeline(config)` runs the enabled stages in order;
-`run_stage_job(name, config)` runs one. Each returns a `xpaste.jobs.JobReport`."""
+`run_stage_job(name, config)` runs one. Each returns a `xpaste.jobs.JobReport`. `with_plan(config, plan)` is
+the config of `xpaste run CONFIG --plan PLAN`: the plan given to generate and retrieve, whichever are enabled."""
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
 from xpaste.errors import XPasteError
+from xpaste.fingerprint import outputs_digest
+from xpaste.io import read_json
 from xpaste.jobs import JobReport
 from xpaste.pipeline.rundir import RunDir
 from xpaste.pipeline.runner import as_dict
@@ -58,6 +62,43 @@ def enabled_stages(config: Any) -> list[str]:
     return names + ["build-pool"] + (["augment"] if cfg["augment"]["enabled"] else [])
 
 
+def with_plan(config: Any, plan: str | os.PathLike) -> dict:
+    """The config dict of `config` with `plan` (an `xpaste plan` json) as `generate.plan` and `retrieve.plan`,
+    for whichever of the two is enabled: each then makes a planned round (the plan's `generate` images per
+    category, added to the run's earlier rounds; `xpaste.stages.candidates`). XPasteError in one line when
+    neither is enabled, or when retrieve reads a labelled folder (taken whole: no count to plan)."""
+    cfg = as_dict(config)
+    enabled = [n for n in ("generate", "retrieve") if cfg[n]["enabled"]]
+    if not enabled:
+        raise XPasteError("--plan gives the images to make per category, but neither generate nor retrieve is "
+                          "enabled in this config", plan, "set generate.enabled or retrieve.enabled to true")
+    cfg = {**cfg, **{n: {**cfg[n], "plan": str(plan)} for n in enabled}}
+    if "retrieve" in enabled:
+        stage_module("retrieve").check_plan(cfg)
+    return cfg
+
+
+def redo_after_round(config: Any, name: str) -> bool:
+    """Whether `xpaste run` must redo stage `name` (segment, score, build-pool) over every candidate: a plan is
+    in effect (`generate.plan` / `retrieve.plan` of an enabled stage) and the generate / retrieve outputs the
+    stage's record names are not those of now, i.e. a planned round added candidates since. Those stages do
+    not add work to a started output for new candidates (they would refuse the changed upstream), so the
+    run redoes them, as `--fresh` would: the earlier candidates' masks and scores come out the same, and the
+    pool is rebuilt with every round's instances."""
+    cfg = as_dict(config)
+    if not any(cfg[n]["enabled"] and cfg[n].get("plan") for n in ("generate", "retrieve")):
+        return False
+    run = RunDir(cfg["run_dir"])
+    if name == "build-pool":
+        path = stage_module("build-pool").record_path(run.root, run.pool_dir(cfg))
+    else:
+        path = run.stage_dir(name) / "stage.json"
+    if not path.exists():
+        return False
+    recorded = read_json(path).get("upstream") or {}
+    return any(n in recorded and recorded[n] != outputs_digest(run.stage_dir(n)) for n in ("generate", "retrieve"))
+
+
 def check_outputs(config: Any) -> None:
     """Every output folder of the enabled stages can be written (`xpaste.io.check_output`): the run folder, the
     pool and, when augment is enabled, the augmented dataset's folder. XPasteError naming the first that cannot,
@@ -69,19 +110,24 @@ def check_outputs(config: Any) -> None:
         stage_module("augment").check_out(RunDir(cfg["run_dir"]).augmented_dir(cfg), "augment.out")
 
 
-def run_pipeline(config: Any, progress: bool = True) -> JobReport:
+def run_pipeline(config: Any, progress: bool = True, plan: str | os.PathLike | None = None) -> JobReport:
     """Run the enabled stages in order (see `enabled_stages`), each resumable; returns a 'run' JobReport whose
     parts are the stages' reports and whose out and counts are the last stage's (the pool, or augment's).
 
-    config: a `PipelineConfig` (or its `to_dict()`). Raises XPasteError (a stage's inputs changed since it was
-    started, missing inputs), OSError (disk full, ...) and KeyboardInterrupt; finished shards are kept."""
+    config: a `PipelineConfig` (or its `to_dict()`). plan: an `xpaste plan` json for generate and retrieve
+    (`with_plan`; the config's own `generate.plan` / `retrieve.plan` otherwise). Raises XPasteError (a stage's
+    inputs changed since it was started, missing inputs, a plan of other categories), OSError (disk full, ...)
+    and KeyboardInterrupt; finished shards are kept."""
     start = time.perf_counter()
-    cfg = as_dict(config)
+    cfg = as_dict(config) if plan is None else with_plan(config, plan)
+    if cfg["retrieve"]["enabled"]:
+        stage_module("retrieve").check_plan(cfg)  # before generate runs: a refusal leaves the run as it was
     check_outputs(cfg)
     parts = []
     for name in enabled_stages(cfg):
-        log.info("== %s", name)
-        part = run_stage_job(name, cfg, False, progress)
+        redo = name in ("segment", "score", "build-pool") and redo_after_round(cfg, name)
+        log.info("== %s%s", name, " (redone over every candidate: a planned round added some)" if redo else "")
+        part = run_stage_job(name, cfg, redo, progress)
         log.debug("%s", part.summary())
         parts.append(part)
     if cfg["score"]["clip"] is None:
