@@ -6,6 +6,8 @@
 - `images_digest(folder, names)`: a folder as a run sees it (resolved path; name, size, mtime of each file);
 - `pool_digest(pool)`: a pool's content (its header and index files; cut-outs are named by the index);
 - `outputs_digest(stage_dir)`: a stage's shard tables and the run files they list (size, mtime);
+  `outputs_digests(stage_dir)`: the same for each leading part of its shards (what a stage that only appended
+  shards still matches);
 - `first_difference(old, new)`: the first (key path, old, new) where two json-like records differ.
 """
 from __future__ import annotations
@@ -61,12 +63,20 @@ def outputs_digest(stage_dir: Path) -> str:
     """A digest of a stage's outputs: the bytes of its shard tables, in order, and the size and modification
     time of each run file they list (`FILE_COLUMNS`, relative to the run folder: the stage folder's parent).
     A stage redone (`--fresh`) or whose files were rewritten gives another digest. '' when it has no shards."""
+    return outputs_digests(stage_dir)[-1]
+
+
+def outputs_digests(stage_dir: Path) -> list[str]:
+    """`outputs_digest` of every leading part of a stage's shard tables, in one pass: item k is the digest its
+    outputs would have if they were only their first k shard tables (in name order) and the files these list,
+    as they are now; item 0 is '' (no shard), the last one is `outputs_digest(stage_dir)`. A stage that only
+    appended shards since a digest was recorded still has it among these, at the count of shards it then had
+    (the rule of work added to a started stage: `xpaste.stages.additions`)."""
     import pyarrow.parquet as pq
 
     stage_dir = Path(stage_dir)
     shards = sorted(stage_dir.glob("shard-*.parquet")) if stage_dir.exists() else []
-    if not shards:
-        return ""
+    out = [""]
     h = hashlib.sha256()
     for shard in shards:
         h.update(shard.name.encode())
@@ -86,7 +96,8 @@ def outputs_digest(stage_dir: Path) -> str:
                     h.update(f"{rel}:{st.st_size}:{st.st_mtime_ns};".encode() if st else b"-;")
                 except (OSError, ValueError):
                     h.update(f"{rel}:missing;".encode())
-    return h.hexdigest()[:16]
+        out.append(h.copy().hexdigest()[:16])
+    return out
 
 
 def first_difference(old: Any, new: Any, path: tuple = ()) -> tuple[tuple, Any, Any] | None:

@@ -7,8 +7,9 @@ exactly the outputs of an uninterrupted run. The stage's fingerprint (its option
 input and of the upstream stages' outputs) is recorded in `<stage>/stage.json`; once the stage has produced
 a shard, resuming with a different one is refused in one line naming what changed, or redone from scratch
 with `fresh` (before that, e.g. after a model failed to load, the next run's record replaces it); a change
-that only adds work (`Stage.extend`: segment's added segmenter) keeps the finished shards and runs the new
-work in shards of its own (`PartedPlan`). Engines: this process, forked worker processes
+that only adds work (`Stage.extend`: segment's added segmenter or candidates, score's added masks,
+`xpaste.stages.additions`; generate's and retrieve's rounds) keeps the finished shards and runs the new work
+in shards of its own (`PartedPlan`). Engines: this process, forked worker processes
 (`engines.run_on_processes`) or Ray actors (`engines.run_on_ray`); all write the same files.
 """
 from __future__ import annotations
@@ -116,8 +117,9 @@ class Stage:
 
     def extend(self, previous: dict, record: dict, plan: ShardPlan) -> tuple[ShardPlan, dict] | None:
         """A started stage whose record differs from this run's: when the difference only ADDS work (segment:
-        an added segmenter), the plan to run (earlier shards kept, new shards for the added work) and the record
-        to keep; None (the default) when it is a change, refused by `check_fingerprint`."""
+        an added segmenter or added candidates; score: added masks), the plan to run (earlier shards kept, new
+        shards for the added work) and the record to keep; None (the default) when it is a change, refused by
+        `check_fingerprint`."""
         return None
 
     def remove_outputs(self) -> None:
@@ -176,8 +178,8 @@ class ShardPlan:
 
 class PartedPlan(ShardPlan):
     """Several work lists, each cut into its own shards, numbered one after the other: a stage that extends its
-    work (segment: an added segmenter, `Stage.extend`) keeps the shards of the earlier parts as they were and
-    adds shards for the new part only. `items` is every part's items in order."""
+    work (segment: an added segmenter or added candidates, `Stage.extend`) keeps the shards of the earlier parts
+    as they were and adds shards for the new part only. `items` is every part's items in order."""
 
     def __init__(self, parts: list[list[dict]], size: int):
         super().__init__([item for part in parts for item in part], size)
@@ -211,9 +213,7 @@ def describe_change(stage: Stage, path: tuple, old: Any, new: Any) -> str:
         return f"{labels[key]} changed since this output was started"
     if path and path[0] == "upstream":
         which = f"stage '{path[1]}'" if len(path) > 1 else "the upstream stages"
-        return (f"the outputs of {which} changed since this output of stage '{stage.name}' was started (it was rerun, "
-                "or a segmenter was added)" if len(path) > 1 and path[1] == "segment" else
-                f"the outputs of {which} changed since this output of stage '{stage.name}' was started (it was rerun)")
+        return f"the outputs of {which} changed since this output of stage '{stage.name}' was started (it was rerun)"
     if path and path[0] in ("items", "items_digest"):
         return f"the work list of stage '{stage.name}' changed since it was started (its inputs changed)"
     name = ".".join(str(p) for p in path[1:] if p not in ("options",)) or str(key)

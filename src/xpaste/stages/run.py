@@ -1,6 +1,8 @@
 """The Python entry points of the pipeline: `run_pipeline(config)` runs the enabled stages in order;
 `run_stage_job(name, config)` runs one. Each returns a `xpaste.jobs.JobReport`. `with_plan(config, plan)` is
-the config of `xpaste run CONFIG --plan PLAN`: the plan given to generate and retrieve, whichever are enabled."""
+the config of `xpaste run CONFIG --plan PLAN`: the plan given to generate and retrieve, whichever are enabled.
+After a planned round (or an added segmenter) segment and score run only the added work; build-pool, one pass,
+is rebuilt over every candidate (`redo_after_round`)."""
 from __future__ import annotations
 
 import logging
@@ -9,7 +11,7 @@ import time
 from typing import Any
 
 from xpaste.errors import XPasteError
-from xpaste.fingerprint import outputs_digest
+from xpaste.fingerprint import first_difference, outputs_digests
 from xpaste.io import read_json
 from xpaste.jobs import JobReport
 from xpaste.pipeline.rundir import RunDir
@@ -21,12 +23,16 @@ log = logging.getLogger(__name__)
 
 def run_stage_job(name: str, config: Any, fresh: bool = False, progress: bool = True) -> JobReport:
     """Run stage `name` (a key of `xpaste.stages.STAGES`) in `config.run_dir`, resuming its finished work;
-    `fresh` redoes it (augment: its own `fresh` is not offered here). Raises XPasteError for an unknown name."""
+    `fresh` redoes it (augment: its own `fresh` is not offered here), as does build-pool after the stages it
+    reads took in added work (`redo_after_round`). Raises XPasteError for an unknown name."""
     if name not in STAGES:
         raise XPasteError(f"unknown stage {name!r}", hint=f"choose one of {', '.join(STAGES)}")
     module = stage_module(name)
     if name == "augment":
         return module.run_job(config, progress=progress)
+    if not fresh and redo_after_round(config, name):
+        log.info("%s: rebuilt over every candidate (the stages before it took in added work)", name)
+        fresh = True
     return module.run_job(config, fresh=fresh, progress=progress)
 
 
@@ -79,24 +85,32 @@ def with_plan(config: Any, plan: str | os.PathLike) -> dict:
 
 
 def redo_after_round(config: Any, name: str) -> bool:
-    """Whether `xpaste run` must redo stage `name` (segment, score, build-pool) over every candidate: a plan is
-    in effect (`generate.plan` / `retrieve.plan` of an enabled stage) and the generate / retrieve outputs the
-    stage's record names are not those of now, i.e. a planned round added candidates since. Those stages do
-    not add work to a started output for new candidates (they would refuse the changed upstream), so the
-    run redoes them, as `--fresh` would: the earlier candidates' masks and scores come out the same, and the
-    pool is rebuilt with every round's instances."""
-    cfg = as_dict(config)
-    if not any(cfg[n]["enabled"] and cfg[n].get("plan") for n in ("generate", "retrieve")):
+    """Whether stage `name` is to be rebuilt from scratch, as `--fresh` would (`run_stage_job` does it, for
+    `xpaste run` and `xpaste build-pool` alike). Only build-pool (one pass over every candidate), and only when
+    the stages it reads took in added work since its pool was built (a planned round's candidates, an added
+    segmenter: segment and score run only the added work, `xpaste.stages.additions`) and nothing else it
+    records changed. "Only added" is their rule: the output digest of each upstream stage that the build
+    recorded is that of a leading part of the stage's shards now (`fingerprint.outputs_digests`). False when
+    nothing was added, for segment and score (they take added work in themselves), and when anything else
+    changed (options, pool folder, real pool, an upstream stage redone): build-pool then refuses in one line."""
+    if name != "build-pool":
         return False
+    cfg = as_dict(config)
     run = RunDir(cfg["run_dir"])
-    if name == "build-pool":
-        path = stage_module("build-pool").record_path(run.root, run.pool_dir(cfg))
-    else:
-        path = run.stage_dir(name) / "stage.json"
+    module = stage_module("build-pool")
+    out = run.pool_dir(cfg)
+    path = module.record_path(run.root, out)
     if not path.exists():
         return False
-    recorded = read_json(path).get("upstream") or {}
-    return any(n in recorded and recorded[n] != outputs_digest(run.stage_dir(n)) for n in ("generate", "retrieve"))
+    previous = read_json(path)
+    try:
+        record = module.build_fingerprint(run.root, cfg, module.apply_preset(cfg["build_pool"]), out)
+    except XPasteError:
+        return False  # build-pool says why, in one line
+    old, now = previous.get("upstream") or {}, record["upstream"]
+    if old == now or first_difference({**previous, "upstream": None}, {**record, "upstream": None}) is not None:
+        return False
+    return all(n in old and old[n] in outputs_digests(run.stage_dir(n)) for n in now)
 
 
 def check_outputs(config: Any) -> None:
@@ -125,9 +139,8 @@ def run_pipeline(config: Any, progress: bool = True, plan: str | os.PathLike | N
     check_outputs(cfg)
     parts = []
     for name in enabled_stages(cfg):
-        redo = name in ("segment", "score", "build-pool") and redo_after_round(cfg, name)
-        log.info("== %s%s", name, " (redone over every candidate: a planned round added some)" if redo else "")
-        part = run_stage_job(name, cfg, redo, progress)
+        log.info("== %s", name)
+        part = run_stage_job(name, cfg, False, progress)  # build-pool: rebuilt after added work (redo_after_round)
         log.debug("%s", part.summary())
         parts.append(part)
     if cfg["score"]["clip"] is None:

@@ -5,6 +5,10 @@ Rule: each cut-out is shown to CLIP as the whole image with white outside its bi
 `a photo of {name}`, scored as 100 x cosine; the image embedding is kept for near-duplicate removal. One
 module: its config section (`ScoreConfig`), its sharded `ScoreStage` (RUN/score/ shard tables) and its job
 (`run_job`). The CLIP backend is `xpaste.score.clip` (open_clip), reached through `xpaste.score.SCORERS`.
+
+Masks that segment added to a started run (for candidates a planned round added, or for an added segmenter)
+are scored alone, in shards of their own after the earlier ones (`ScoreStage.extend`; the rule, the record
+under "added" in RUN/score/stage.json and the refusals: `xpaste.stages.additions`).
 """
 from __future__ import annotations
 
@@ -17,9 +21,10 @@ import numpy as np
 from xpaste.errors import XPasteError
 from xpaste.jobs import JobReport
 from xpaste.pipeline.rundir import load_mask, load_rgb
-from xpaste.pipeline.runner import Stage, run_sharded_job
+from xpaste.pipeline.runner import ShardPlan, Stage, run_sharded_job
 from xpaste.registry import load_backend
 from xpaste.score import SCORERS, composite_on_white, prompt_for
+from xpaste.stages.additions import extend_score
 from xpaste.stages.segment import segment_rows_with_paths
 from xpaste.typed import Section, key_field
 
@@ -69,6 +74,13 @@ class ScoreStage(Stage):
         if not items:
             raise XPasteError("no masks to score", self.run_dir, "run `xpaste segment` first")
         return items
+
+    def extend(self, previous: dict, record: dict, plan: ShardPlan) -> tuple[ShardPlan, dict] | None:
+        """The segment rows added since the stage started (segment's shards after those it recorded) are
+        scored in shards of their own after the earlier ones; stage.json lists each addition under "added".
+        Other settings, or upstream outputs that did not only grow, are refused in one line
+        (`xpaste.stages.additions`)."""
+        return extend_score(self, previous, record, plan)
 
     def setup(self) -> None:
         if self._scorer is None:

@@ -5,10 +5,13 @@ Rule: every segmenter's output is min-max normalised per image to 0-255 and bina
 sharded `SegmentStage` (writes RUN/masks/<segmenter>/ PNGs and RUN/segment/ shard tables) and its job
 (`run_job`).
 
-Adding a segmenter to a started run runs the new segmenter only (`SegmentStage.extend`): its rows go to new
-shards after the earlier ones, and RUN/segment/stage.json lists it under "added". A removed or reordered
-segmenter is refused as any other changed setting (`--fresh` redoes the stage). Backends, one file each
-behind the registry: `xpaste.segment` (grabcut, rembg sessions, clipseg, sam, sam2, sam3).
+Work added to a started run runs alone (`SegmentStage.extend`, the rule in `xpaste.stages.additions`): a
+segmenter added to the config runs on every candidate, candidates that generate / retrieve added (a planned
+round) run with the earlier segmenters; their rows go to new shards after the earlier ones, and
+RUN/segment/stage.json lists each addition under "added". A removed or reordered segmenter, or upstream
+outputs that changed otherwise than by added shards, is refused as any other changed input (`--fresh` redoes
+the stage). Backends, one file each behind the registry: `xpaste.segment` (grabcut, rembg sessions, clipseg,
+sam, sam2, sam3).
 """
 from __future__ import annotations
 
@@ -18,14 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from xpaste.errors import XPasteError
-from xpaste.fingerprint import first_difference
 from xpaste.io import safe_name
 from xpaste.jobs import JobReport
 from xpaste.ops.masks import binarize, count_components, normalize_soft
 from xpaste.pipeline.rundir import load_rgb, save_png
-from xpaste.pipeline.runner import PartedPlan, ShardPlan, Stage, run_sharded_job
+from xpaste.pipeline.runner import ShardPlan, Stage, run_sharded_job
 from xpaste.pipeline.shards import read_stage
 from xpaste.segment import build_segmenter, parse_spec
+from xpaste.stages.additions import extend_segment
 from xpaste.stages.candidates import read_candidates
 from xpaste.typed import Section, key_field
 
@@ -55,7 +58,7 @@ class SegmentStage(Stage):
     def __init__(self, run_dir: Path, config: dict):
         super().__init__(run_dir, config)
         self._segmenters = None  # [(spec, segmenter)], built in the process that uses them
-        self._passes = None  # [(segmenters, shard indices)] of a run whose segmenters were added (`extend`)
+        self._passes = None  # [(segmenters, shard indices)] of each part of a run that took in added work
 
     def schema(self):
         import pyarrow as pa
@@ -79,41 +82,21 @@ class SegmentStage(Stage):
         return items
 
     def extend(self, previous: dict, record: dict, plan: ShardPlan) -> tuple[ShardPlan, dict] | None:
-        """Segmenters added to a started run: the earlier shards are kept and the new segmenters run on every
-        candidate in shards of their own, numbered after the earlier ones (one part per addition,
-        `PartedPlan`); stage.json keeps the first segmenters under "fingerprint" and each addition under
-        "added". Anything else that changed (a segmenter removed or reordered, other candidates, another
-        upstream output, shard size) returns None: refused as before. An addition none of whose shards was
-        written (its segmenter failed to load) binds nothing."""
-        base = list(previous.get("fingerprint", {}).get("segmenters") or [])
-        added = [list(part.get("segmenters") or []) for part in previous.get("added") or []]
-        per_part = len(plan)  # every part has one row per candidate, so the same number of shards
-        while added and not any(self.is_done(k) for k in range(len(added) * per_part, (len(added) + 1) * per_part)):
-            added.pop()
-        known = base + [spec for part in added for spec in part]
-        wanted = list(record["fingerprint"]["segmenters"])
-        if [spec for spec in wanted if spec in known] != known:  # one removed or reordered
-            return None
-        kept = {**record, "fingerprint": {**record["fingerprint"], "segmenters": base}}
-        earlier = {k: v for k, v in previous.items() if k != "added"}
-        if first_difference(earlier, kept) is not None:
-            return None
-        new = [spec for spec in wanted if spec not in known]
-        if new:
-            added.append(new)
-        if added:
-            kept["added"] = [{"segmenters": part} for part in added]
-        items = list(plan.items)
-        extended = PartedPlan([items] + [[{**item, "segmenters": part} for item in items] for part in added],
-                              plan.size)
-        self._passes = [(tuple(part), extended.shards_of(i)) for i, part in enumerate([base] + added)]
+        """Work added to a started run, run alone in shards of its own after the earlier ones (`PartedPlan`):
+        candidates that generate / retrieve added (a planned round) run with the segmenters known before them;
+        added segmenters run on every candidate. stage.json keeps the first part as it was and lists each
+        addition under "added". The rule (what counts as only added), the record and the refusals (a segmenter
+        removed or reordered, other settings, upstream outputs that did not only grow: one line, `--fresh`
+        redoes the stage): `xpaste.stages.additions`."""
+        extended, kept, self._passes = extend_segment(self, previous, record, plan)
         return extended, kept
 
     def _needed(self) -> list[str]:
         """The segmenters this run uses: all of them, or after an addition those of the parts not finished."""
         if self._passes is None:
             return list(self.config["segment"]["segmenters"])
-        return [spec for specs, shards in self._passes if not all(self.is_done(k) for k in shards) for spec in specs]
+        needed = [spec for specs, shards in self._passes if not all(self.is_done(k) for k in shards) for spec in specs]
+        return list(dict.fromkeys(needed))
 
     def setup(self) -> None:
         if self._segmenters is None:
