@@ -217,7 +217,7 @@ def test_xpaste_run_with_a_plan(sd, tmp_path, capsys):
     got = per_category(rows(run))
     assert got == {c: 1 + counts.get(c, 0) for c in (1, 2, 3, 4)} and sum(got.values()) == 4 + 5
     ids = {r["candidate_id"] for r in rows(run)}
-    # the later stages took the new images in (redone over every candidate; the pool rebuilt from all of them)
+    # the later stages took the new images in (only the new ones segmented and scored; the pool rebuilt from all)
     assert {r["candidate_id"] for r in rows(run, "segment")} == ids
     assert set(pq.read_table(run / "build_pool" / "decisions.parquet").column("candidate_id").to_pylist()) == ids
     InstancePool.open(run / "pool")
