@@ -59,7 +59,8 @@ SET_OPTION = typer.Option(None, "--set", metavar="KEY=VALUE",
                           help="override a config key, the value read as YAML: --set generate.per_category=8 "
                                "(repeatable)")
 FRESH_OPTION = typer.Option(False, "--fresh", help="discard this stage's earlier outputs and redo it (a rerun with "
-                            "other options or inputs is otherwise refused; added work needs no --fresh: an added segmenter, a planned round's new candidates)")
+                            "other options or inputs is otherwise refused; added work needs no --fresh: an added "
+                            "segmenter, a planned round's new candidates)")
 BUILD_FRESH_OPTION = typer.Option(False, "--fresh", help="discard the earlier pool and decisions of this run and "
                                   "rebuild them (a rerun with other options or inputs is otherwise refused)")
 
